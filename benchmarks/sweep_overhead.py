@@ -1,0 +1,961 @@
+"""Sweep overhead and search quality per wall second, measured through the project's own API.
+
+Every sweep here is a ``SweepSpec`` run by ``sweeps.runner.run_sweep`` on a local Ray started by
+this script, with Tune results and an MLflow SQLite database in a temporary directory (nothing
+is written into the repository except the appended results). All timings are read back from
+what the sweep itself recorded: the MLflow child runs (start/end times, per-epoch metrics with
+the driver's timestamps) and Tune's per-trial ``result.json`` (the worker's ``time_this_iter_s``).
+
+Part 1, ``overhead``: 8 trials of ~20 s of training each (MNIST-1D, cnn1d, AMP with one inner
+step so every trial costs the same; FIFO scheduler and random sampler, so no trial stops early),
+1 CPU per trial. With S slots (CPUs / 1)::
+
+    overhead = 1 - sum(training seconds of all trials) / (wall seconds * S)
+
+where a trial's training seconds are the sum over its epochs of ``epoch_seconds`` (the loop's
+timer around train + evaluation of one epoch, before the epoch's checkpoint and report); the
+same ratio with ``train_seconds`` (training only, no evaluation) is reported too. The wall time
+is measured twice: including Ray start-up (this script's ``ray.init``, with the arguments
+``run_sweep`` would use) and excluding it (``run_sweep`` alone; it reuses the initialised Ray).
+The MLflow database is created before timing (a one-off per database, reported separately).
+The slot-seconds that are not training are then split by where they went, from timestamps:
+``run_sweep``'s own set-up before ``Tuner.fit``, Tune's set-up and the first workers' start-up
+until the first trial starts, gaps between trials in a slot (actor reuse), set-up inside a trial
+before its first epoch (imports in a new worker, data generation, model; new and reused workers
+apart, told by the worker pid in Tune's results), per-epoch checkpoint + report in the worker,
+the per-epoch round trip through the driver (result processing, callbacks, next ``train``
+call), closing a trial, the tail (idle slots once no trial is left to start) and the teardown.
+The driver's own time in the MLflow tracker's hooks, Tune's experiment snapshots and the Optuna
+searcher is measured directly by wrapping those methods in this process (the driver), which also
+records when the driver saw each trial start and complete.
+
+Part 2, ``search``: the same trial budget for ASHA + TPE and for FIFO + random search on the
+``amp`` space (MNIST-1D, cnn1d, 15 epochs), one seed each. Reported per arm: total wall time,
+the best test accuracy (final epoch of a finished full-length trial, as the sweep ranks them),
+and the wall time from the ``run_sweep`` call until the target accuracy is reached, in two
+senses: (a) the first full-length trial whose final-epoch ``test_acc`` >= target finishes
+(its MLflow child run's end time); (b) any trial reports ``test_acc`` >= target at any epoch
+(the MLflow timestamp of that metric; this counts trials that ASHA later stops).
+
+    python benchmarks/sweep_overhead.py                     # --part all: ~5 min on 2 idle cores
+    python benchmarks/sweep_overhead.py --part overhead
+    python benchmarks/sweep_overhead.py --quick             # seconds-long trials (the test's)
+
+Each part prints a markdown section and appends it to ``benchmarks/RESULTS.md`` (``--results``
+elsewhere) with the date (UTC), the machine, the load averages and the exact command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import datetime
+import math
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+INTRO = (
+    "# Benchmark results\n\n"
+    "Measurements appended by the scripts in `benchmarks/`, newest last; never edited by hand.\n"
+)
+
+# The base TrainSpec of every sweep: the project's MNIST-1D quickstart (examples/quickstart.yaml).
+TRAIN = {
+    "model": {"name": "cnn1d"},
+    "data": {"name": "mnist1d", "num_train": 4000, "num_test": 1000},
+    "optim": {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4},
+    "schedule": {"name": "cosine"},
+    "perturbation": {"kind": "amp"},
+    "batch_size": 128,
+    "seed": 0,
+    "device": "cpu",
+}
+RADIUS = [0.002, 0.2]  # the quickstart's AMP radius range for this 5k-parameter CNN
+
+# Part 1: one AMP inner step (2 forward-backward passes per batch) in every trial, so all trials
+# cost the same and 8 trials pack into 4 rounds of 2 slots. On this project's 2-core AMD EPYC
+# machine one epoch of 4000 examples (train + evaluation) takes ~0.16 s with one thread when the
+# machine is otherwise idle: 120 epochs ~ 20 s (more when other work shares the cores).
+OVERHEAD = {"trials": 8, "epochs": 120, "num_train": 4000, "num_test": 1000}
+# Part 2: 12 trials of 15 epochs per arm; the best configurations reach ~0.83 test accuracy at
+# 15 epochs, poor ones (large radius, 3 inner steps) ~0.6-0.77.
+SEARCH = {"trials": 12, "epochs": 15, "num_train": 4000, "num_test": 1000, "target": 0.82}
+ASHA = {"name": "asha", "grace_period": 3, "reduction_factor": 3}  # rungs at epochs 3 and 9
+# --quick: synthetic 1-D signals (cnn1d's input shape) skip MNIST-1D's generation and imports
+# (scipy, matplotlib), which would dominate seconds-long trials.
+QUICK_DATA = {"name": "synthetic", "shape": [1, 40], "num_classes": 10}
+QUICK_OVERHEAD = {"trials": 2, "epochs": 3, "num_train": 256, "num_test": 128, "data": QUICK_DATA}
+QUICK_SEARCH = {
+    "trials": 2,
+    "epochs": 2,
+    "num_train": 256,
+    "num_test": 128,
+    "target": 0.05,
+    "data": QUICK_DATA,
+}
+QUICK_ASHA = {"name": "asha", "grace_period": 1, "reduction_factor": 2}
+
+
+# -- machine and load ----------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> str:
+    import mlflow
+    import optuna
+    import ray
+    import torch
+
+    return (
+        f"CPU {cpu_model()}, os.cpu_count() {os.cpu_count()}; torch {torch.__version__}, "
+        f"ray {ray.__version__}, optuna {optuna.__version__}, mlflow {mlflow.__version__}, "
+        f"Python {platform.python_version()}"
+    )
+
+
+def code_state() -> str:
+    """The git commit and which project files differ from it (the code being measured)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=root,
+            text=True,
+            capture_output=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "sweeps", "trainers", "search_spaces"],
+            cwd=root,
+            text=True,
+            capture_output=True,
+            timeout=10,
+            check=True,
+        ).stdout.split("\n")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (no git)"
+    changed = sorted(line[3:] for line in dirty if line.strip())
+    return f"{rev}" + (f" + uncommitted changes in {', '.join(changed)}" if changed else "")
+
+
+def fmt_load(load: Sequence[float]) -> str:
+    return "/".join(f"{v:.2f}" for v in load)
+
+
+class LoadWatch:
+    """Load averages before and after a block, and the highest 1-min load sampled during it."""
+
+    def __init__(self, every_s: float = 2.0) -> None:
+        self.every_s = every_s
+        self.before: tuple[float, ...] = ()
+        self.after: tuple[float, ...] = ()
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.peak = max(self.peak, os.getloadavg()[0])
+
+    def __enter__(self) -> LoadWatch:
+        self.before = os.getloadavg()
+        self.peak = self.before[0]
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.after = os.getloadavg()
+        self.peak = max(self.peak, self.after[0])
+
+    def text(self) -> str:
+        return (
+            f"before {fmt_load(self.before)}, after {fmt_load(self.after)} (1/5/15 min), "
+            f"highest 1-min sampled during {self.peak:.2f}"
+        )
+
+
+# -- running one sweep ---------------------------------------------------------------------------
+
+
+def describe_data(cfg: dict[str, Any]) -> str:
+    data = cfg.get("data", TRAIN["data"])
+    name = {"mnist1d": "MNIST-1D"}.get(data["name"], data["name"])
+    return f"{name} {cfg['num_train']}/{cfg['num_test']}"
+
+
+def make_spec(
+    name: str,
+    tmp: Path,
+    cfg: dict[str, Any],
+    *,
+    sampler: str,
+    scheduler: dict[str, Any],
+    ranges: dict[str, list[float]],
+) -> tuple[Any, str]:
+    """A validated SweepSpec for ``cfg`` writing only under ``tmp``, and its YAML text."""
+    import yaml
+
+    from sweeps.spec import SweepSpec, check_space
+
+    train = {**TRAIN, "epochs": cfg["epochs"]}
+    data = cfg.get("data", TRAIN["data"])
+    train["data"] = {**data, "num_train": cfg["num_train"], "num_test": cfg["num_test"]}
+    raw = {
+        "name": name,
+        "train": train,
+        "space": {"name": "amp", "ranges": ranges},
+        "searcher": {"sampler": sampler, "seed": 0, "n_startup_trials": 4},
+        "scheduler": scheduler,
+        "num_samples": cfg["trials"],
+        "resources": {"cpu": 1, "gpu": 0},
+        "metric": "test_acc",
+        "mode": "max",
+        "storage_path": str(tmp / "ray_results"),
+        "tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
+    }
+    spec = SweepSpec.model_validate(raw)
+    check_space(spec)  # what load_spec checks besides the YAML itself
+    return spec, yaml.safe_dump(raw, sort_keys=False)
+
+
+# Driver-side functions timed in this process (the driver): (module, class, methods, label).
+# Methods a class does not define itself are skipped, so a changed tracker still runs.
+TIMED = [
+    (
+        "sweeps.tracking",
+        "MLflowTracker",
+        (
+            "on_trial_start",
+            "on_trial_restore",
+            "on_trial_result",
+            "on_trial_complete",
+            "on_trial_error",
+            "on_step_end",
+            "on_experiment_end",
+            "drain",
+        ),
+        "MLflowTracker",
+    ),
+    # The tracker's writes (in its background writer thread, if it has one).
+    (
+        "mlflow.tracking.client",
+        "MlflowClient",
+        ("create_run", "log_batch", "update_run", "set_terminated", "search_runs"),
+        "MlflowClient",
+    ),
+    ("ray.tune", "Tuner", ("fit",), "Tuner"),
+    (
+        "ray.tune.execution.tune_controller",
+        "TuneController",
+        ("checkpoint",),
+        "Tune experiment snapshot",
+    ),
+    (
+        "ray.tune.search.optuna",
+        "OptunaSearch",
+        ("suggest", "on_trial_result", "on_trial_complete"),
+        "OptunaSearch",
+    ),
+]
+TRIAL_EVENTS = ("on_trial_start", "on_trial_complete", "on_trial_error")
+
+
+@dataclass
+class DriverTimes:
+    """Seconds and calls per timed driver function; trial start/end as the driver saw them."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)
+    events: list[tuple[str, str, float]] = field(default_factory=list)  # (hook, trial, time)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # MLflow writes are threaded
+
+    def total(self, label: str) -> float:
+        return sum(v for k, v in self.seconds.items() if k.startswith(label + "."))
+
+    def text(self) -> str:
+        return ", ".join(
+            f"{k} {v:.2f} s / {self.calls[k]} calls" for k, v in sorted(self.seconds.items())
+        )
+
+
+@contextlib.contextmanager
+def timed_driver() -> Iterator[DriverTimes]:
+    """Time the TIMED functions while the block runs; the originals are put back after."""
+    import importlib
+
+    times = DriverTimes()
+    patched = []
+
+    def wrap(key: str, hook: str, fn: Any) -> Any:
+        def timed(self: Any, *args: Any, **kwargs: Any) -> Any:
+            t = time.perf_counter()
+            if key == "Tuner.fit":
+                times.events.append((key, "", time.time()))
+            elif key.startswith("MLflowTracker.") and hook in TRIAL_EVENTS:
+                trial = kwargs.get("trial", args[2] if len(args) > 2 else None)
+                times.events.append((hook, str(getattr(trial, "trial_id", "")), time.time()))
+            try:
+                return fn(self, *args, **kwargs)
+            finally:
+                dt = time.perf_counter() - t
+                with times.lock:
+                    times.seconds[key] = times.seconds.get(key, 0.0) + dt
+                    times.calls[key] = times.calls.get(key, 0) + 1
+
+        return timed
+
+    for module, cls_name, methods, label in TIMED:
+        cls = getattr(importlib.import_module(module), cls_name)
+        for name in methods:
+            if name in cls.__dict__:
+                original = cls.__dict__[name]
+                patched.append((cls, name, original))
+                setattr(cls, name, wrap(f"{label}.{name}", name, original))
+    try:
+        yield times
+    finally:
+        for cls, name, original in reversed(patched):
+            setattr(cls, name, original)
+
+
+@dataclass
+class Epoch:
+    step: int
+    ts: float  # driver wall clock (s) when the result was logged to MLflow
+    epoch_seconds: float
+    train_seconds: float
+    test_acc: float
+    iter_s: float | None  # Tune's time_this_iter_s, measured in the worker
+    pid: int | None  # the worker process that ran it (actor reuse keeps the pid)
+    checkpointed: bool  # the epoch's report carried a checkpoint
+
+
+@dataclass
+class Trial:
+    trial_id: str
+    mlflow_start: float  # MLflow child run start/end (s); written by the tracker
+    mlflow_end: float
+    start: float  # when the driver's on_trial_start / on_trial_complete ran (s)
+    end: float
+    status: str
+    stopped_early: bool
+    epochs: list[Epoch]
+
+    @property
+    def epoch_seconds(self) -> float:
+        return sum(e.epoch_seconds for e in self.epochs)
+
+    @property
+    def train_seconds(self) -> float:
+        return sum(e.train_seconds for e in self.epochs)
+
+
+@dataclass
+class Sweep:
+    name: str
+    result: Any  # SweepResult
+    t0: float  # wall clock (time.time) just before run_sweep
+    t1: float  # just after it returned
+    driver_cpu_s: float
+    driver: DriverTimes
+    load: LoadWatch
+    trials: list[Trial]
+    checkpoint_every_s: float | None
+
+    @property
+    def wall(self) -> float:
+        return self.t1 - self.t0
+
+
+def tune_results(exp_dir: Path) -> dict[str, dict[int, dict[str, Any]]]:
+    """Tune's result.json rows per trial id and epoch (what the worker measured)."""
+    import json
+
+    out: dict[str, dict[int, dict[str, Any]]] = {}
+    for path in exp_dir.glob("*/result.json"):
+        for line in path.read_text().splitlines():
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if "epoch" in row:
+                out.setdefault(str(row["trial_id"]), {})[int(row["epoch"])] = row
+    return out
+
+
+def collect(spec: Any, result: Any, driver: DriverTimes) -> list[Trial]:
+    """Every trial of a finished sweep, from its MLflow child runs, Tune's result files and
+    the driver's trial events."""
+    from mlflow.tracking import MlflowClient
+
+    from sweeps.tracking import TAG_STOPPED_EARLY, TAG_TRIAL, find_children
+
+    starts: dict[str, float] = {}
+    ends: dict[str, float] = {}
+    for hook, tid, t in driver.events:
+        if hook == "on_trial_start":
+            starts.setdefault(tid, t)
+        elif hook in TRIAL_EVENTS:
+            ends[tid] = t
+    client = MlflowClient(result.tracking_uri)
+    rows = tune_results(Path(spec.resolved_storage()) / spec.name)
+    trials = []
+    for run in find_children(client, result.experiment_id, result.parent_run_id):
+        tid = run.data.tags.get(TAG_TRIAL, "")
+        history = {
+            key: {m.step: m for m in client.get_metric_history(run.info.run_id, key)}
+            for key in ("epoch_seconds", "train_seconds", "test_acc")
+        }
+        epochs = []
+        for step in sorted(history["epoch_seconds"]):
+            row = rows.get(tid, {}).get(step, {})
+            epochs.append(
+                Epoch(
+                    step=step,
+                    ts=history["epoch_seconds"][step].timestamp / 1e3,
+                    epoch_seconds=history["epoch_seconds"][step].value,
+                    train_seconds=history["train_seconds"][step].value,
+                    test_acc=history["test_acc"][step].value,
+                    iter_s=row.get("time_this_iter_s"),
+                    pid=row.get("pid"),
+                    checkpointed=bool(row.get("checkpoint_dir_name")),
+                )
+            )
+        m_start = run.info.start_time / 1e3
+        m_end = (run.info.end_time or run.info.start_time) / 1e3
+        trials.append(
+            Trial(
+                trial_id=tid,
+                mlflow_start=m_start,
+                mlflow_end=m_end,
+                start=starts.get(tid, m_start),
+                end=ends.get(tid, m_end),
+                status=run.info.status,
+                stopped_early=run.data.tags.get(TAG_STOPPED_EARLY) == "1",
+                epochs=epochs,
+            )
+        )
+    return sorted(trials, key=lambda t: t.start)
+
+
+def run_one(spec: Any, text: str) -> Sweep:
+    from sweeps.runner import run_sweep
+
+    with LoadWatch() as load, timed_driver() as driver:
+        c0 = time.process_time()
+        t0 = time.time()
+        result = run_sweep(spec, text, progress=False)
+        t1 = time.time()
+        cpu = time.process_time() - c0
+    sweep = Sweep(
+        spec.name,
+        result,
+        t0,
+        t1,
+        cpu,
+        driver,
+        load,
+        collect(spec, result, driver),
+        getattr(spec, "checkpoint_every_s", None),
+    )
+    print(
+        f"[sweep_overhead] {spec.name}: {result.num_trials} trials in {sweep.wall:.1f} s",
+        file=sys.stderr,
+    )
+    return sweep
+
+
+def start_ray() -> float:
+    """Start a fresh local Ray as ``sweeps.runner._init_ray`` would; return the seconds taken."""
+    import ray
+
+    t = time.perf_counter()
+    # address="local": always a new instance of our own, never someone else's running cluster.
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
+    return time.perf_counter() - t
+
+
+def init_mlflow(tmp: Path) -> float:
+    """Create the SQLite tracking database (schema migrations) before anything is timed."""
+    from mlflow.tracking import MlflowClient
+
+    t = time.perf_counter()
+    MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}").search_experiments()
+    return time.perf_counter() - t
+
+
+# -- analysis ------------------------------------------------------------------------------------
+
+
+def max_overlap(intervals: Sequence[tuple[float, float]]) -> int:
+    """The most intervals open at once (an end at the same instant as a start closes first)."""
+    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
+    best = cur = 0
+    for _, delta in events:
+        cur += delta
+        best = max(best, cur)
+    return best
+
+
+def idle_slot_seconds(
+    intervals: Sequence[tuple[float, float]], slots: int, lo: float, hi: float
+) -> float:
+    """Integral over [lo, hi] of (slots - trials running), floored at zero."""
+    if hi <= lo:
+        return 0.0
+    points = sorted({lo, hi, *(t for iv in intervals for t in iv if lo < t < hi)})
+    idle = 0.0
+    for a, b in zip(points, points[1:], strict=False):
+        mid = (a + b) / 2
+        running = sum(s <= mid < e for s, e in intervals)
+        idle += max(slots - running, 0) * (b - a)
+    return idle
+
+
+def decompose(sweep: Sweep, slots: int) -> tuple[list[tuple[str, float]], dict[str, float]]:
+    """Where the slot-seconds of ``run_sweep`` went: (label, slot-seconds) rows that sum to
+    slots x wall, and per-epoch medians. Trial start/end are the driver's on_trial_start /
+    on_trial_complete; epoch times are the driver's MLflow metric timestamps."""
+    trials = [t for t in sweep.trials if t.epochs]
+    ivs = [(t.start, t.end) for t in sweep.trials]
+    first_start = min(s for s, _ in ivs)
+    last_start = max(s for s, _ in ivs)
+    last_end = max(e for _, e in ivs)
+    fit_start = next((t for k, _, t in sweep.driver.events if k == "Tuner.fit"), sweep.t0)
+    training = sum(t.epoch_seconds for t in trials)
+    worker_epoch, roundtrip, closing = 0.0, 0.0, 0.0
+    worker_ckpt, worker_plain, roundtrip_per_epoch = [], [], []
+    # The first trial in each worker process pays that process's imports; a reused actor's
+    # trials do not (Tune's result rows carry the worker pid).
+    seen_pids: set[int | None] = set()
+    fresh, reused = [], []
+    for t in sorted(trials, key=lambda t: t.start):
+        e = t.epochs
+        (reused if e[0].pid in seen_pids else fresh).append(e[0].ts - t.start - e[0].epoch_seconds)
+        seen_pids.add(e[0].pid)
+        for prev, cur in zip(e, e[1:], strict=False):
+            gap = cur.ts - prev.ts - cur.epoch_seconds
+            if cur.iter_s is not None:
+                worker = cur.iter_s - cur.epoch_seconds
+                worker_epoch += worker
+                roundtrip += gap - worker
+                (worker_ckpt if cur.checkpointed else worker_plain).append(worker)
+                roundtrip_per_epoch.append(gap - worker)
+            else:  # no Tune result row: count it all as round trip
+                roundtrip += gap
+        closing += t.end - e[-1].ts
+    rows = [
+        ("training: Σ epoch_seconds (train + evaluation)", training),
+        (
+            "run_sweep before Tuner.fit (MLflow parent run, Ray check, searcher)",
+            slots * (fit_start - sweep.t0),
+        ),
+        (
+            "Tuner.fit → first trial start (Tune set-up, worker process start + imports)",
+            slots * (first_start - fit_start),
+        ),
+        (
+            "gaps between trials in a slot (actor reuse, scheduling)",
+            idle_slot_seconds(ivs, slots, first_start, last_start),
+        ),
+        (
+            f"in trial before epoch 1, first trial of a worker ({len(fresh)}): imports, data, "
+            "model, first result",
+            sum(fresh),
+        ),
+        (
+            f"in trial before epoch 1, reused worker ({len(reused)}): data generation, model, "
+            "first result",
+            sum(reused),
+        ),
+        ("per epoch ≥ 2, worker: checkpoint (when due) + tune.report", worker_epoch),
+        ("per epoch ≥ 2, driver round trip (result → callbacks → next train)", roundtrip),
+        ("trial close (last result → on_trial_complete)", closing),
+        (
+            "tail: idle slots after the last trial started",
+            idle_slot_seconds(ivs, slots, last_start, last_end),
+        ),
+        (
+            "after the last trial ended (drain, close parent run, Tune teardown)",
+            slots * (sweep.t1 - last_end),
+        ),
+    ]
+    if any(not t.epochs for t in sweep.trials):  # trials that never reported are all overhead
+        rows.append(
+            (
+                "trials without epochs (start to end)",
+                sum(t.end - t.start for t in sweep.trials if not t.epochs),
+            )
+        )
+
+    def median(xs: Sequence[float], scale: float = 1.0) -> float:
+        return scale * statistics.median(xs) if xs else math.nan
+
+    per_epoch = {
+        "actors": len(seen_pids),
+        "first_fresh_s": median(fresh),
+        "first_reused_s": median(reused),
+        "epoch_s": median([e.epoch_seconds for t in trials for e in t.epochs]),
+        "worker_ckpt_ms": median(worker_ckpt, 1e3),
+        "worker_ckpt_n": len(worker_ckpt),
+        "worker_ms": median(worker_plain, 1e3),
+        "roundtrip_ms": median(roundtrip_per_epoch, 1e3),
+        "mlflow_lag_s": median([t.mlflow_start - t.start for t in sweep.trials]),
+    }
+    return rows, per_epoch
+
+
+# -- part 1 --------------------------------------------------------------------------------------
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def part_overhead(cfg: dict[str, Any], tmp: Path, ray_start_s: float) -> tuple[str, dict]:
+    import ray
+
+    from sweeps.runner import _slots
+
+    spec, text = make_spec(
+        "overhead",
+        tmp,
+        cfg,
+        sampler="random",
+        scheduler={"name": "fifo"},
+        ranges={"perturbation.radius": RADIUS, "perturbation.inner_steps": [1, 1]},
+    )
+    slots = _slots(spec)
+    sweep = run_one(spec, text)
+    trials = sweep.trials
+    mlflow_ivs = [(t.mlflow_start, t.mlflow_end) for t in trials]
+    driver_ivs = [(t.start, t.end) for t in trials]
+    sum_epoch = sum(t.epoch_seconds for t in trials)
+    sum_train = sum(t.train_seconds for t in trials)
+    wall_excl, wall_incl = sweep.wall, sweep.wall + ray_start_s
+    overhead = {
+        "epoch_excl": 1 - sum_epoch / (wall_excl * slots),
+        "epoch_incl": 1 - sum_epoch / (wall_incl * slots),
+        "train_excl": 1 - sum_train / (wall_excl * slots),
+        "train_incl": 1 - sum_train / (wall_incl * slots),
+    }
+    capacity = wall_excl * slots
+    decomposition, per_epoch = decompose(sweep, slots)
+    per_trial = [t.epoch_seconds for t in trials]
+    d = sweep.driver
+    snapshots = d.calls.get("Tune experiment snapshot.checkpoint", 0)
+    lines = [
+        "| measure | value |",
+        "|---|---:|",
+        f"| trials finished / epochs each | {len(trials)} / {cfg['epochs']} |",
+        f"| slots (Ray CPUs {ray.cluster_resources().get('CPU', 0):g}, 1 CPU per trial) "
+        f"| {slots} |",
+        f"| max trials running at once, MLflow run start/end | {max_overlap(mlflow_ivs)} |",
+        f"| max trials running at once, driver on_trial_start/complete "
+        f"| {max_overlap(driver_ivs)} |",
+        f"| mean trials running (Σ trial durations / wall) "
+        f"| {sum(e - s for s, e in driver_ivs) / wall_excl:.2f} |",
+        f"| Ray start-up s (ray.init) | {ray_start_s:.1f} |",
+        f"| wall s, incl. Ray start-up | {wall_incl:.1f} |",
+        f"| wall s, run_sweep excl. Ray start-up | {wall_excl:.1f} |",
+        f"| Σ epoch_seconds s, all trials | {sum_epoch:.1f} |",
+        f"| Σ train_seconds s, all trials | {sum_train:.1f} |",
+        f"| epoch_seconds per trial s, min / median / max | {min(per_trial):.1f} / "
+        f"{statistics.median(per_trial):.1f} / {max(per_trial):.1f} |",
+        f"| **overhead (epoch_seconds), excl. Ray start-up** | **{pct(overhead['epoch_excl'])}** |",
+        f"| overhead (epoch_seconds), incl. Ray start-up | {pct(overhead['epoch_incl'])} |",
+        f"| overhead (train_seconds), excl. Ray start-up | {pct(overhead['train_excl'])} |",
+        f"| overhead (train_seconds), incl. Ray start-up | {pct(overhead['train_incl'])} |",
+        f"| median epoch_seconds s | {per_epoch['epoch_s']:.3f} |",
+        f"| median per-epoch worker tune.report ms, without / with a checkpoint "
+        f"({per_epoch['worker_ckpt_n']} epochs) | {per_epoch['worker_ms']:.1f} / "
+        f"{per_epoch['worker_ckpt_ms']:.1f} |",
+        f"| median per-epoch driver round trip ms | {per_epoch['roundtrip_ms']:.1f} |",
+        f"| worker processes (actors) used by the trials | {per_epoch['actors']} |",
+        f"| median trial start → first result − epoch 1 s, new actor / reused actor "
+        f"| {per_epoch['first_fresh_s']:.2f} / {per_epoch['first_reused_s']:.2f} |",
+        f"| median MLflow run start − driver on_trial_start s | {per_epoch['mlflow_lag_s']:.2f} |",
+        f"| driver s in MLflowTracker hooks | {d.total('MLflowTracker'):.2f} |",
+        f"| driver s in MlflowClient writes ({d.calls.get('MlflowClient.log_batch', 0)} "
+        f"log_batch calls) | {d.total('MlflowClient'):.2f} |",
+        f"| driver s in Tune experiment snapshots ({snapshots}) "
+        f"| {d.total('Tune experiment snapshot'):.2f} |",
+        f"| driver s in OptunaSearch | {d.total('OptunaSearch'):.2f} |",
+        f"| driver process CPU s during run_sweep (all threads) | {sweep.driver_cpu_s:.1f} |",
+    ]
+    dec = [
+        f"Where the {slots} × {wall_excl:.1f} = {capacity:.1f} slot-seconds of run_sweep (excl. "
+        "Ray start-up) went. Trial start/end: the driver's on_trial_start/on_trial_complete; "
+        "epoch ends: the MLflow metric timestamps (taken in the driver when the result "
+        "arrives); worker share of an epoch's report: Tune's `time_this_iter_s` − "
+        "`epoch_seconds`.",
+        "",
+        "| where | slot-s | share |",
+        "|---|---:|---:|",
+    ]
+    for label, value in decomposition:
+        dec.append(f"| {label} | {value:.1f} | {pct(value / capacity)} |")
+    accounted = sum(v for _, v in decomposition)
+    dec.append(f"| (sum of rows) | {accounted:.1f} | {pct(accounted / capacity)} |")
+    notes = [
+        f"config: {describe_data(cfg)}, cnn1d, AMP with inner_steps 1 "
+        f"(radius searched in {RADIUS}), batch 128, {cfg['trials']} trials × {cfg['epochs']} "
+        "epochs, 1 CPU and 1 torch thread per trial; FIFO scheduler, random sampler (seed 0); "
+        f"spec checkpoint_every_s = {sweep.checkpoint_every_s}.",
+        "overhead = 1 − Σ(training s) / (wall s × slots); training s = Σ over epochs of "
+        "`epoch_seconds` (bold row; the loop's timer around one epoch's training and "
+        "evaluation) or of `train_seconds` (training only).",
+        f"load: {sweep.load.text()}.",
+        f"driver time per timed function: {d.text()}.",
+    ]
+    values = {
+        "overhead": overhead,
+        "slots": slots,
+        "max_concurrent": max_overlap(mlflow_ivs),
+        "wall_excl": wall_excl,
+        "wall_incl": wall_incl,
+        "sum_epoch": sum_epoch,
+        "sum_train": sum_train,
+        "decomposition": decomposition,
+        "per_epoch": per_epoch,
+    }
+    body = (
+        "\n".join(f"- {n}" for n in notes)
+        + "\n\n"
+        + "\n".join(lines)
+        + "\n\n"
+        + "\n".join(dec)
+        + "\n"
+    )
+    return body, values
+
+
+# -- part 2 --------------------------------------------------------------------------------------
+
+
+@dataclass
+class ArmResult:
+    arm: str
+    sweep: Sweep
+    target: float
+    slots: int
+
+    def summary(self) -> dict[str, Any]:
+        s = self.sweep
+        best = s.result.best["test_acc"] if s.result.best else math.nan
+        full = [t for t in s.trials if t.status == "FINISHED" and not t.stopped_early and t.epochs]
+        hits_full = [t.mlflow_end - s.t0 for t in full if t.epochs[-1].test_acc >= self.target]
+        hits_any = [e.ts - s.t0 for t in s.trials for e in t.epochs if e.test_acc >= self.target]
+        any_best = max((e.test_acc for t in s.trials for e in t.epochs), default=math.nan)
+        return {
+            "arm": self.arm,
+            "trials": len(s.trials),
+            "stopped_early": sum(t.stopped_early for t in s.trials),
+            "epochs": sum(len(t.epochs) for t in s.trials),
+            "wall": s.wall,
+            "best": best,
+            "best_any": any_best,
+            "ttt_full": min(hits_full) if hits_full else None,
+            "ttt_any": min(hits_any) if hits_any else None,
+            "training": sum(t.epoch_seconds for t in s.trials),
+            # In the worker: first train() call to the first result, minus epoch 1 itself.
+            "setup": sum(
+                t.epochs[0].iter_s - t.epochs[0].epoch_seconds
+                for t in s.trials
+                if t.epochs and t.epochs[0].iter_s is not None
+            ),
+            "overhead": 1 - sum(t.epoch_seconds for t in s.trials) / (s.wall * self.slots),
+        }
+
+
+def part_search(cfg: dict[str, Any], asha: dict[str, Any], tmp: Path) -> tuple[str, dict]:
+    from sweeps.runner import _slots
+
+    arms = [
+        ("FIFO + random", "random", {"name": "fifo"}),
+        ("ASHA + TPE", "tpe", asha),
+    ]
+    results = []
+    for label, sampler, scheduler in arms:
+        name = "search-" + label.lower().replace(" + ", "-")
+        spec, text = make_spec(
+            name,
+            tmp,
+            cfg,
+            sampler=sampler,
+            scheduler=scheduler,
+            ranges={"perturbation.radius": RADIUS},
+        )
+        results.append(ArmResult(label, run_one(spec, text), cfg["target"], _slots(spec)))
+    lines = [
+        "| arm | trials | stopped early | epochs run | wall s | Σ epoch_seconds s "
+        "| best test_acc | s to target: finished full-length trial | s to target: any epoch "
+        "| best test_acc at any epoch | Σ trial set-up s | slot overhead |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    values = []
+    for r in results:
+        v = r.summary()
+        values.append(v)
+
+        def t(x: float | None) -> str:
+            return "not reached" if x is None else f"{x:.1f}"
+
+        lines.append(
+            f"| {v['arm']} | {v['trials']} | {v['stopped_early']} | {v['epochs']} "
+            f"| {v['wall']:.1f} | {v['training']:.1f} | {v['best']:.4f} | {t(v['ttt_full'])} "
+            f"| {t(v['ttt_any'])} | {v['best_any']:.4f} | {v['setup']:.1f} "
+            f"| {pct(v['overhead'])} |"
+        )
+    notes = [
+        f"config: {describe_data(cfg)}, cnn1d, AMP space (radius "
+        f"{RADIUS}, inner_steps 1-3, inner_lr 0.1-2), {cfg['epochs']} epochs, {cfg['trials']} "
+        f"trials per arm, 1 CPU per trial; ASHA {asha['grace_period']}/"
+        f"{asha['reduction_factor']} (grace period / reduction factor), TPE with 4 random "
+        "start-up trials; sampler seed 0; one seed per arm (a single draw, not a distribution).",
+        f"**target test_acc = {cfg['target']}**. Times are seconds from the run_sweep call: "
+        "'finished full-length trial' = the MLflow end time of the first trial that ran all "
+        "epochs and whose final-epoch test_acc >= target (the sweep's ranking only counts such "
+        "trials); 'any epoch' = the MLflow timestamp of the first per-epoch test_acc >= target "
+        "of any trial, including ones ASHA stopped later. best test_acc = the sweep's best "
+        "(final epoch, full-length trials).",
+        "Σ trial set-up = Σ over trials of (Tune's time_this_iter_s of epoch 1 − its "
+        "epoch_seconds): the worker's time from the trial's first train() call to its first "
+        "result, outside training (data generation, model, imports in a new worker). slot "
+        "overhead = 1 − Σ epoch_seconds / (wall s × slots), as in the overhead part.",
+        "arms run one after the other on the same Ray instance (FIFO + random first).",
+        *(f"load during {r.arm}: {r.sweep.load.text()}." for r in results),
+    ]
+    body = "\n".join(f"- {n}" for n in notes) + "\n\n" + "\n".join(lines) + "\n"
+    return body, {"arms": values}
+
+
+# -- main ----------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--part", choices=["overhead", "search", "all"], default="all")
+    p.add_argument("--quick", action="store_true", help="tiny sweeps (2 trials of ~1 s)")
+    p.add_argument("--results", type=Path, default=RESULTS, help="markdown file to append to")
+    p.add_argument("--target", type=float, help="part 2 target test_acc (default 0.82)")
+    p.add_argument("--epochs", type=int, help="part 1 epochs per trial (default 120)")
+    p.add_argument("--num-train", type=int, help="part 1 MNIST-1D training examples (4000)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary sweep directory")
+    p.add_argument("--cold-cache", action="store_true",
+                   help="an empty dataset cache: new workers generate MNIST-1D themselves")
+    return p.parse_args(argv)
+
+
+def append(path: Path, section: str) -> None:
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(INTRO)
+    with path.open("a") as f:
+        f.write(f"\n{section}")
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the chosen parts, print and append their sections; return their numbers."""
+    args = parse_args(argv)
+    import ray
+
+    command = shlex.join(
+        sys.orig_argv if argv is None else ["python", "benchmarks/sweep_overhead.py", *argv]
+    )
+    over_cfg = dict(QUICK_OVERHEAD if args.quick else OVERHEAD)
+    if args.epochs is not None:
+        over_cfg["epochs"] = args.epochs
+    if args.num_train is not None:
+        over_cfg["num_train"] = args.num_train
+    search_cfg = dict(QUICK_SEARCH if args.quick else SEARCH)
+    if args.target is not None:
+        search_cfg["target"] = args.target
+    asha = QUICK_ASHA if args.quick else ASHA
+    os.environ.pop("RAY_ADDRESS", None)  # our own local Ray, never a shared cluster
+    tmp = Path(tempfile.mkdtemp(prefix="sweep_overhead-"))
+    out: dict[str, Any] = {}
+    started = datetime.datetime.now(datetime.UTC)
+    if args.cold_cache:  # set before Ray starts: its workers inherit the environment
+        os.environ["FLATSWEEP_CACHE_DIR"] = str(tmp / "dataset-cache")
+    from trainers.data.datasets import cache_dir
+
+    cached = len(list(cache_dir().glob("*.npz"))) if cache_dir().is_dir() else 0
+    try:
+        load_before_ray = os.getloadavg()
+        if args.quick:
+            # A smoke test, not a measurement: create the MLflow database while Ray starts.
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                created = pool.submit(init_mlflow, tmp)
+                ray_s = start_ray()
+                mlflow_s = created.result()
+        else:
+            mlflow_s = init_mlflow(tmp)
+            load_before_ray = os.getloadavg()
+            ray_s = start_ray()
+        quick = " (quick: smoke-test sizes, not a measurement)" if args.quick else ""
+        common = (
+            f"- machine: {machine()}\n"
+            f"- code: {code_state()}\n"
+            f"- command: `{command}`{quick}\n"
+            f"- Ray start-up (ray.init, local, no dashboard): {ray_s:.1f} s, load before it "
+            f"{fmt_load(load_before_ray)}; MLflow SQLite schema creation (before timing): "
+            f"{mlflow_s:.1f} s\n"
+            f"- dataset cache ({'--cold-cache' if args.cold_cache else cache_dir()}): "
+            f"{cached} files at start; with none, each new worker generates MNIST-1D itself "
+            f"(seconds)\n"
+        )
+        parts = ["overhead", "search"] if args.part == "all" else [args.part]
+        for part in parts:
+            when = datetime.datetime.now(datetime.UTC)
+            if part == "overhead":
+                body, values = part_overhead(over_cfg, tmp, ray_s)
+                title = "sweep_overhead: Ray Tune + MLflow overhead per slot"
+            else:
+                body, values = part_search(search_cfg, asha, tmp)
+                title = "sweep_overhead: search quality per wall time, ASHA + TPE vs FIFO + random"
+            section = f"## {title} — {when:%Y-%m-%d %H:%M} UTC\n\n{common}{body}"
+            print(section)
+            append(args.results, section)
+            out[part] = values
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        if args.keep:
+            print(f"[sweep_overhead] kept {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    out["started"] = started.isoformat()
+    return out
+
+
+if __name__ == "__main__":
+    main()

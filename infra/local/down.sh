@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Stop the Ray head and MLflow server that infra/local/up.sh started. Safe to run twice.
+#
+# Each server was started as the leader of its own session, so "our processes" are exactly
+# those whose session id is the pid in the pid file: Ray's GCS, raylet, dashboard and its
+# workers, MLflow's uvicorn workers. Nothing else is touched, which is why this does not call
+# `ray stop --force`: that kills every Ray process of every user and cluster on the machine.
+# Logs and data in $FLATSWEEP_STATE_DIR are kept.
+set -euo pipefail
+
+repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# shellcheck source=infra/local/_common.sh
+source "$repo_root/infra/local/_common.sh"
+
+session_members() { ps -e -o pid=,sid= | awk -v sid="$1" '$2 == sid { print $1 }'; }
+
+wait_gone() {  # wait_gone SECONDS PID...: succeed once none of the pids is alive
+    local deadline=$((SECONDS + $1)) p alive
+    shift
+    while true; do
+        alive=()
+        for p in "$@"; do
+            if kill -0 "$p" 2>/dev/null; then alive+=("$p"); fi
+        done
+        ((${#alive[@]})) || return 0
+        ((SECONDS < deadline)) || return 1
+        set -- "${alive[@]}"
+        sleep 0.5
+    done
+}
+
+stop_server() {  # stop_server NAME PID_FILE GRACE_SECONDS
+    local name=$1 pid_file=$2 grace=$3 pid members
+    [[ -s $pid_file ]] || return 0
+    pid=$(<"$pid_file")
+    if live_pid "$pid_file" >/dev/null; then
+        # The leader shuts its children down in order on SIGTERM (Ray drains the node first).
+        log "stopping $name (pid $pid)"
+        kill -TERM "$pid" 2>/dev/null || true
+        wait_gone "$grace" "$pid" || log "$name did not exit within ${grace}s"
+    elif kill -0 "$pid" 2>/dev/null; then
+        # The pid now belongs to an unrelated program: leave it and its session alone.
+        log "$name is not running; pid $pid was reused, removing $pid_file"
+        rm -f "$pid_file"
+        return 0
+    fi
+    # Whatever is left of the session: workers, or everything if the leader had crashed.
+    mapfile -t members < <(session_members "$pid")
+    if ((${#members[@]})); then
+        log "terminating ${#members[@]} leftover $name process(es)"
+        kill -TERM "${members[@]}" 2>/dev/null || true
+        if ! wait_gone 10 "${members[@]}"; then
+            mapfile -t members < <(session_members "$pid")
+            ((${#members[@]} == 0)) || kill -KILL "${members[@]}" 2>/dev/null || true
+        fi
+    fi
+    rm -f "$pid_file"
+    log "$name stopped"
+}
+
+# Ray drains for up to 30 s (RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S) before tearing down.
+stop_server "Ray head" "$ray_pid_file" 60
+stop_server "MLflow" "$mlflow_pid_file" 10

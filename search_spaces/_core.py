@@ -1,0 +1,84 @@
+"""The search-space contract: define-by-run functions over a table of ranges.
+
+A space is ``fn(trial, ranges) -> dict`` in Optuna's define-by-run style: it calls
+``trial.suggest_*`` with the parameter's dotted spec name (``perturbation.radius``), which is
+also its Tune config key and its MLflow param name, and returns the constants it fixes.
+No computation happens inside; a conditional parameter is a plain ``if``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # trial workers import this package; optuna is only needed by the driver
+    import optuna
+
+from trainers._registry import Registry
+
+
+@dataclass(frozen=True)
+class Range:
+    """A numeric search range: ``low``..``high``, log-uniform or uniform, float or int."""
+
+    low: float
+    high: float
+    log: bool = True
+    integer: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.low <= self.high:
+            raise ValueError(f"range low must be <= high, but got low={self.low}, high={self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, but got low={self.low}")
+
+    def suggest(self, trial: optuna.Trial, name: str) -> float | int:
+        if self.integer:
+            return trial.suggest_int(name, int(self.low), int(self.high), log=self.log)
+        return trial.suggest_float(name, self.low, self.high, log=self.log)
+
+    def with_bounds(self, low: float, high: float) -> Range:
+        return Range(low, high, self.log, self.integer)
+
+
+Ranges = dict[str, Range]
+SpaceFn = Callable[["optuna.Trial", Ranges], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Space:
+    """A registered space: its function and default ranges (including opt-in optimizer ones)."""
+
+    name: str
+    fn: SpaceFn
+    ranges: Ranges
+    doc: str
+
+
+SPACES: Registry[Space] = Registry("search space")
+
+
+def register(name: str, ranges: Ranges) -> Callable[[SpaceFn], SpaceFn]:
+    """Register ``fn`` under ``name`` with its default ``ranges``."""
+
+    def deco(fn: SpaceFn) -> SpaceFn:
+        SPACES.register(name)(Space(name, fn, dict(ranges), (fn.__doc__ or "").strip()))
+        return fn
+
+    return deco
+
+
+def merge(base: dict[str, Any], point: dict[str, Any]) -> dict[str, Any]:
+    """Return ``base`` (a TrainSpec as a dict) with dotted keys of ``point`` set in it."""
+    out = copy.deepcopy(base)
+    for dotted, value in point.items():
+        *parents, leaf = dotted.split(".")
+        node = out
+        for key in parents:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"cannot set {dotted!r}: {key!r} is not a mapping")
+        node[leaf] = value
+    return out

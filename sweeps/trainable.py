@@ -1,0 +1,84 @@
+"""The Ray Tune function trainable: one trial = one ``trainers.fit`` call.
+
+As in Ray Tune's examples: the static TrainSpec arrives through ``tune.with_parameters``, the
+searched values through ``config``; every epoch is reported with ``tune.report`` and a
+``tune.Checkpoint``; a restarted trial resumes from ``tune.get_checkpoint()``. No MLflow here:
+the driver is the only MLflow writer (see ``sweeps.tracking``).
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray import tune
+
+import search_spaces
+from trainers import TrainSpec, fit
+from trainers.checkpoint import load_checkpoint
+
+#: The per-epoch metrics a sweep may optimise (``metric`` in the spec).
+REPORTED_METRICS = frozenset(
+    {"test_acc", "test_loss", "train_acc", "train_loss", "gen_gap", "robust_acc"}
+)
+
+
+def is_oom(e: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU allocator's refusal (a RuntimeError)."""
+    return isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e)
+
+
+def train_trial(config: dict[str, Any], *, base: dict[str, Any],
+                worst: dict[str, float], checkpoint_every_s: float = 0.0) -> None:
+    """Run the TrainSpec ``base`` with the searched values in ``config`` merged in.
+
+    A run whose loss turns NaN/Inf reports the finite ``worst`` values with ``diverged=1`` and
+    returns normally: Ray's OptunaSearch would drop a NaN and leave the Optuna trial running,
+    and Tune would retry an exception as a failure. An out-of-memory error reports
+    ``oom=1`` *without* the objective, so Optuna records the trial as pruned rather than as a
+    bad configuration, and the memory is released before the worker takes another trial.
+    """
+    spec = TrainSpec.model_validate(search_spaces.merge(base, config))
+    checkpoint = tune.get_checkpoint()
+    resume = checkpoint.to_directory() if checkpoint is not None else None
+    restored_from = 0.0
+    if resume is not None:
+        restored_from = float(load_checkpoint(resume)["epoch"])
+    last_save = time.monotonic()
+
+    def on_epoch_end(metrics: dict[str, float], save: Callable[[str | Path], Path]) -> None:
+        nonlocal last_save
+        # epoch 0 restarts from scratch; which epoch a restored trial resumed from is recorded
+        extra = {"oom": 0.0, "restored_from_epoch": restored_from}
+        # Checkpoint at most every `checkpoint_every_s`: with epochs of a fraction of a second
+        # a checkpoint per epoch would dominate the trial (and force Tune snapshots).
+        if time.monotonic() - last_save < checkpoint_every_s and metrics["epoch"] < spec.epochs:
+            tune.report({**metrics, **extra})
+            return
+        with tempfile.TemporaryDirectory() as d:
+            save(d)
+            tune.report({**metrics, **extra}, checkpoint=tune.Checkpoint.from_directory(d))
+        last_save = time.monotonic()
+
+    try:
+        result = fit(spec, on_epoch_end=on_epoch_end, resume=resume)
+    except (torch.OutOfMemoryError, RuntimeError) as e:
+        if not is_oom(e):
+            raise
+        # Drop the frames that still reference the model and batches before freeing.
+        e.__traceback__ = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        tune.report({"oom": 1.0, "diverged": 0.0, "error": str(e).splitlines()[0][:200]})
+        return
+    if result.status == "diverged":
+        last = {k: v for k, v in result.final.items()
+                if isinstance(v, int | float) and math.isfinite(v)}
+        tune.report({**last, **worst, "diverged": 1.0, "oom": 0.0})

@@ -1,0 +1,113 @@
+"""benchmarks/sweep_overhead.py end to end in its --quick mode (starts a local Ray).
+
+Both parts run as tiny sweeps and append their sections; the tables must hold every row with
+positive numbers and the slot-second decomposition must add up. Speed is measured, never
+asserted: no timing thresholds beyond a guard against a hung run.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "sweep_overhead.py"
+
+pytestmark = pytest.mark.cluster
+
+# Rows of part 1's "| measure | value |" table that must hold positive numbers.
+OVERHEAD_ROWS = [
+    "trials finished / epochs each",
+    "slots (Ray CPUs",
+    "max trials running at once, MLflow run start/end",
+    "max trials running at once, driver on_trial_start/complete",
+    "Ray start-up s (ray.init)",
+    "wall s, incl. Ray start-up",
+    "wall s, run_sweep excl. Ray start-up",
+    "Σ epoch_seconds s, all trials",
+    "Σ train_seconds s, all trials",
+    "**overhead (epoch_seconds), excl. Ray start-up**",
+    "overhead (epoch_seconds), incl. Ray start-up",
+    "overhead (train_seconds), excl. Ray start-up",
+    "overhead (train_seconds), incl. Ray start-up",
+    "median epoch_seconds s",
+    "worker processes (actors) used by the trials",
+]
+ARMS = ["FIFO + random", "ASHA + TPE"]
+
+
+def numbers(cell: str) -> list[float]:
+    return [float(x) for x in re.findall(r"-?\d+(?:\.\d+)?", cell.replace("*", ""))]
+
+
+def tables(section: str) -> list[list[list[str]]]:
+    """Every markdown table in ``section``: its data rows as lists of cells."""
+    out: list[list[list[str]]] = []
+    current: list[list[str]] = []
+    for line in section.splitlines() + [""]:
+        if line.startswith("|"):
+            current.append([c.strip() for c in line.strip().strip("|").split("|")])
+        elif current:
+            out.append(current[2:])  # drop the header and the |---| rule
+            current = []
+    return out
+
+
+def split_sections(text: str) -> dict[str, str]:
+    parts = re.split(r"^## ", text, flags=re.M)
+    return {p.split(" — ", 1)[0]: p for p in parts[1:]}
+
+
+def test_quick_run_appends_both_parts(tmp_path: Path) -> None:
+    results = tmp_path / "RESULTS.md"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--cold-cache", "--results", str(results)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+    text = results.read_text()
+    assert text.startswith("# Benchmark results")  # the one-line intro of a new file
+    sections = split_sections(text)
+    overhead = sections["sweep_overhead: Ray Tune + MLflow overhead per slot"]
+    search = sections["sweep_overhead: search quality per wall time, ASHA + TPE vs FIFO + random"]
+    for section in (overhead, search):
+        assert "--quick" in section and "UTC" in section
+        assert "- machine: CPU " in section and "ray 2." in section and "torch " in section
+        assert re.search(r"load: before [\d.]+/[\d.]+/[\d.]+|load during", section)
+        assert "- dataset cache (--cold-cache): 0 files at start" in section
+
+    measures, decomposition = tables(overhead)
+    values = {row[0]: row[1] for row in measures}
+    for label in OVERHEAD_ROWS:
+        key = next((k for k in values if k.startswith(label)), None)
+        assert key is not None, f"row {label!r} missing from\n{overhead}"
+        nums = numbers(values[key])
+        assert nums and all(v > 0 for v in nums), (label, values[key])
+    assert numbers(values["trials finished / epochs each"]) == [2, 3]
+    # The decomposition's rows add up to slots x wall (100% of the capacity).
+    *rows, total = decomposition
+    assert total[0] == "(sum of rows)"
+    assert sum(numbers(r[1])[0] for r in rows) == pytest.approx(numbers(total[1])[0], abs=0.2)
+    assert numbers(total[2])[0] == pytest.approx(100.0, abs=1.0)
+    training = next(r for r in rows if r[0].startswith("training"))
+    assert numbers(training[1])[0] > 0
+
+    assert "target test_acc = 0.05" in search
+    (arms,) = tables(search)
+    assert [row[0] for row in arms] == ARMS
+    for row in arms:
+        trials, stopped, epochs, wall, training_s, best, t_full, t_any, best_any, setup, over = (
+            numbers(c)[0] for c in row[1:]
+        )
+        assert trials == 2 and 0 <= stopped <= trials and epochs >= trials
+        assert wall > 0 and training_s > 0 and 0 < t_full <= wall and 0 < t_any <= t_full
+        assert 0 < best <= best_any <= 1
+        assert setup > 0 and 0 < over < 100

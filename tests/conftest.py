@@ -1,0 +1,34 @@
+"""Shared test setup: GPU tests skip cleanly on machines without CUDA."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pytest
+import torch
+
+# One dataset cache per test session (workers Ray starts inherit it), never the user's own:
+# generated data is still generated once per session, and tests of the cache set their own.
+os.environ["FLATSWEEP_CACHE_DIR"] = tempfile.mkdtemp(prefix="flatsweep-test-cache-")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray with 2 CPUs, shared by the session's sweep tests."""
+    import ray
+
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    yield ray
+    ray.shutdown()

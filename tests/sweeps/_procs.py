@@ -1,0 +1,152 @@
+"""Real processes for reliability tests: sweep drivers, MLflow servers, S3 (moto)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tests.sweeps.conftest import sweep_dict
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):  # noqa: S310 - loopback only
+                return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+def write_spec(tmp: Path, name: str, tracking_uri: str, **over: Any) -> Path:
+    d = sweep_dict(name, **over)
+    d.setdefault("storage_path", str(tmp / "ray"))
+    d["tracking_uri"] = tracking_uri
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(d))
+    return path
+
+
+def start_driver(
+    args: list[str], tmp: Path, env: dict[str, str] | None = None, log_name: str = "driver.log"
+) -> subprocess.Popen:
+    """``python -m sweeps ARGS`` in its own process group, output to a log file."""
+    log = open(tmp / log_name, "ab")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen(
+        [sys.executable, "-m", "sweeps", *args, "--quiet"],
+        cwd=tmp,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=60)
+
+
+def wait_for(pred: Any, timeout_s: float, what: str, interval: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def children(client: MlflowClient, name: str) -> list:
+    from sweeps.tracking import find_children, find_parent
+
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return []
+    parent = find_parent(client, exp.experiment_id, name)
+    return find_children(client, exp.experiment_id, parent.info.run_id) if parent else []
+
+
+class MlflowServer:
+    """``mlflow server`` on 127.0.0.1 with a fresh PostgreSQL database and S3 (moto) artifacts."""
+
+    def __init__(self, tmp: Path, s3_endpoint: str) -> None:
+        import psycopg2
+
+        self.db = f"flatsweep_{uuid.uuid4().hex[:10]}"
+        conn = psycopg2.connect(host="127.0.0.1", user="postgres", dbname="postgres")
+        conn.autocommit = True
+        conn.cursor().execute(f"CREATE DATABASE {self.db}")
+        conn.close()
+        self.tmp, self.port = tmp, free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "MLFLOW_S3_ENDPOINT_URL": s3_endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        log = open(self.tmp / "mlflow-server.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [
+                str(BIN / "mlflow"),
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--backend-store-uri",
+                f"postgresql+psycopg2://postgres@127.0.0.1:5432/{self.db}",
+                "--artifacts-destination",
+                "s3://flatsweep-test/mlartifacts",
+                "--workers",
+                "1",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
+        )
+        wait_http(f"{self.uri}/health", 120)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            kill_group(self.proc, signal.SIGTERM)
+            self.proc = None
+
+    def drop(self) -> None:
+        import psycopg2
+
+        self.stop()
+        conn = psycopg2.connect(host="127.0.0.1", user="postgres", dbname="postgres")
+        conn.autocommit = True
+        conn.cursor().execute(f"DROP DATABASE IF EXISTS {self.db} WITH (FORCE)")
+        conn.close()

@@ -1,0 +1,32 @@
+"""The live display's "best so far" follows the export's ranking rule, not any epoch's value."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sweeps.progress import Progress
+from sweeps.spec import SweepSpec
+from tests.sweeps.conftest import sweep_dict
+
+
+@dataclass
+class _Trial:
+    trial_id: str
+    last_result: dict[str, Any] = field(default_factory=dict)
+
+
+def test_best_counts_only_finished_full_length_trials():
+    spec = SweepSpec.model_validate(sweep_dict("p"))  # 3 epochs, test_acc, max
+    progress = Progress(spec, slots=2, enabled=False)
+    trials = [
+        _Trial("full", {"epoch": 3, "test_acc": 0.90}),
+        _Trial("asha-stopped", {"epoch": 1, "test_acc": 0.95}),
+        _Trial("diverged", {"epoch": 3, "test_acc": 0.99, "diverged": 1.0}),
+        _Trial("oom", {"oom": 1.0}),
+        _Trial("worse", {"epoch": 3, "test_acc": 0.80}),
+    ]
+    for trial in trials:
+        progress.on_trial_result(0, trials, trial, trial.last_result)
+        progress.on_trial_complete(0, trials, trial)
+    assert (progress._best, progress._best_trial) == (0.90, "full")

@@ -1,0 +1,434 @@
+"""Nothing lost, proven with real processes: MLflow server on PostgreSQL + S3, tracking
+outages, node loss, driver loss, OOM and divergence, killed trial processes.
+
+Slow (each test starts its own Ray and servers): marked ``cluster``, run by ``make test-cluster``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.sweeps._procs import (
+    BIN,
+    MlflowServer,
+    children,
+    free_port,
+    kill_group,
+    start_driver,
+    wait_for,
+    wait_http,
+    write_spec,
+)
+
+pytestmark = pytest.mark.cluster
+
+LONG_TRAIN = {
+    "model": {"name": "cnn1d"},
+    "data": {"name": "mnist1d", "num_train": 2000, "num_test": 300},
+    "optim": {"lr": 0.1},
+    "perturbation": {"kind": "amp"},
+    "epochs": 8,
+    "batch_size": 100,
+    "device": "cpu",
+}
+
+
+def optuna_states(exp_dir: Path) -> Counter:
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    limiter = ConcurrencyLimiter(OptunaSearch(), max_concurrent=1)
+    limiter.restore_from_dir(str(exp_dir))
+    return Counter(t.state.name for t in limiter.searcher._ot_study.trials)
+
+
+def epochs_logged(client: MlflowClient, run) -> int:  # noqa: ANN001
+    return len(client.get_metric_history(run.info.run_id, "test_acc"))
+
+
+def sqlite(tmp: Path) -> str:
+    return f"sqlite:///{tmp / 'mlflow.db'}"
+
+
+@pytest.fixture
+def s3(tmp_path):
+    import boto3
+
+    port = free_port()
+    log = open(tmp_path / "moto.log", "ab")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{endpoint}/moto-api/", 60)
+        client = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+        )
+        client.create_bucket(Bucket="flatsweep-test")
+        yield endpoint, client
+    finally:
+        kill_group(proc, signal.SIGTERM)
+
+
+@pytest.fixture
+def server(tmp_path, s3):
+    srv = MlflowServer(tmp_path, s3[0])
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.drop()
+
+
+def test_runs_and_artifacts_land_in_the_server_on_postgres_and_s3(tmp_path, server, s3):
+    import psycopg2
+
+    spec = write_spec(tmp_path, "pg-s3", server.uri, num_samples=2)
+    proc = start_driver(["run", str(spec)], tmp_path, env=server.env)
+    assert proc.wait(timeout=600) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+    client = MlflowClient(server.uri)
+    kids = children(client, "pg-s3")
+    assert len(kids) == 2 and {k.info.status for k in kids} == {"FINISHED"}
+    # the runs are rows in PostgreSQL ...
+    conn = psycopg2.connect(host="127.0.0.1", user="postgres", dbname=server.db)
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM runs")
+        assert cur.fetchone()[0] == 3
+    conn.close()
+    # ... and the parent's artifacts are objects in S3
+    keys = [o["Key"] for o in s3[1].list_objects_v2(Bucket="flatsweep-test")["Contents"]]
+    assert any(k.endswith("/sweep.yaml") for k in keys), keys
+    assert any(k.endswith("/search_space.json") for k in keys), keys
+
+
+def test_a_30_second_tracking_outage_loses_nothing(tmp_path, server):
+    spec = write_spec(
+        tmp_path, "outage", server.uri, num_samples=4, train=LONG_TRAIN, scheduler={"name": "fifo"}
+    )
+    proc = start_driver(["run", str(spec)], tmp_path, env=server.env)
+    client = MlflowClient(server.uri)
+    wait_for(
+        lambda: any(k.data.metrics.get("test_acc") is not None for k in children(client, "outage")),
+        300,
+        "a first epoch in MLflow",
+    )
+    server.stop()
+    time.sleep(30)
+    server.start()
+    assert proc.wait(timeout=600) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+    log = (tmp_path / "driver.log").read_text()
+    assert "buffering and retrying" in log  # the outage really hit the driver
+    kids = children(client, "outage")
+    assert len(kids) == 4
+    for k in kids:
+        assert k.info.status == "FINISHED"
+        steps = sorted(m.step for m in client.get_metric_history(k.info.run_id, "test_acc"))
+        assert steps == list(range(1, 9)), (k.data.tags["flatsweep.trial_id"], steps)
+
+
+def test_node_loss_restores_trials_from_checkpoints(tmp_path):
+    from ray.cluster_utils import Cluster
+
+    # Nodes keep the machine's own address: a driver's ray.init turns 127.0.0.1 into it
+    # (ray._private.services.resolve_ip_for_localhost), so a loopback-only GCS is unreachable.
+    cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 0})
+    try:
+        cluster.add_node(num_cpus=1)
+        doomed = cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        # Long enough (about 0.3 s an epoch) that the node surely dies mid-trial, although the
+        # MLflow view this test polls trails the trials by the writer's 1 s rounds.
+        train = {**LONG_TRAIN, "epochs": 30}
+        spec = write_spec(
+            tmp_path,
+            "nodeloss",
+            sqlite(tmp_path),
+            num_samples=3,
+            train=train,
+            scheduler={"name": "fifo"},
+            checkpoint_every_s=0,
+            failure={"max_failures": 3},
+        )
+        proc = start_driver(["run", str(spec)], tmp_path, env={"RAY_ADDRESS": cluster.address})
+        client = MlflowClient(sqlite(tmp_path))
+
+        def two_running_past_epoch_2() -> bool:
+            kids = [k for k in children(client, "nodeloss") if k.info.status == "RUNNING"]
+            return sum(epochs_logged(client, k) >= 2 for k in kids) >= 2
+
+        wait_for(two_running_past_epoch_2, 300, "two trials past epoch 2")
+        cluster.remove_node(doomed, allow_graceful=False)
+        assert proc.wait(timeout=600) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+    finally:
+        cluster.shutdown()
+    kids = children(client, "nodeloss")
+    assert len(kids) == 3  # no duplicate child runs
+    assert {k.info.status for k in kids} == {"FINISHED"}
+    restored = [k.data.metrics.get("restored_from_epoch", 0) for k in kids]
+    assert max(restored) >= 2, restored  # resumed from its checkpoint, not from scratch
+    for k in kids:
+        steps = [m.step for m in client.get_metric_history(k.info.run_id, "test_acc")]
+        assert sorted(steps) == list(range(1, 31))  # every epoch once, none twice
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    """``ray start --head`` with token auth on (our own token: ray start never makes one)."""
+    port, dash = free_port(), free_port()
+    token = tmp_path / "ray_token"
+    token.write_text(os.urandom(32).hex())
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    temp = Path("/tmp") / f"rh{port}"  # Ray's socket paths must stay short
+    cmd = [
+        str(BIN / "ray"),
+        "start",
+        "--head",
+        f"--port={port}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash}",
+        "--num-cpus=2",
+        "--include-dashboard=false",
+        f"--temp-dir={temp}",
+    ]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=120, env={**os.environ, **auth})
+    try:
+        yield {"RAY_ADDRESS": f"127.0.0.1:{port}", **auth}
+    finally:
+        subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True, timeout=120)
+
+
+def test_driver_loss_then_resume_finishes_without_rerunning_or_duplicates(tmp_path, ray_head):
+    train = {
+        **LONG_TRAIN,
+        "epochs": 40,
+        "data": {"name": "mnist1d", "num_train": 3000, "num_test": 300},
+    }
+    spec = write_spec(
+        tmp_path,
+        "driverloss",
+        sqlite(tmp_path),
+        num_samples=6,
+        train=train,
+        scheduler={"name": "fifo"},
+        checkpoint_every_s=0,
+    )
+    proc = start_driver(["run", str(spec)], tmp_path, env=ray_head)
+    client = MlflowClient(sqlite(tmp_path))
+    wait_for(
+        lambda: any(k.info.status == "FINISHED" for k in children(client, "driverloss")),
+        300,
+        "a finished trial",
+    )
+    time.sleep(5)
+    kill_ms = time.time() * 1000
+    kill_group(proc)  # SIGKILL: no cleanup at all
+    before = {k.data.tags["flatsweep.trial_id"]: k for k in children(client, "driverloss")}
+    # Tune snapshots the experiment every 2 s: trials that ended 4 s before the kill are in it.
+    finished = {
+        t: k
+        for t, k in before.items()
+        if k.info.status == "FINISHED" and k.info.end_time <= kill_ms - 4000
+    }
+    assert finished, "no trial finished well before the kill"
+    assert any(k.info.status == "RUNNING" for k in before.values()), "nothing was interrupted"
+
+    resume = start_driver(
+        ["resume", "driverloss", "--tracking-uri", sqlite(tmp_path)],
+        tmp_path,
+        env=ray_head,
+        log_name="resume.log",
+    )
+    assert resume.wait(timeout=600) == 0, (tmp_path / "resume.log").read_text()[-3000:]
+    after = {k.data.tags["flatsweep.trial_id"]: k for k in children(client, "driverloss")}
+    assert len(after) == 6  # the remaining trials ran, and no child run twice
+    assert {k.info.status for k in after.values()} == {"FINISHED"}
+    for tid, k in finished.items():  # finished trials were not re-run
+        assert after[tid].info.end_time == k.info.end_time
+        assert len(client.get_metric_history(k.info.run_id, "test_acc")) == 40
+    exp = client.get_experiment_by_name("driverloss")
+    parent = client.search_runs([exp.experiment_id], "tags.`flatsweep.role` = 'parent'")[0]
+    assert parent.info.status == "FINISHED"
+    # the Optuna study survived: one trial per sample, none left running
+    states = optuna_states(tmp_path / "ray" / "driverloss")
+    assert sum(states.values()) == 6 and states["COMPLETE"] == 6, states
+
+
+def test_oom_and_diverged_trials_are_recorded_and_told_to_optuna_correctly(tmp_path):
+    # An MLP whose first layer needs 320 GB: the CPU allocator refuses it, a real OOM.
+    oom = dict(LONG_TRAIN, model={"name": "mlp", "args": {"hidden": 2_000_000_000}}, epochs=2)
+    spec = write_spec(
+        tmp_path, "oom", sqlite(tmp_path), num_samples=2, train=oom, scheduler={"name": "fifo"}
+    )
+    proc = start_driver(["run", str(spec)], tmp_path)
+    assert proc.wait(timeout=600) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+    diverge = dict(LONG_TRAIN, optim={"lr": 1e6, "momentum": 0.0}, epochs=2)
+    spec = write_spec(
+        tmp_path, "nan", sqlite(tmp_path), num_samples=2, train=diverge, scheduler={"name": "fifo"}
+    )
+    proc = start_driver(["run", str(spec)], tmp_path)
+    assert proc.wait(timeout=600) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+
+    client = MlflowClient(sqlite(tmp_path))
+    for k in children(client, "oom"):
+        assert k.info.status == "FINISHED" and k.data.tags["flatsweep.oom"] == "1"
+        assert "test_acc" not in k.data.metrics
+    # OOM: not a bad objective, so Optuna records the trials as pruned, none left running
+    assert optuna_states(tmp_path / "ray" / "oom") == Counter({"PRUNED": 2})
+    for k in children(client, "nan"):
+        assert k.info.status == "FINISHED" and k.data.tags["flatsweep.diverged"] == "1"
+        assert k.data.metrics["test_acc"] == 0.0
+    # divergence: a finite worst value, so the study learns the region is bad
+    assert optuna_states(tmp_path / "ray" / "nan") == Counter({"COMPLETE": 2})
+
+
+def test_a_killed_trial_process_leaves_its_run_failed_not_running(tmp_path):
+    spec = write_spec(
+        tmp_path,
+        "orphan",
+        sqlite(tmp_path),
+        num_samples=2,
+        train={**LONG_TRAIN, "epochs": 10},
+        scheduler={"name": "fifo"},
+        failure={"max_failures": 0},
+    )
+    proc = start_driver(["run", str(spec)], tmp_path)
+    client = MlflowClient(sqlite(tmp_path))
+    wait_for(
+        lambda: any(epochs_logged(client, k) >= 1 for k in children(client, "orphan")),
+        300,
+        "a trial's first epoch",
+    )
+
+    def ppid(pid: int) -> int:
+        return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+
+    def descends_from_driver(pid: int) -> bool:
+        while pid > 1:
+            if pid == proc.pid:
+                return True
+            pid = ppid(pid)
+        return False
+
+    def trial_workers() -> list[int]:
+        # Ray titles a function trainable's actor "ray::ImplicitFunc..."; only this sweep's
+        # (its local Ray runs under the driver process) are candidates.
+        pids = []
+        for entry in Path("/proc").iterdir():
+            try:
+                if (
+                    entry.name.isdigit()
+                    and b"ray::ImplicitFunc" in (entry / "cmdline").read_bytes()
+                    and descends_from_driver(int(entry.name))
+                ):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+        return pids
+
+    os.kill(wait_for(trial_workers, 60, "a trial worker process")[0], signal.SIGKILL)
+    assert proc.wait(timeout=600) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+    statuses = Counter(k.info.status for k in children(client, "orphan"))
+    assert statuses["FAILED"] >= 1 and statuses["RUNNING"] == 0, statuses
+
+
+def test_basic_auth_server_refuses_anonymous_and_the_default_password(tmp_path):
+    import base64
+    import urllib.error
+    import urllib.request
+
+    port = free_port()
+    ini = tmp_path / "auth.ini"
+    password = os.urandom(12).hex()
+    ini.write_text(
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = sqlite:///{tmp_path / 'auth.db'}\n"
+        f"admin_username = admin\nadmin_password = {password}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    env = {
+        **os.environ,
+        "MLFLOW_AUTH_CONFIG_PATH": str(ini),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": os.urandom(16).hex(),
+    }
+    log = open(tmp_path / "auth-server.log", "ab")  # noqa: SIM115
+    server = subprocess.Popen(
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--app-name",
+            "basic-auth",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'm.db'}",
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", 120)
+        url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=1"
+
+        def status(user: str | None, pw: str | None) -> int:
+            req = urllib.request.Request(url)
+            if user is not None:
+                token = base64.b64encode(f"{user}:{pw}".encode()).decode()
+                req.add_header("Authorization", f"Basic {token}")
+            try:
+                with urllib.request.urlopen(req, timeout=10) as r:  # noqa: S310
+                    return r.status
+            except urllib.error.HTTPError as e:
+                return e.code
+
+        assert status(None, None) == 401
+        assert status("admin", "password1234") == 401  # MLflow's shipped default
+        assert status("admin", password) == 200
+    finally:
+        kill_group(server, signal.SIGTERM)
+
+
+def test_crash_safe_checkpoint_write_killed_halfway(tmp_path):
+    """A process killed inside save_checkpoint leaves the previous checkpoint intact."""
+    code = (
+        "import os, sys, torch\n"
+        "from trainers.checkpoint import save_checkpoint\n"
+        "d = sys.argv[1]\n"
+        "save_checkpoint(d, {'epoch': 1, 'w': torch.zeros(10)})\n"
+        "real = torch.save\n"
+        "def dying_save(obj, f, *a, **k):\n"
+        "    f.write(b'PK\\x03\\x04 half a zip')\n"
+        "    f.flush()\n"
+        "    os.kill(os.getpid(), 9)\n"
+        "torch.save = dying_save\n"
+        "save_checkpoint(d, {'epoch': 2, 'w': torch.ones(10)})\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "checkpoint.pt"]
+    assert leftovers and all(n.startswith(".checkpoint.pt.tmp-") for n in leftovers)
+    from trainers.checkpoint import load_checkpoint
+
+    assert load_checkpoint(tmp_path)["epoch"] == 1

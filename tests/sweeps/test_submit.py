@@ -1,0 +1,696 @@
+"""``sweeps submit / logs / stop`` and ``job_status``: a sweep as a Ray job.
+
+The fast tests use a stand-in for ``JobSubmissionClient``; the ``cluster`` tests start a real
+Ray head with token authentication (its own ports, temp dir and HOME) and submit to it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import requests
+import typer
+import yaml
+from typer.testing import CliRunner
+
+from sweeps import submit as sub
+from sweeps.jobs_cli import register
+from sweeps.spec import SpecError, SweepSpec, load_spec
+from tests.sweeps.conftest import sweep_dict
+
+# Ray's answer to a duplicate submission_id (2.60: the job manager's ValueError, relayed by the
+# dashboard as a 500 with the traceback).
+DUPLICATE = (
+    "Request failed with status code 500: Traceback (most recent call last):\n  ...\n"
+    "ValueError: Job with submission_id flatsweep-{name} already exists. Please use a "
+    "different submission_id.\n."
+)
+SECRET_ENV = (
+    "RAY_AUTH_TOKEN",
+    "RAY_AUTH_TOKEN_PATH",
+    "RAY_AUTH_MODE",
+    "RAY_ADDRESS",
+    "MLFLOW_TRACKING_URI",
+    "FLATSWEEP_STORAGE",
+)
+
+
+def make_app() -> typer.Typer:
+    app = typer.Typer()
+    register(app)
+    return app
+
+
+def spec_of(**over: Any) -> SweepSpec:
+    return SweepSpec.model_validate(sweep_dict("p", **over))
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch, tmp_path):
+    """No Ray token, address or storage settings leak in from the developer's shell."""
+    for k in SECRET_ENV:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+
+# --- preflight ----------------------------------------------------------------------------------
+
+REMOTE = "http://10.1.2.3:8265"
+
+
+@pytest.mark.parametrize(
+    "address,loopback",
+    [
+        ("http://127.0.0.1:8265", True),
+        ("http://127.9.8.7:8265", True),
+        ("http://localhost:8265", True),
+        ("http://[::1]:8265", True),
+        ("http://10.1.2.3:8265", False),
+        ("https://ray.example.com", False),
+        ("http://0.0.0.0:8265", False),
+    ],
+)
+def test_loopback_addresses(address, loopback):
+    assert sub.is_loopback(address) is loopback
+
+
+def test_remote_with_local_storage_is_refused(tmp_path):
+    s = spec_of(storage_path=str(tmp_path / "ray"), tracking_uri="http://mlflow:5000")
+    with pytest.raises(SpecError, match=r"^storage_path: .*local to one machine.*s3://"):
+        sub.preflight(s, REMOTE)
+    with pytest.raises(SpecError, match="storage_path: not set.*s3://"):
+        sub.preflight(spec_of(tracking_uri="http://mlflow:5000"), REMOTE)
+
+
+def test_remote_storage_from_the_environment_is_checked(monkeypatch, tmp_path):
+    monkeypatch.setenv("FLATSWEEP_STORAGE", str(tmp_path))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    with pytest.raises(SpecError, match="^FLATSWEEP_STORAGE: .*s3://"):
+        sub.preflight(spec_of(), REMOTE)
+    sub.preflight(spec_of(), REMOTE, shared_storage=True)  # "every node mounts this path"
+    monkeypatch.setenv("FLATSWEEP_STORAGE", "s3://bucket/ray")
+    sub.preflight(spec_of(), REMOTE)
+
+
+def test_remote_with_sqlite_tracking_is_refused(tmp_path):
+    s = spec_of(storage_path="s3://bucket/ray", tracking_uri=f"sqlite:///{tmp_path}/m.db")
+    with pytest.raises(SpecError, match="^tracking_uri: .*more than one writer.*http"):
+        sub.preflight(s, REMOTE)
+    with pytest.raises(SpecError, match="default sqlite.*http"):
+        sub.preflight(spec_of(storage_path="gs://b/ray"), REMOTE)
+
+
+def test_shared_storage_needs_an_absolute_path():
+    s = spec_of(storage_path="runs/ray", tracking_uri="https://mlflow.example.com")
+    with pytest.raises(SpecError, match="^storage_path: --shared-storage needs an absolute"):
+        sub.preflight(s, REMOTE, shared_storage=True)
+    sub.preflight(
+        s.model_copy(update={"storage_path": "/mnt/shared/ray"}), REMOTE, shared_storage=True
+    )
+    sub.preflight(
+        s.model_copy(update={"storage_path": "file:///mnt/shared/ray"}), REMOTE, shared_storage=True
+    )
+
+
+def test_remote_with_object_storage_and_a_server_passes():
+    sub.preflight(
+        spec_of(storage_path="s3://bucket/ray", tracking_uri="https://m.example.com"), REMOTE
+    )
+
+
+def test_loopback_allows_local_storage_and_sqlite(tmp_path):
+    sub.preflight(
+        spec_of(storage_path=str(tmp_path / "ray"), tracking_uri=f"sqlite:///{tmp_path}/m.db"),
+        "http://127.0.0.1:8265",
+    )
+    sub.preflight(spec_of(), "http://localhost:8265")  # the cluster's own settings apply
+
+
+def test_loopback_refuses_paths_relative_to_the_jobs_temp_dir():
+    with pytest.raises(SpecError, match="^storage_path: 'runs' is relative"):
+        sub.preflight(spec_of(storage_path="runs"), "http://127.0.0.1:8265")
+    with pytest.raises(SpecError, match="^tracking_uri: .*relative SQLite"):
+        sub.preflight(spec_of(tracking_uri="sqlite:///flatsweep.db"), "http://127.0.0.1:8265")
+
+
+def test_preflight_messages_do_not_show_passwords():
+    s = spec_of(storage_path="s3://b/r", tracking_uri="postgresql://u:hunter2@db/mlflow")
+    with pytest.raises(SpecError) as e:
+        sub.preflight(s, REMOTE)
+    assert "hunter2" not in str(e.value) and "u:***@db" in str(e.value)
+
+
+# --- what is submitted --------------------------------------------------------------------------
+
+
+class FakeClient:
+    """Stands in for ``JobSubmissionClient``; snapshots the staged working_dir on submit."""
+
+    def __init__(self, existing: dict[str, str] | None = None, duplicate: bool = False):
+        self.jobs = dict(existing or {})
+        self.duplicate = duplicate
+        self.submitted: list[dict[str, Any]] = []
+        self.staged: dict[str, str] = {}
+
+    def get_job_info(self, sid: str) -> SimpleNamespace:
+        if sid not in self.jobs:
+            raise RuntimeError(f"Request failed with status code 404: Job {sid} does not exist.")
+        return SimpleNamespace(
+            status=self.jobs[sid],
+            submission_id=sid,
+            job_id="02000000",
+            message="Job is currently running.",
+            start_time=1_700_000_000_000,
+            end_time=None,
+        )
+
+    def submit_job(self, **kw: Any) -> str:
+        self.submitted.append(kw)
+        root = Path(kw["runtime_env"]["working_dir"])
+        self.staged = {
+            str(p.relative_to(root)): p.read_text() for p in root.rglob("*") if p.is_file()
+        }
+        if self.duplicate:
+            self.jobs[kw["submission_id"]] = "RUNNING"
+            raise RuntimeError(DUPLICATE.format(name=kw["submission_id"].split("-", 1)[1]))
+        self.jobs[kw["submission_id"]] = "PENDING"
+        return kw["submission_id"]
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    f = FakeClient()
+    monkeypatch.setattr(sub, "client", lambda address: f)
+    return f
+
+
+def write_spec(tmp_path: Path, name: str = "meta", **over: Any) -> Path:
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(yaml.safe_dump(sweep_dict(name, **over)))
+    return p
+
+
+def test_entrypoint_is_the_fixed_argv_whatever_the_spec_holds(fake, tmp_path):
+    pwned = tmp_path / "pwned"
+    d = sweep_dict(
+        "meta",
+        storage_path=f"{tmp_path}/r; touch {pwned}",
+        tracking_uri=f"sqlite:///{tmp_path}/m.db`touch {pwned}`",
+    )
+    d["train"]["data"]["root"] = f"$(touch {pwned})"
+    spec = tmp_path / "meta.yaml"
+    spec.write_text(yaml.safe_dump(d))
+    r = CliRunner().invoke(
+        make_app(), ["submit", str(spec), "--smoke-test", "--address", "http://127.0.0.1:8265"]
+    )
+    assert r.exit_code == 0, r.output
+    assert r.output.strip() == "submitted Ray job flatsweep-meta"
+    (job,) = fake.submitted
+    assert job["entrypoint"] == "python -m sweeps run sweep.yaml --quiet --smoke-test"
+    assert job["submission_id"] == "flatsweep-meta"
+    assert fake.staged["sweep.yaml"] == spec.read_text()  # the spec travels as a file only
+    # The shell that runs the entrypoint on the cluster sees exactly that argv.
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    stub = bindir / "python"
+    stub.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {tmp_path}/argv\n')
+    stub.chmod(0o755)
+    subprocess.run(
+        ["sh", "-c", job["entrypoint"]], check=True, env={"PATH": f"{bindir}:/usr/bin:/bin"}
+    )
+    assert (tmp_path / "argv").read_text().split() == [
+        "-m",
+        "sweeps",
+        "run",
+        "sweep.yaml",
+        "--quiet",
+        "--smoke-test",
+    ]
+    assert not pwned.exists()
+
+
+def test_without_smoke_test_the_flag_is_absent():
+    assert shlex.split(sub.entrypoint(False)) == [
+        "python",
+        "-m",
+        "sweeps",
+        "run",
+        "sweep.yaml",
+        "--quiet",
+    ]
+
+
+def test_staged_dir_holds_only_the_three_packages_and_the_spec(tmp_path):
+    spec = write_spec(tmp_path)
+    staged = sub.stage(spec, tmp_path / "stage")
+    assert sorted(p.name for p in staged.iterdir()) == [
+        "search_spaces",
+        "sweep.yaml",
+        "sweeps",
+        "trainers",
+    ]
+    names = {p.name for p in staged.rglob("*")}
+    assert not names & {".venv", ".git", "__pycache__", "tests", "pyproject.toml"}
+    assert not any(n.endswith(".pyc") for n in names)
+    root = sub.project_root()
+    for pkg in sub.PACKAGES:
+        want = {p.relative_to(root) for p in (root / pkg).rglob("*.py")}
+        assert {p.relative_to(staged) for p in (staged / pkg).rglob("*.py")} == want
+
+
+def test_only_non_secret_settings_reach_the_job(fake, tmp_path, monkeypatch):
+    token = secrets.token_hex(16)
+    monkeypatch.setenv("RAY_AUTH_TOKEN", token)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    monkeypatch.setenv("FLATSWEEP_STORAGE", "rel/results")
+    monkeypatch.chdir(tmp_path)
+    r = sub.submit(write_spec(tmp_path), "http://127.0.0.1:8265")
+    assert r.job_id == "flatsweep-meta" and not r.existed
+    (job,) = fake.submitted
+    assert set(job["runtime_env"]) == {"working_dir", "env_vars"}
+    assert job["runtime_env"]["env_vars"] == {
+        "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000",
+        # relative to the submitter's directory, not to the job's temporary one
+        "FLATSWEEP_STORAGE": str(tmp_path / "rel" / "results"),
+    }
+    sent = (
+        json.dumps({k: v for k, v in job.items() if k != "runtime_env"})
+        + json.dumps(job["runtime_env"]["env_vars"])
+        + "".join(fake.staged.values())
+    )
+    assert token not in sent and "aws-secret" not in sent
+
+
+def test_a_tracking_uri_with_a_password_is_not_forwarded(fake, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://u:hunter2@mlflow.example.com")
+    r = CliRunner().invoke(
+        make_app(), ["submit", str(write_spec(tmp_path)), "--address", "http://127.0.0.1:8265"]
+    )
+    assert r.exit_code == 2 and r.output.startswith("error: MLFLOW_TRACKING_URI: it carries")
+    assert "hunter2" not in r.output and not fake.submitted
+
+
+def test_pip_adds_the_pinned_runtime_dependencies(fake, tmp_path):
+    sub.submit(write_spec(tmp_path), "http://127.0.0.1:8265", pip=True)
+    pins = fake.submitted[0]["runtime_env"]["pip"]
+    assert "ray[default,tune]==2.60.0" in pins and "mlflow[auth]==3.17.2" in pins
+    assert not any(p.startswith(("pytest", "ruff")) for p in pins)
+
+
+def test_a_bad_spec_is_one_line_and_nothing_is_submitted(fake, tmp_path):
+    spec = write_spec(tmp_path, num_sample=3)
+    r = CliRunner().invoke(make_app(), ["submit", str(spec), "--address", "http://127.0.0.1:8265"])
+    assert r.exit_code == 2
+    assert r.output.startswith("error: num_sample: unknown key; did you mean 'num_samples'?")
+    assert r.output.count("\n") == 1
+    assert not fake.submitted
+
+
+def test_data_roots_are_not_checked_on_the_submitting_machine(fake, tmp_path):
+    d = sweep_dict("cifar")
+    d["train"].update(
+        model={"name": "preact_resnet18"}, data={"name": "cifar10", "root": "/data/on/the/cluster"}
+    )
+    spec = tmp_path / "c.yaml"
+    spec.write_text(yaml.safe_dump(d))
+    with pytest.raises(SpecError, match="data root"):
+        load_spec(spec)
+    assert sub.submit(spec, "http://127.0.0.1:8265").job_id == "flatsweep-cifar"
+
+
+def test_remote_preflight_runs_before_anything_is_sent(fake, tmp_path):
+    spec = write_spec(tmp_path, storage_path=str(tmp_path / "ray"))
+    r = CliRunner().invoke(make_app(), ["submit", str(spec), "--address", REMOTE])
+    assert r.exit_code == 2 and "s3://" in r.output and not fake.submitted
+
+
+@pytest.mark.parametrize(
+    "ray_address,message",
+    [
+        (None, "--address: give the Ray dashboard URL"),
+        ("auto", "RAY_ADDRESS='auto' is not one"),
+        ("127.0.0.1:6379", "is not one"),
+    ],
+)
+def test_address_is_a_dashboard_url(fake, tmp_path, monkeypatch, ray_address, message):
+    if ray_address:
+        monkeypatch.setenv("RAY_ADDRESS", ray_address)
+    r = CliRunner().invoke(make_app(), ["submit", str(write_spec(tmp_path))])
+    assert r.exit_code == 2 and message in r.output and not fake.submitted
+
+
+def test_address_from_ray_address(fake, tmp_path, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265/")
+    assert sub.submit(write_spec(tmp_path), None).job_id == "flatsweep-meta"
+
+
+def test_second_submit_reports_the_existing_job(fake, tmp_path):
+    fake.jobs["flatsweep-meta"] = "RUNNING"
+    r = CliRunner().invoke(
+        make_app(), ["submit", str(write_spec(tmp_path)), "--address", "http://127.0.0.1:8265"]
+    )
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith(
+        "already submitted, not started again: Ray job flatsweep-meta is RUNNING"
+    )
+    assert not fake.submitted
+
+
+def test_a_racing_duplicate_is_caught_from_rays_answer(fake, tmp_path):
+    fake.duplicate = True
+    r = sub.submit(write_spec(tmp_path), "http://127.0.0.1:8265")
+    assert r.existed and r.status == "RUNNING" and r.job_id == "flatsweep-meta"
+
+
+def test_job_status_and_unknown_jobs(fake):
+    fake.jobs["flatsweep-meta"] = "RUNNING"
+    d = sub.job_status("meta", "http://127.0.0.1:8265")
+    assert d == {
+        "name": "meta",
+        "submission_id": "flatsweep-meta",
+        "job_id": "02000000",
+        "status": "RUNNING",
+        "message": "Job is currently running.",
+        "start_time": "2023-11-14T22:13:20+00:00",
+        "end_time": None,
+    }
+    with pytest.raises(SpecError, match="^name: no Ray job 'flatsweep-other'"):
+        sub.job_status("other", "http://127.0.0.1:8265")
+    r = CliRunner().invoke(make_app(), ["logs", "other", "--address", "http://127.0.0.1:8265"])
+    assert r.exit_code == 2 and r.output.startswith("error: name: no Ray job")
+    r = CliRunner().invoke(make_app(), ["stop", "../x", "--address", "http://127.0.0.1:8265"])
+    assert r.exit_code == 2 and "name must be" in r.output
+
+
+# --- the Ray token ------------------------------------------------------------------------------
+
+
+def test_token_sources_in_rays_order(monkeypatch, tmp_path):
+    home = Path(os.environ["HOME"])
+    assert sub.auth_headers() == {}
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text("from-home\n")
+    assert sub.auth_headers() == {"Authorization": "Bearer from-home"}
+    (tmp_path / "tok").write_text("from-path")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "tok"))
+    assert sub.read_token() == "from-path"
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "from-env")
+    assert sub.read_token() == "from-env"
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    assert sub.read_token() is None
+
+
+def test_an_unreadable_token_path_is_one_line(monkeypatch, tmp_path):
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "missing"))
+    with pytest.raises(SpecError, match="^RAY_AUTH_TOKEN_PATH: cannot read the token file"):
+        sub.read_token()
+
+
+def test_an_unreachable_dashboard_is_one_line(tmp_path):
+    with socket.socket() as s:  # a port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = CliRunner().invoke(make_app(), ["logs", "x", "--address", f"http://127.0.0.1:{port}"])
+    assert r.exit_code == 2
+    assert r.output == (
+        f"error: cannot reach the Ray dashboard at http://127.0.0.1:{port} (is "
+        "the cluster up, and is that its dashboard port, 8265 by default?)\n"
+    )
+
+
+# --- a real Ray head with token authentication ----------------------------------------------
+
+BIN = Path(sys.executable).parent
+
+
+def free_ports(n: int) -> list[int]:
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("0.0.0.0", 0))  # Ray's GCS binds every interface
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+def kill_session(leader: subprocess.Popen, grace_s: float = 60) -> None:
+    """Stop the Ray head we started and everything in its session (GCS, raylet, dashboard,
+    workers); `ray stop --force` would also kill every other Ray on this machine."""
+    import psutil
+
+    leader.send_signal(signal.SIGTERM)
+    try:
+        leader.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        leader.kill()
+    members = []
+    for p in psutil.process_iter():
+        try:
+            if os.getsid(p.pid) == leader.pid:
+                members.append(p)
+        except (OSError, psutil.Error):
+            pass
+    for p in members:
+        p.terminate()
+    _, alive = psutil.wait_procs(members, timeout=10)
+    for p in alive:
+        p.kill()
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    """A Ray head on 127.0.0.1 with token auth on, its token in a temporary HOME."""
+    tmp = tmp_path_factory.mktemp("cluster")
+    home = tmp / "home"
+    home.mkdir()
+    # Unix socket paths under --temp-dir must stay short (107 bytes): not under tmp_path.
+    ray_tmp = Path(tempfile.mkdtemp(prefix="fsw-", dir="/tmp"))
+    env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
+    env.update(
+        HOME=str(home), PATH=f"{BIN}:{env.get('PATH', '')}", RAY_ENABLE_UV_RUN_RUNTIME_ENV="0"
+    )
+    # `ray start` never generates a token; `ray get-auth-token --generate` writes
+    # ~/.ray/auth_token, and with RAY_AUTH_MODE=token the head requires it.
+    subprocess.run(
+        [BIN / "ray", "get-auth-token", "--generate"], env=env, check=True, capture_output=True
+    )
+    token = (home / ".ray" / "auth_token").read_text().strip()
+    env["RAY_AUTH_MODE"] = "token"
+    gcs, dash, client_port, agent = free_ports(4)
+    log = (tmp / "ray.log").open("w")
+    proc = subprocess.Popen(
+        [
+            BIN / "ray",
+            "start",
+            "--head",
+            "--block",
+            "--disable-usage-stats",
+            "--node-ip-address=127.0.0.1",
+            "--dashboard-host=127.0.0.1",
+            f"--port={gcs}",
+            f"--dashboard-port={dash}",
+            f"--ray-client-server-port={client_port}",
+            f"--dashboard-agent-listen-port={agent}",
+            "--num-cpus=2",
+            "--include-dashboard=true",
+            f"--temp-dir={ray_tmp}",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    address = f"http://127.0.0.1:{dash}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, (tmp / "ray.log").read_text()[-3000:]
+            try:
+                r = requests.get(
+                    f"{address}/api/jobs/", timeout=5, headers={"Authorization": f"Bearer {token}"}
+                )
+                if r.status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline, "the Ray head did not come up in 180 s"
+            time.sleep(1)
+        yield SimpleNamespace(address=address, token=token, home=home, tmp=tmp, ray_tmp=ray_tmp)
+    finally:
+        kill_session(proc)
+        log.close()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def cli(head, *args: str, **env: str | None):  # noqa: ANN201
+    """Run a ``sweeps`` jobs command with the environment a user's shell would have."""
+    full = {k: None for k in SECRET_ENV} | {"HOME": str(head.home), "RAY_AUTH_MODE": "token"}
+    return CliRunner().invoke(make_app(), [*args, "--address", head.address], env=full | env)
+
+
+def tiny_spec(head, name: str, epochs: int = 1, **over: Any) -> Path:
+    """MNIST-1D cnn1d on 300 examples; one MLflow store and Tune directory for the module."""
+    d = sweep_dict(
+        name,
+        **{
+            "num_samples": 2,
+            "storage_path": str(head.tmp / "ray"),
+            "tracking_uri": f"sqlite:///{head.tmp / 'mlflow.db'}",
+            **over,
+        },
+    )
+    d["train"]["data"] = {
+        "name": "mnist1d",
+        "num_train": 300,
+        "num_test": 100,
+        "root": f"$(touch {head.tmp / 'pwned'})",
+    }  # ignored by mnist1d
+    d["train"]["epochs"] = epochs
+    p = head.tmp / f"{name}.yaml"
+    p.write_text(yaml.safe_dump(d))
+    return p
+
+
+def wait_for(head, name: str, statuses: tuple[str, ...], timeout_s: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HOME", str(head.home))
+        while True:
+            d = sub.job_status(name, head.address)
+            if d["status"] in statuses or time.monotonic() > deadline:
+                return d
+            time.sleep(2)
+
+
+@pytest.mark.cluster
+def test_the_dashboard_refuses_requests_without_the_token(head, tmp_path):
+    assert requests.get(f"{head.address}/api/jobs/", timeout=10).status_code == 401
+    spec = tiny_spec(head, "noauth")
+    r = cli(head, "submit", str(spec), HOME=str(tmp_path))  # no ~/.ray/auth_token there
+    assert r.exit_code == 2
+    assert r.output == (
+        f"error: the Ray dashboard at {head.address} refused the request (401):"
+        " set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH\n"
+    )
+    r = cli(head, "submit", str(spec), RAY_AUTH_TOKEN="0" * 64)
+    assert r.exit_code == 2 and "refused the token (403)" in r.output
+    assert head.token not in r.output
+    r = cli(head, "logs", "noauth")
+    assert r.exit_code == 2 and r.output.startswith("error: name: no Ray job 'flatsweep-noauth'")
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(600)
+def test_submit_runs_the_sweep_once_on_the_cluster(head, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from sweeps.tracking import find_children, find_parent
+
+    spec = tiny_spec(head, "remote")
+    t0 = time.monotonic()
+    r = cli(head, "submit", str(spec), "--smoke-test")  # token from ~/.ray/auth_token
+    assert r.exit_code == 0, r.output
+    assert r.output == "submitted Ray job flatsweep-remote\n"
+    assert head.token not in r.output
+    d = wait_for(head, "remote", sub.TERMINAL, 240)
+    logs = cli(head, "logs", "remote", RAY_AUTH_TOKEN=head.token)
+    assert d["status"] == "SUCCEEDED", logs.output[-3000:]
+    print(f"submitted sweep finished in {time.monotonic() - t0:.0f} s")
+    assert d["end_time"] >= d["start_time"] and d["job_id"]
+
+    assert logs.exit_code == 0
+    assert "python -m sweeps run sweep.yaml --quiet --smoke-test" in logs.output
+    assert "sweep 'remote': 2 trials" in logs.output
+
+    # a second submit reports the job instead of starting a twin
+    (tmp_path / "tok").write_text(head.token + "\n")
+    again = cli(
+        head,
+        "submit",
+        str(spec),
+        "--smoke-test",
+        HOME=str(tmp_path),
+        RAY_AUTH_TOKEN_PATH=str(tmp_path / "tok"),
+    )
+    assert again.exit_code == 0, again.output
+    assert again.output.startswith(
+        "already submitted, not started again: Ray job flatsweep-remote is SUCCEEDED"
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HOME", str(head.home))
+        jobs = sub.client(head.address).list_jobs()
+    assert [j.submission_id for j in jobs].count("flatsweep-remote") == 1
+
+    client = MlflowClient(f"sqlite:///{head.tmp / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("remote")
+    parent = find_parent(client, exp.experiment_id, "remote")
+    children = find_children(client, exp.experiment_id, parent.info.run_id)
+    assert len(client.search_runs([exp.experiment_id])) == 3 and len(children) == 2
+    assert {r.info.status for r in [parent, *children]} == {"FINISHED"}
+    assert not (head.tmp / "pwned").exists()
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(300)
+def test_driver_and_trial_workers_import_the_staged_packages(head, monkeypatch):
+    """The job's working_dir reaches every worker, so a cluster without flatsweep installed
+    runs the submitted code (here the checkout is installed too, so check where it came from)."""
+    monkeypatch.setenv("HOME", str(head.home))
+    spec = load_spec(tiny_spec(head, "probe"), check_files=False)
+    code = (
+        "import json, ray, sweeps, trainers\n"
+        "ray.init()\n"
+        "@ray.remote(num_cpus=1)\n"
+        "def worker():\n"
+        "    import search_spaces, sweeps, trainers\n"
+        "    return [m.__file__ for m in (sweeps, trainers, search_spaces)]\n"
+        "print('PROBE', json.dumps({'driver': [sweeps.__file__, trainers.__file__],"
+        " 'worker': ray.get(worker.remote())}))\n"
+    )
+    c = sub.client(head.address)
+    with tempfile.TemporaryDirectory() as d:
+        job = sub.build_submission(spec, sub.stage(head.tmp / "probe.yaml", Path(d)))
+        sid = c.submit_job(
+            entrypoint=shlex.join(["python", "-c", code]), runtime_env=job.runtime_env
+        )
+    deadline = time.monotonic() + 240
+    while c.get_job_status(sid) not in sub.TERMINAL and time.monotonic() < deadline:
+        time.sleep(1)
+    logs = c.get_job_logs(sid)
+    assert c.get_job_status(sid) == "SUCCEEDED", logs[-3000:]
+    line = next(ln for ln in logs.splitlines() if ln.startswith("PROBE "))
+    files = json.loads(line.removeprefix("PROBE "))
+    for f in files["driver"] + files["worker"]:
+        assert f.startswith(str(head.ray_tmp)) and "working_dir_files" in f, f
+        assert not f.startswith(str(sub.project_root()))
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(300)
+def test_stop_ends_a_running_sweep(head):
+    spec = tiny_spec(head, "long", epochs=500, num_samples=4)
+    assert cli(head, "submit", str(spec)).exit_code == 0
+    assert wait_for(head, "long", ("RUNNING", *sub.TERMINAL), 120)["status"] == "RUNNING"
+    r = cli(head, "stop", "long")
+    assert r.exit_code == 0, r.output
+    assert r.output == "Ray job flatsweep-long stopped; status STOPPED\n"
+    r = cli(head, "stop", "long")
+    assert r.output == "Ray job flatsweep-long was not running; status STOPPED\n"

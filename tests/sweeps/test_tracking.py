@@ -1,0 +1,234 @@
+"""MLflowTracker against a real SQLite tracking store, driven through Tune's callback hooks.
+
+The hooks are called directly with a minimal trial object (Tune passes its ``Trial``; the
+tracker reads only ``trial_id`` and ``config``), so the writer's batching, ordering and replay
+rules are checked without a sweep around them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from sweeps.tracking import TAG_PARENT, TAG_STOPPED_EARLY, MLflowTracker, _Outbox
+from tests.sweeps.conftest import BASE_TRAIN
+
+
+@dataclass
+class _Trial:
+    trial_id: str
+    config: dict[str, Any] = field(default_factory=lambda: {"perturbation.radius": 0.01})
+    status: str = "RUNNING"
+    last_result: dict[str, Any] = field(default_factory=dict)
+
+
+def _report(tracker: MLflowTracker, trial: _Trial, result: dict[str, Any]) -> None:
+    """What Tune does with a result: the callback's hook, then the trial's last_result."""
+    tracker.on_trial_result(0, [], trial, result)
+    trial.last_result = result
+
+
+def _result(epoch: int, **extra: float) -> dict[str, Any]:
+    return {"epoch": epoch, "test_acc": 0.5 + epoch / 1000, "test_loss": 1.0 / epoch,
+            "training_iteration": epoch, **extra}
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> tuple[str, MlflowClient, str, str]:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("t", artifact_location=str(tmp_path / "artifacts"))
+    parent = client.create_run(exp, tags={"flatsweep.role": "parent"}).info.run_id
+    return uri, client, exp, parent
+
+
+class _Counting(MlflowClient):
+    """A real client that counts the metric batches it sends."""
+
+    batches: list[int]
+
+    def log_batch(self, run_id: str, metrics: Any = (), **kw: Any) -> Any:  # type: ignore[override]
+        if metrics:
+            self.batches.append(len(metrics))
+        return super().log_batch(run_id, metrics=metrics, **kw)
+
+
+def _tracker(store: tuple[str, MlflowClient, str, str], interval_s: float) -> MLflowTracker:
+    uri, _, exp, parent = store
+    tracker = MLflowTracker(uri, exp, parent, "t", BASE_TRAIN, max_epochs=200)
+    tracker._outbox.interval_s = interval_s
+    client = _Counting(uri)
+    client.batches = []
+    tracker._client = client
+    return tracker
+
+
+def _child(client: MlflowClient, exp: str, parent: str) -> Any:
+    runs = client.search_runs([exp], filter_string=f"tags.`{TAG_PARENT}` = '{parent}'")
+    assert len(runs) == 1
+    return runs[0]
+
+
+def test_epochs_reported_close_together_land_in_few_batches(store):
+    uri, client, exp, parent = store
+    tracker = _tracker(store, interval_s=0.5)
+    trial = _Trial("a")
+    tracker.on_trial_start(0, [], trial)
+    for epoch in range(1, 151):
+        _report(tracker, trial, _result(epoch))
+    trial.status = "TERMINATED"
+    tracker.on_trial_complete(0, [], trial)
+    assert tracker.drain()
+
+    run = _child(client, exp, parent)
+    history = client.get_metric_history(run.info.run_id, "test_acc")
+    assert sorted(m.step for m in history) == list(range(1, 151))
+    assert run.info.status == "FINISHED"
+    assert run.data.tags[TAG_STOPPED_EARLY] == "1"  # 150 of max_epochs 200
+    batches = tracker._client.batches  # type: ignore[union-attr]
+    # 150 epochs x 2 metrics: far fewer calls than epochs, none above MLflow's 1000 limit.
+    assert sum(batches) == 300
+    assert len(batches) < 20
+    assert max(batches) <= 1000
+
+
+def test_a_restart_after_finish_keeps_status_order_and_every_epoch(store):
+    uri, client, exp, parent = store
+    tracker = _tracker(store, interval_s=0.2)
+    trial = _Trial("b")
+    tracker.on_trial_start(0, [], trial)
+    _report(tracker, trial, _result(1))
+    tracker.on_trial_complete(0, [], trial)  # FINISHED, then a late result of a restart:
+    tracker.on_trial_restore(0, [], trial)
+    _report(tracker, trial, _result(2))
+    assert tracker.drain()
+    run = _child(client, exp, parent)
+    assert run.info.status == "RUNNING"  # the restore's status came after FINISHED
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "test_acc")] == [1, 2]
+
+
+def test_replayed_epochs_are_skipped_but_a_final_diverged_report_lands(store):
+    uri, client, exp, parent = store
+    tracker = _tracker(store, interval_s=0.0)
+    trial = _Trial("c")
+    tracker.on_trial_start(0, [], trial)
+    for epoch in (1, 2, 3):
+        _report(tracker, trial, _result(epoch))
+    assert tracker.drain()
+    # Restored from the epoch-1 checkpoint: epochs 2 and 3 come again, then epoch 4 diverges
+    # and the trial reports epoch 4 twice (the last time with the worst value).
+    for epoch in (2, 3, 4):
+        _report(tracker, trial, _result(epoch))
+    _report(tracker, trial, {**_result(4, diverged=1.0), "test_acc": 0.0})
+    assert tracker.drain()
+    run = _child(client, exp, parent)
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "test_acc")]
+    assert sorted(steps) == [1, 2, 3, 4, 4]
+    assert min(m.value for m in client.get_metric_history(run.info.run_id, "test_acc")) == 0.0
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "diverged")] == [4]
+
+
+def test_writes_are_retried_until_the_store_is_back(store, tmp_path):
+    uri, client, exp, parent = store
+    tracker = _tracker(store, interval_s=0.0)
+    real_log_batch = tracker._client.log_batch  # type: ignore[union-attr]
+    down_until = time.monotonic() + 2.0
+
+    # The store "down" for 2 s: the one fault here that a single process cannot make real.
+    def flaky(*a: Any, **kw: Any) -> Any:
+        if time.monotonic() < down_until:
+            raise ConnectionError("tracking server unreachable")
+        return real_log_batch(*a, **kw)
+
+    tracker._client.log_batch = flaky  # type: ignore[union-attr, method-assign]
+    trial = _Trial("d")
+    tracker.on_trial_start(0, [], trial)
+    for epoch in range(1, 11):
+        _report(tracker, trial, _result(epoch))
+    tracker.on_trial_complete(0, [], trial)
+    assert tracker.drain()
+    run = _child(client, exp, parent)
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "test_acc")) == \
+        list(range(1, 11))
+    assert run.info.status == "FINISHED"
+    assert run.data.params["perturbation.radius"] == "0.01"  # the params write was retried too
+
+
+def test_one_round_delivers_every_trial_queued(store):
+    uri, client, exp, parent = store
+    tracker = _tracker(store, interval_s=2.0)
+    trials = [_Trial(f"t{i}") for i in range(10)]
+    for trial in trials:  # all queued well inside the writer's first 2 s wait
+        tracker.on_trial_start(0, [], trial)
+    for epoch in range(1, 6):
+        for trial in trials:
+            _report(tracker, trial, _result(epoch))
+    deadline = time.monotonic() + 60
+    while (tracker._outbox.pending or not tracker._outbox.rounds) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not tracker._outbox.pending
+    assert tracker._outbox.rounds == 1  # not one run per round: the queue cannot fall behind
+    assert tracker._client.batches == [10] * 10  # type: ignore[union-attr]  # 5 epochs x 2
+    runs = client.search_runs([exp], filter_string=f"tags.`{TAG_PARENT}` = '{parent}'")
+    assert len(runs) == 10
+
+
+def test_a_restarted_driver_closes_runs_whose_last_writes_died_with_the_old_one(store):
+    uri, client, exp, parent = store
+    old = _tracker(store, interval_s=0.0)
+    done, failed, landed = _Trial("done"), _Trial("failed"), _Trial("landed")
+    for trial in (done, failed, landed):
+        old.on_trial_start(0, [], trial)
+        _report(old, trial, _result(1))
+    old.on_trial_complete(0, [], landed)
+    assert old.drain()
+    landed_end = _child_of(client, exp, parent, "landed").info.end_time
+    # The old driver is killed with its last writes still queued.
+    old._outbox = _Outbox(old._deliver_metrics, interval_s=3600.0)
+    _report(old, done, _result(2))
+    old.on_trial_complete(0, [], done)
+    old.on_trial_error(0, [], failed)
+    old._outbox.pending.clear()
+    assert _child_of(client, exp, parent, "done").info.status == "RUNNING"
+
+    # The new driver restores the trials from Tune's experiment state and never sees them end.
+    new = _tracker(store, interval_s=0.0)
+    done.status, failed.status, landed.status = "TERMINATED", "ERROR", "TERMINATED"
+    new.on_experiment_end([done, failed, landed])
+
+    run = _child_of(client, exp, parent, "done")
+    assert run.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "test_acc")) == [1, 2]
+    assert run.data.tags[TAG_STOPPED_EARLY] == "1"
+    assert _child_of(client, exp, parent, "failed").info.status == "FAILED"
+    assert _child_of(client, exp, parent, "landed").info.end_time == landed_end  # untouched
+
+
+def _child_of(client: MlflowClient, exp: str, parent: str, tid: str) -> Any:
+    (run,) = client.search_runs([exp], filter_string=(
+        f"tags.`{TAG_PARENT}` = '{parent}' and tags.`flatsweep.trial_id` = '{tid}'"))
+    return run
+
+
+def test_runs_are_dated_by_tune_events_not_by_the_delayed_writes(store):
+    uri, client, exp, parent = store
+    tracker = _tracker(store, interval_s=2.0)  # every write lands 2 s after its event
+    trial = _Trial("e")
+    started = int(time.time() * 1000)
+    tracker.on_trial_start(0, [], trial)
+    _report(tracker, trial, _result(1))
+    tracker.on_trial_complete(0, [], trial)
+    ended = time.time() * 1000
+    deadline = time.monotonic() + 60
+    while (tracker._outbox.pending or not tracker._outbox.rounds) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    delivered = time.time() * 1000
+    run = _child(client, exp, parent)
+    assert delivered - ended >= 1500  # the writes really were late
+    assert started <= run.info.start_time <= ended
+    assert started <= run.info.end_time <= ended

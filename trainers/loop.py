@@ -1,0 +1,312 @@
+"""``fit``: the training loop every trial runs, readable top to bottom.
+
+Plain PyTorch: no Ray, no MLflow. A sweep observes it through ``on_epoch_end`` and resumes it
+from a checkpoint; ``python -m trainers`` runs it alone.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from trainers import data as data_lib
+from trainers import models, perturbations
+from trainers.attacks import pgd
+from trainers.checkpoint import load_checkpoint, save_checkpoint
+from trainers.precision import LossScaler, autocast
+from trainers.spec import TrainSpec
+
+Status = Literal["finished", "diverged", "stopped"]
+#: Called after every epoch with that epoch's metrics and a function that writes a
+#: checkpoint into a directory; returning True asks the loop to stop early.
+EpochCallback = Callable[[dict[str, float], Callable[[str | Path], Path]], bool | None]
+
+CHECKPOINT_FORMAT = 1
+# Keys that may differ between a checkpoint's spec and the spec resuming it.
+_RESUMABLE_CHANGES = {"epochs", "provenance", "device", "num_threads"}
+
+
+@dataclass
+class FitResult:
+    """How a run ended and what it measured; ``final`` is the last epoch's metrics."""
+
+    status: Status
+    message: str
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def final(self) -> dict[str, float]:
+        return self.history[-1] if self.history else {}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def lr_factor(spec: TrainSpec, t: float) -> float:
+    """LR multiplier at fractional epoch ``t`` (warm-up, then cosine / multistep / constant)."""
+    s, warm = spec.schedule, spec.schedule.warmup_epochs
+    if warm and t < warm:
+        return t / warm
+    if s.name == "cosine":
+        span = max(spec.epochs - warm, 1e-12)
+        return 0.5 * (1 + math.cos(math.pi * min((t - warm) / span, 1.0)))
+    if s.name == "multistep":
+        return s.gamma ** sum(t >= m for m in s.milestones)
+    return 1.0
+
+
+def _set_determinism(spec: TrainSpec) -> None:
+    if spec.num_threads is not None:
+        torch.set_num_threads(spec.num_threads)
+    torch.manual_seed(spec.seed)
+    if spec.deterministic:
+        # cuBLAS needs this before the first call to be deterministic.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    # Only on a change: the setter imports torch's compiler stack (~1.5 s), a cost each new
+    # trial worker would pay although the default (off) is already in place.
+    if (torch.are_deterministic_algorithms_enabled() != spec.deterministic
+            or torch.is_deterministic_algorithms_warn_only_enabled()):
+        torch.use_deterministic_algorithms(spec.deterministic, warn_only=False)
+    torch.backends.cudnn.benchmark = not spec.deterministic
+
+
+def _spec_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    keys = (set(a) | set(b)) - _RESUMABLE_CHANGES
+    return sorted(k for k in keys if a.get(k) != b.get(k))
+
+
+def fit(
+    spec: TrainSpec, *, on_epoch_end: EpochCallback | None = None, resume: str | Path | None = None
+) -> FitResult:
+    """Train ``spec`` and return how it ended.
+
+    ``resume`` is a checkpoint file or directory written by this loop; training continues
+    after its epoch and, on CPU, ends with weights bit-identical to an uninterrupted run.
+    A non-finite loss ends the run with status ``diverged`` instead of raising.
+    """
+    device = resolve_device(spec.device)
+    _set_determinism(spec)
+    bundle = data_lib.build(
+        spec.data,
+        batch_size=spec.batch_size,
+        device=device,
+        seed=spec.seed,
+        test_batch_size=spec.eval_batch_size,
+    )
+    model = models.build(
+        spec.model.name, num_classes=bundle.num_classes, in_shape=bundle.in_shape, **spec.model.args
+    ).to(device)
+    memory_format = torch.preserve_format
+    if spec.channels_last and len(bundle.in_shape) == 3:
+        memory_format = torch.channels_last
+        model = model.to(memory_format=memory_format)
+    params = [p for p in model.parameters() if p.requires_grad]
+    o = spec.optim
+    optimizer = torch.optim.SGD(
+        params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay
+    )
+    steps_per_epoch = len(bundle.train)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(spec, step / steps_per_epoch)
+    )
+    scaler = LossScaler(device) if spec.precision == "fp16" else None
+    perturbation = perturbations.build(spec.perturbation.kind, model, **spec.perturbation.hparams())
+    erm = perturbations.build("erm", model)
+    adv = spec.adversarial
+    mean = torch.tensor(bundle.mean) if bundle.mean is not None else None
+    std = torch.tensor(bundle.std) if bundle.std is not None else None
+
+    history: list[dict[str, float]] = []
+    start_epoch = 0
+    if resume is not None:
+        state = load_checkpoint(resume)
+        diff = _spec_diff(state["spec"], spec.model_dump(mode="json"))
+        if diff:
+            raise ValueError(
+                f"checkpoint {str(resume)!r} was written by a different spec "
+                f"(fields {', '.join(diff)} differ)"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng_cpu"])
+        if device.type == "cuda" and state.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(state["rng_cuda"], device)
+        start_epoch, history = state["epoch"], list(state["history"])
+
+    def save(path: str | Path, epoch: int) -> Path:
+        return save_checkpoint(
+            path,
+            {
+                "format": CHECKPOINT_FORMAT,
+                "spec": spec.model_dump(mode="json"),
+                "epoch": epoch,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "rng_cpu": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                "history": history,
+            },
+        )
+
+    for epoch in range(start_epoch, spec.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        bundle.train.set_epoch(epoch)
+        method = erm if epoch < spec.perturbation.warmup_epochs else perturbation
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        seen, passes = 0, 0
+        for step, (x, y) in enumerate(bundle.train):
+            x = x.contiguous(memory_format=memory_format)
+            if adv is not None:
+                with autocast(spec.precision, device):
+                    x = pgd(
+                        model,
+                        x,
+                        y,
+                        eps=adv.eps,
+                        step_size=adv.step_size,
+                        steps=adv.steps,
+                        mean=mean,
+                        std=std,
+                    )
+            first = True
+
+            def closure(x: torch.Tensor = x, y: torch.Tensor = y) -> torch.Tensor:
+                nonlocal first, loss_sum, correct, passes
+                optimizer.zero_grad(set_to_none=True)
+                with autocast(spec.precision, device):
+                    out = model(x)
+                    loss = F.cross_entropy(out, y)
+                if scaler is not None:
+                    scaler.backward(loss, params)
+                else:
+                    loss.backward()
+                if o.grad_clip_norm is not None:
+                    nn.utils.clip_grad_norm_(params, o.grad_clip_norm, foreach=True)
+                if first:  # train metrics at the unperturbed weights
+                    first = False
+                    loss_sum += loss.detach().float() * len(y)
+                    correct += (out.argmax(1) == y).sum()
+                passes += 1
+                return loss.detach()
+
+            method.backward(closure)
+            if scaler is not None:
+                scaler.step(optimizer)
+            else:
+                optimizer.step()
+            scheduler.step()
+            seen += len(y)
+            # One host sync every 20 steps is enough to stop a diverged run early.
+            if step % 20 == 19 and not torch.isfinite(loss_sum):
+                break
+        train_loss = float(loss_sum) / max(seen, 1)
+        train_seconds = time.perf_counter() - t0
+        if not math.isfinite(train_loss):
+            message = (
+                f"loss became {train_loss} in epoch {epoch + 1}; lower optim.lr or "
+                f"perturbation.radius"
+            )
+            history.append({"epoch": epoch + 1, "train_loss": train_loss, "diverged": 1.0})
+            return FitResult("diverged", message, history)
+        test_loss, test_acc = evaluate(model, bundle.test, spec, device, memory_format)
+        metrics = {
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            "train_acc": float(correct) / max(seen, 1),
+            "test_loss": test_loss,
+            "test_acc": test_acc,
+            "lr": optimizer.param_groups[0]["lr"],
+            "closure_passes": passes,
+            "train_seconds": train_seconds,
+            "images_per_s": seen / train_seconds,
+            "diverged": 0.0,
+        }
+        metrics["gen_gap"] = metrics["train_acc"] - test_acc
+        if adv is not None:
+            metrics["robust_acc"] = robust_accuracy(
+                model, bundle.test, spec, device, memory_format, mean, std
+            )
+        metrics["epoch_seconds"] = time.perf_counter() - t0
+        history.append(metrics)
+        if on_epoch_end is not None and on_epoch_end(
+            metrics, lambda path, e=epoch + 1: save(path, e)
+        ):
+            return FitResult("stopped", f"stopped after epoch {epoch + 1}", history)
+    return FitResult("finished", f"trained {spec.epochs} epochs", history)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Any,
+    spec: TrainSpec,
+    device: torch.device,
+    memory_format: torch.memory_format,
+) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy on ``loader`` in eval mode."""
+    model.eval()
+    loss = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    n = 0
+    for x, y in loader:
+        with autocast(spec.precision, device):
+            out = model(x.contiguous(memory_format=memory_format))
+        loss += F.cross_entropy(out.float(), y, reduction="sum")
+        correct += (out.argmax(1) == y).sum()
+        n += len(y)
+    return float(loss) / max(n, 1), float(correct) / max(n, 1)
+
+
+def robust_accuracy(
+    model: nn.Module,
+    loader: Any,
+    spec: TrainSpec,
+    device: torch.device,
+    memory_format: torch.memory_format,
+    mean: torch.Tensor | None,
+    std: torch.Tensor | None,
+) -> float:
+    """PGD-``eval_steps`` accuracy on the first ``eval_examples`` test examples (eval mode)."""
+    adv = spec.adversarial
+    assert adv is not None
+    model.eval()
+    correct, n = 0, 0
+    for x, y in loader:
+        if adv.eval_examples is not None and n >= adv.eval_examples:
+            break
+        x = x.contiguous(memory_format=memory_format)
+        with autocast(spec.precision, device):
+            x_adv = pgd(
+                model,
+                x,
+                y,
+                eps=adv.eps,
+                step_size=adv.step_size,
+                steps=adv.eval_steps,
+                mean=mean,
+                std=std,
+            )
+            with torch.no_grad():
+                correct += int((model(x_adv).argmax(1) == y).sum())
+        n += len(y)
+    return correct / max(n, 1)

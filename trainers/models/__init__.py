@@ -1,0 +1,73 @@
+"""Models by name: the CIFAR networks of the AMP, AWP and SAM papers plus small CPU-sized ones.
+
+``build(name, num_classes=..., in_shape=...)`` is the one entry point; names come from ``MODELS``.
+Every factory takes ``(num_classes, in_shape, **options)``, where ``in_shape`` is one example's
+shape without the batch dimension: (C, H, W) for images, (C, L) for 1-D signals. Options are
+checked against the factory's signature before it runs, so a misspelt YAML key fails with the
+allowed names instead of a TypeError from deep inside a constructor.
+
+- ``preact_resnet18``: He et al. 2016, "Identity Mappings"; kuangliu/pytorch-cifar.
+- ``wide_resnet``: Zagoruyko & Komodakis 2016; xternalz/WideResNet-pytorch (the AWP code's).
+- ``vgg16_bn``: Simonyan & Zisserman 2015 with Ioffe & Szegedy 2015 BN; kuangliu/pytorch-cifar.
+- ``pyramidnet``: Han et al. 2017 with Yamada et al. 2019 ShakeDrop; dyhan0920/PyramidNet-PyTorch.
+- ``mlp``, ``cnn1d``: Greydanus 2020, MNIST-1D; greydanus/mnist1d.
+- ``small_cnn``: this project's two-layer CNN for sklearn's 8x8 digits.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+
+from torch import nn
+
+from trainers._registry import Registry, unknown_message
+from trainers.models.preact_resnet import preact_resnet18
+from trainers.models.pyramidnet import pyramidnet
+from trainers.models.small import cnn1d, mlp, small_cnn
+from trainers.models.vgg import vgg16_bn
+from trainers.models.wide_resnet import wide_resnet
+
+__all__ = ["MODELS", "build", "options"]
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+
+# Registered here rather than by decorators in each file so that the model files do not import
+# this package (a cycle) and the full list of names sits in one place.
+for _name, _factory in {
+    "preact_resnet18": preact_resnet18,
+    "wide_resnet": wide_resnet,
+    "vgg16_bn": vgg16_bn,
+    "pyramidnet": pyramidnet,
+    "mlp": mlp,
+    "cnn1d": cnn1d,
+    "small_cnn": small_cnn,
+}.items():
+    MODELS.register(_name)(_factory)
+
+_POSITIONAL = ("num_classes", "in_shape")
+
+
+def options(name: str) -> dict[str, object]:
+    """The keyword options of model ``name`` with their defaults."""
+    params = inspect.signature(MODELS.get(name)).parameters
+    return {k: p.default for k, p in params.items() if k not in _POSITIONAL}
+
+
+def build(name: str, *, num_classes: int, in_shape: Sequence[int], **kwargs: object) -> nn.Module:
+    """Instantiate model ``name`` for ``num_classes`` outputs on inputs of shape ``in_shape``.
+
+    Raises ValueError for an unknown name, an unknown option, or an option value the model
+    cannot take (the message names the argument and what is allowed).
+    """
+    factory = MODELS.get(name)
+    allowed = list(options(name))
+    for key in kwargs:
+        if key not in allowed:
+            raise ValueError(unknown_message(f"{name} argument", key, allowed or ["(none)"]))
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, but got {num_classes=}")
+    shape = tuple(int(d) for d in in_shape)
+    if not shape or min(shape) < 1:
+        raise ValueError(f"in_shape must be non-empty with positive sizes, but got {in_shape=}")
+    return factory(num_classes=num_classes, in_shape=shape, **kwargs)

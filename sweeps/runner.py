@@ -257,6 +257,7 @@ def run_sweep(spec: SweepSpec, spec_text: str, *, resume: bool = False,
     from ray.tune.search import ConcurrencyLimiter
 
     import search_spaces
+    from sweeps.checkpoints import RepairCheckpoints
     from sweeps.progress import Progress
     from sweeps.trainable import train_trial
 
@@ -284,7 +285,8 @@ def run_sweep(spec: SweepSpec, spec_text: str, *, resume: bool = False,
             {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
         tracker = MLflowTracker(tracking_uri, exp_id, parent_id, spec.name, base,
                                 spec.train.epochs)
-        callbacks = [tracker, Progress(spec, slots, enabled=progress), JsonLoggerCallback()]
+        callbacks = [RepairCheckpoints(), tracker, Progress(spec, slots, enabled=progress),
+                     JsonLoggerCallback()]
         storage = spec.resolved_storage()
         exp_dir = f"{storage.rstrip('/')}/{spec.name}"
         if resume and tune.Tuner.can_restore(exp_dir):

@@ -1,0 +1,110 @@
+"""Repair restored trials whose latest checkpoint a killed driver had already deleted.
+
+With ``CheckpointConfig(num_to_keep)`` Tune's driver deletes a trial's oldest checkpoint as
+soon as a newer one registers, but writes the experiment snapshot that ``Tuner.restore``
+reads only afterwards (every ``TUNE_GLOBAL_CHECKPOINT_S``, or forced after ``num_to_keep``
+checkpoints). A driver killed in between leaves a snapshot naming deleted checkpoints:
+``Trainable.restore`` then refuses ("does not exist on storage anymore") on every retry and
+the trial ends in ERROR, although newer checkpoints of it sit beside the deleted one.
+
+:class:`RepairCheckpoints` runs before the resumed experiment's first trial starts. For each
+unfinished trial it drops deleted checkpoints from Tune's bookkeeping (else Tune later logs a
+traceback deleting them again) and, when the latest one is gone, points the trial at the
+newest checkpoint left in its directory. Deletion goes oldest first, so that one is the same
+trial's latest progress. It touches private state of Ray 2.60's checkpoint manager
+(``_checkpoint_results``, ``_latest_checkpoint_result``); the driver-loss test in
+``tests/sweeps/test_reliability.py`` fails if that changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import re
+import tempfile
+from typing import Any
+
+from pyarrow.fs import FileSelector, FileType
+from ray.tune import Callback, Checkpoint
+
+log = logging.getLogger(__name__)
+
+_CHECKPOINT_DIR = re.compile(r"checkpoint_(\d+)$")
+
+
+def _exists(checkpoint: Checkpoint) -> bool:
+    return checkpoint.filesystem.get_file_info(checkpoint.path).type != FileType.NotFound
+
+
+def _loads(checkpoint: Checkpoint) -> bool:
+    """Whether the directory holds a whole checkpoint (a killed copy may have left half)."""
+    from trainers.checkpoint import load_checkpoint
+
+    with tempfile.TemporaryDirectory() as d:
+        try:
+            load_checkpoint(checkpoint.to_directory(d))
+        except Exception:
+            return False
+    return True
+
+
+def latest_left(missing: Checkpoint) -> tuple[Checkpoint, int] | None:
+    """The newest loadable checkpoint beside ``missing``, and the highest directory index
+    there (a half-copied directory counts); None if no checkpoint loads."""
+    fs, path = missing.filesystem, missing.path.rstrip("/")
+    found = []
+    for info in fs.get_file_info(FileSelector(posixpath.dirname(path), allow_not_found=True)):
+        m = _CHECKPOINT_DIR.match(info.base_name)
+        if m and info.type == FileType.Directory:
+            found.append((int(m.group(1)), info.path))
+    for _, p in sorted(found, reverse=True):
+        candidate = Checkpoint(p, filesystem=fs)
+        if _loads(candidate):
+            return candidate, max(found)[0]
+    return None
+
+
+def repair_trial(trial: Any) -> bool:
+    """Fix one restored trial's checkpoint bookkeeping; True if its restore point changed."""
+    manager = trial.run_metadata.checkpoint_manager
+    latest = manager.latest_checkpoint_result
+    if latest is None or latest.checkpoint is None:
+        return False
+    manager._checkpoint_results = [r for r in manager._checkpoint_results
+                                   if r.checkpoint is not None and _exists(r.checkpoint)]
+    if _exists(latest.checkpoint):
+        return False
+    left = latest_left(latest.checkpoint)
+    if left is None:
+        log.warning("trial %s: checkpoint %s is gone and none is left beside it; "
+                    "it restarts from scratch", trial.trial_id, latest.checkpoint.path)
+        manager._latest_checkpoint_result = None
+        manager._checkpoint_results = []
+        return True
+    checkpoint, highest = left
+    replacement = type(latest)(checkpoint=checkpoint, metrics=dict(latest.metrics))
+    manager._checkpoint_results.append(replacement)
+    manager._latest_checkpoint_result = replacement
+    # New checkpoints must go to fresh directories: the snapshot's index would overwrite
+    # the ones left by the killed driver, and Tune would then delete a live one.
+    trial.storage.current_checkpoint_index = max(trial.storage.current_checkpoint_index,
+                                                 highest + 1)
+    log.warning("trial %s: %s was deleted before the killed driver's last snapshot; "
+                "resuming from %s", trial.trial_id, posixpath.basename(latest.checkpoint.path),
+                posixpath.basename(checkpoint.path))
+    return True
+
+
+class RepairCheckpoints(Callback):
+    """Runs :func:`repair_trial` on every unfinished trial before the first step starts one."""
+
+    def __init__(self) -> None:
+        self._done = False
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if self._done:
+            return
+        self._done = True
+        for trial in trials:
+            if trial.status != "TERMINATED":
+                repair_trial(trial)

@@ -1,0 +1,92 @@
+"""Restored trials whose latest checkpoint a killed driver deleted (``sweeps.checkpoints``).
+
+Tune's own checkpoint manager and ``Checkpoint`` objects over real files; the trial is a
+stand-in with the two attributes the repair reads (``run_metadata``, ``storage``). The
+driver-loss test in test_reliability.py covers the same repair inside a real resume.
+"""
+
+from pathlib import Path
+from types import SimpleNamespace
+
+from ray.train._internal.checkpoint_manager import _CheckpointManager
+from ray.train._internal.session import _TrainingResult
+from ray.tune import Checkpoint, CheckpointConfig
+
+from sweeps.checkpoints import RepairCheckpoints, latest_left, repair_trial
+from trainers.checkpoint import load_checkpoint, save_checkpoint
+
+
+def write(trial_dir: Path, index: int, epoch: int) -> Checkpoint:
+    save_checkpoint(trial_dir / f"checkpoint_{index:06d}", {"epoch": epoch})
+    return Checkpoint(str(trial_dir / f"checkpoint_{index:06d}"))
+
+
+def trial_with(trial_dir: Path, *epochs_by_index: tuple[int, int], next_index: int):
+    """A trial whose checkpoint manager registered checkpoints (index, epoch) in order."""
+    manager = _CheckpointManager(CheckpointConfig(num_to_keep=2))
+    for index, epoch in epochs_by_index:
+        path = trial_dir / f"checkpoint_{index:06d}"
+        manager._checkpoint_results.append(_TrainingResult(
+            Checkpoint(str(path)), {"epoch": epoch, "training_iteration": epoch}))
+        manager._latest_checkpoint_result = manager._checkpoint_results[-1]
+    return SimpleNamespace(trial_id="t1", status="PENDING",
+                           run_metadata=SimpleNamespace(checkpoint_manager=manager),
+                           storage=SimpleNamespace(current_checkpoint_index=next_index))
+
+
+def epoch_of(checkpoint: Checkpoint) -> int:
+    return load_checkpoint(checkpoint.path)["epoch"]
+
+
+def test_a_trial_whose_checkpoints_exist_is_left_as_tune_restored_it(tmp_path):
+    write(tmp_path, 3, 4)
+    write(tmp_path, 4, 5)
+    write(tmp_path, 5, 6)  # newer than the snapshot, but Tune's choice stands
+    trial = trial_with(tmp_path, (3, 4), (4, 5), next_index=5)
+    assert not repair_trial(trial)
+    manager = trial.run_metadata.checkpoint_manager
+    assert epoch_of(manager.latest_checkpoint_result.checkpoint) == 5
+    assert len(manager._checkpoint_results) == 2 and trial.storage.current_checkpoint_index == 5
+
+
+def test_deleted_checkpoints_are_dropped_and_the_newest_left_is_restored(tmp_path):
+    # The snapshot names 000003 and 000004; the killed driver had registered 000005 and
+    # 000006 and deleted both. 000007 was being copied when the worker died: half a file.
+    write(tmp_path, 5, 6)
+    write(tmp_path, 6, 7)
+    (tmp_path / "checkpoint_000007").mkdir()
+    (tmp_path / "checkpoint_000007" / "checkpoint.pt").write_bytes(b"PK\x03\x04half")
+    trial = trial_with(tmp_path, (3, 4), (4, 5), next_index=5)
+    assert repair_trial(trial)
+    manager = trial.run_metadata.checkpoint_manager
+    latest = manager.latest_checkpoint_result
+    assert epoch_of(latest.checkpoint) == 7
+    assert [r.checkpoint.path for r in manager._checkpoint_results] == [latest.checkpoint.path]
+    # new checkpoints go past every directory the killed driver left
+    assert trial.storage.current_checkpoint_index == 8
+
+
+def test_nothing_left_restarts_the_trial_from_scratch(tmp_path):
+    trial = trial_with(tmp_path, (3, 4), next_index=4)
+    assert latest_left(trial.run_metadata.checkpoint_manager.latest_checkpoint_result
+                       .checkpoint) is None
+    assert repair_trial(trial)
+    assert trial.run_metadata.checkpoint_manager.latest_checkpoint_result is None
+
+
+def test_the_callback_repairs_unfinished_trials_once_before_the_first_step(tmp_path):
+    done, pending = tmp_path / "done", tmp_path / "pending"
+    write(pending, 9, 10)
+    finished = trial_with(done, (1, 2), next_index=2)
+    finished.status = "TERMINATED"
+    resumed = trial_with(pending, (7, 8), next_index=8)
+    callback = RepairCheckpoints()
+    callback.on_step_begin(0, [finished, resumed])
+    assert epoch_of(resumed.run_metadata.checkpoint_manager.latest_checkpoint_result
+                    .checkpoint) == 10
+    # a finished trial is not touched even though its checkpoint is gone
+    assert finished.run_metadata.checkpoint_manager._checkpoint_results
+    write(pending, 10, 11)
+    callback.on_step_begin(1, [resumed])  # later steps: Tune's own bookkeeping is right
+    assert epoch_of(resumed.run_metadata.checkpoint_manager.latest_checkpoint_result
+                    .checkpoint) == 10

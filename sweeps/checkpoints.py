@@ -48,20 +48,19 @@ def _loads(checkpoint: Checkpoint) -> bool:
     return True
 
 
-def latest_left(missing: Checkpoint) -> tuple[Checkpoint, int] | None:
-    """The newest loadable checkpoint beside ``missing``, and the highest directory index
-    there (a half-copied directory counts); None if no checkpoint loads."""
+def checkpoints_beside(missing: Checkpoint) -> list[Checkpoint]:
+    """The ``checkpoint_N`` directories in ``missing``'s trial directory, oldest first."""
     fs, path = missing.filesystem, missing.path.rstrip("/")
     found = []
     for info in fs.get_file_info(FileSelector(posixpath.dirname(path), allow_not_found=True)):
         m = _CHECKPOINT_DIR.match(info.base_name)
         if m and info.type == FileType.Directory:
             found.append((int(m.group(1)), info.path))
-    for _, p in sorted(found, reverse=True):
-        candidate = Checkpoint(p, filesystem=fs)
-        if _loads(candidate):
-            return candidate, max(found)[0]
-    return None
+    return [Checkpoint(p, filesystem=fs) for _, p in sorted(found)]
+
+
+def _index(checkpoint: Checkpoint) -> int:
+    return int(_CHECKPOINT_DIR.search(checkpoint.path.rstrip("/")).group(1))
 
 
 def repair_trial(trial: Any) -> bool:
@@ -74,24 +73,29 @@ def repair_trial(trial: Any) -> bool:
                                    if r.checkpoint is not None and _exists(r.checkpoint)]
     if _exists(latest.checkpoint):
         return False
-    left = latest_left(latest.checkpoint)
-    if left is None:
-        log.warning("trial %s: checkpoint %s is gone and none is left beside it; "
-                    "it restarts from scratch", trial.trial_id, latest.checkpoint.path)
+    left = checkpoints_beside(latest.checkpoint)
+    chosen = next((c for c in reversed(left) if _loads(c)), None)
+    # Every other directory left goes into Tune's list as an older checkpoint, so Tune's
+    # own retention deletes it as the trial goes on instead of leaving it behind for good.
+    listed = {r.checkpoint.path for r in manager._checkpoint_results}
+    manager._checkpoint_results += [type(latest)(checkpoint=c, metrics={}) for c in left
+                                    if c is not chosen and c.path not in listed]
+    if left:
+        # New checkpoints go to fresh directories: the snapshot's index would overwrite the
+        # ones the killed driver left, and Tune would later delete a live one by its path.
+        trial.storage.current_checkpoint_index = max(trial.storage.current_checkpoint_index,
+                                                     _index(left[-1]) + 1)
+    gone = posixpath.basename(latest.checkpoint.path)
+    if chosen is None:
+        log.warning("trial %s: %s is gone and no whole checkpoint is left beside it; "
+                    "it restarts from scratch", trial.trial_id, gone)
         manager._latest_checkpoint_result = None
-        manager._checkpoint_results = []
         return True
-    checkpoint, highest = left
-    replacement = type(latest)(checkpoint=checkpoint, metrics=dict(latest.metrics))
+    replacement = type(latest)(checkpoint=chosen, metrics=dict(latest.metrics))
     manager._checkpoint_results.append(replacement)
     manager._latest_checkpoint_result = replacement
-    # New checkpoints must go to fresh directories: the snapshot's index would overwrite
-    # the ones left by the killed driver, and Tune would then delete a live one.
-    trial.storage.current_checkpoint_index = max(trial.storage.current_checkpoint_index,
-                                                 highest + 1)
     log.warning("trial %s: %s was deleted before the killed driver's last snapshot; "
-                "resuming from %s", trial.trial_id, posixpath.basename(latest.checkpoint.path),
-                posixpath.basename(checkpoint.path))
+                "resuming from %s", trial.trial_id, gone, posixpath.basename(chosen.path))
     return True
 
 

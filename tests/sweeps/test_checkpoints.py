@@ -12,7 +12,7 @@ from ray.train._internal.checkpoint_manager import _CheckpointManager
 from ray.train._internal.session import _TrainingResult
 from ray.tune import Checkpoint, CheckpointConfig
 
-from sweeps.checkpoints import RepairCheckpoints, latest_left, repair_trial
+from sweeps.checkpoints import RepairCheckpoints, repair_trial
 from trainers.checkpoint import load_checkpoint, save_checkpoint
 
 
@@ -61,17 +61,24 @@ def test_deleted_checkpoints_are_dropped_and_the_newest_left_is_restored(tmp_pat
     manager = trial.run_metadata.checkpoint_manager
     latest = manager.latest_checkpoint_result
     assert epoch_of(latest.checkpoint) == 7
-    assert [r.checkpoint.path for r in manager._checkpoint_results] == [latest.checkpoint.path]
+    # the other directories left are Tune's to delete, oldest first, the restore point last
+    names = [Path(r.checkpoint.path).name for r in manager._checkpoint_results]
+    assert names == ["checkpoint_000005", "checkpoint_000007", "checkpoint_000006"]
     # new checkpoints go past every directory the killed driver left
     assert trial.storage.current_checkpoint_index == 8
+    write(tmp_path, 8, 8)
+    manager.register_checkpoint(_TrainingResult(Checkpoint(str(tmp_path / "checkpoint_000008")),
+                                                {"epoch": 8}))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_000006",
+                                                          "checkpoint_000008"]
 
 
-def test_nothing_left_restarts_the_trial_from_scratch(tmp_path):
+def test_nothing_whole_left_restarts_the_trial_from_scratch(tmp_path):
+    (tmp_path / "checkpoint_000005").mkdir()  # a copy the killed worker never filled
     trial = trial_with(tmp_path, (3, 4), next_index=4)
-    assert latest_left(trial.run_metadata.checkpoint_manager.latest_checkpoint_result
-                       .checkpoint) is None
     assert repair_trial(trial)
     assert trial.run_metadata.checkpoint_manager.latest_checkpoint_result is None
+    assert trial.storage.current_checkpoint_index == 6
 
 
 def test_the_callback_repairs_unfinished_trials_once_before_the_first_step(tmp_path):

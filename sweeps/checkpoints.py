@@ -25,6 +25,7 @@ import tempfile
 from typing import Any
 
 from pyarrow.fs import FileSelector, FileType
+from ray.train._internal.storage import _exists_at_fs_path
 from ray.tune import Callback, Checkpoint
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,8 @@ _CHECKPOINT_DIR = re.compile(r"checkpoint_(\d+)$")
 
 
 def _exists(checkpoint: Checkpoint) -> bool:
-    return checkpoint.filesystem.get_file_info(checkpoint.path).type != FileType.NotFound
+    # The very test with which Trainable.restore refuses a checkpoint.
+    return _exists_at_fs_path(checkpoint.filesystem, checkpoint.path)
 
 
 def _loads(checkpoint: Checkpoint) -> bool:
@@ -48,19 +50,16 @@ def _loads(checkpoint: Checkpoint) -> bool:
     return True
 
 
-def checkpoints_beside(missing: Checkpoint) -> list[Checkpoint]:
-    """The ``checkpoint_N`` directories in ``missing``'s trial directory, oldest first."""
+def checkpoints_beside(missing: Checkpoint) -> list[tuple[int, Checkpoint]]:
+    """The ``checkpoint_N`` directories in ``missing``'s trial directory, with their N,
+    oldest first."""
     fs, path = missing.filesystem, missing.path.rstrip("/")
     found = []
     for info in fs.get_file_info(FileSelector(posixpath.dirname(path), allow_not_found=True)):
         m = _CHECKPOINT_DIR.match(info.base_name)
         if m and info.type == FileType.Directory:
             found.append((int(m.group(1)), info.path))
-    return [Checkpoint(p, filesystem=fs) for _, p in sorted(found)]
-
-
-def _index(checkpoint: Checkpoint) -> int:
-    return int(_CHECKPOINT_DIR.search(checkpoint.path.rstrip("/")).group(1))
+    return [(index, Checkpoint(p, filesystem=fs)) for index, p in sorted(found)]
 
 
 def repair_trial(trial: Any) -> bool:
@@ -74,17 +73,17 @@ def repair_trial(trial: Any) -> bool:
     if _exists(latest.checkpoint):
         return False
     left = checkpoints_beside(latest.checkpoint)
-    chosen = next((c for c in reversed(left) if _loads(c)), None)
+    chosen = next((c for _, c in reversed(left) if _loads(c)), None)
     # Every other directory left goes into Tune's list as an older checkpoint, so Tune's
     # own retention deletes it as the trial goes on instead of leaving it behind for good.
     listed = {r.checkpoint.path for r in manager._checkpoint_results}
-    manager._checkpoint_results += [type(latest)(checkpoint=c, metrics={}) for c in left
+    manager._checkpoint_results += [type(latest)(checkpoint=c, metrics={}) for _, c in left
                                     if c is not chosen and c.path not in listed]
     if left:
         # New checkpoints go to fresh directories: the snapshot's index would overwrite the
         # ones the killed driver left, and Tune would later delete a live one by its path.
         trial.storage.current_checkpoint_index = max(trial.storage.current_checkpoint_index,
-                                                     _index(left[-1]) + 1)
+                                                     left[-1][0] + 1)
     gone = posixpath.basename(latest.checkpoint.path)
     if chosen is None:
         log.warning("trial %s: %s is gone and no whole checkpoint is left beside it; "

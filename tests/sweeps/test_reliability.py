@@ -61,10 +61,10 @@ def keep_latest_checkpoint(exp_dir: Path, trial_id: str) -> float:
     from trainers.checkpoint import load_checkpoint
 
     (trial_dir,) = exp_dir.glob(f"train_trial_{trial_id}_*")
-    dirs = sorted(trial_dir.glob("checkpoint_*"), key=lambda d: load_checkpoint(d)["epoch"])
-    for d in dirs[:-1]:
+    by_epoch = sorted((load_checkpoint(d)["epoch"], d) for d in trial_dir.glob("checkpoint_*"))
+    for _, d in by_epoch[:-1]:
         shutil.rmtree(d)
-    return float(load_checkpoint(dirs[-1])["epoch"]) if dirs else 0.0
+    return float(by_epoch[-1][0]) if by_epoch else 0.0
 
 
 def sqlite(tmp: Path) -> str:

@@ -2,6 +2,9 @@
 
 ``resolve(name, overrides, optimizer)`` gives the ranges a sweep searches and
 ``define_by_run(name, ranges)`` the function Ray Tune's ``OptunaSearch`` calls per trial.
+``SPACES.get(name).kind`` is the perturbation kind a space searches and ``space_for_kind``
+the default space of a kind. A searched point goes into a spec with
+``trainers.TrainSpec.with_overrides``.
 """
 
 from __future__ import annotations
@@ -14,11 +17,41 @@ if TYPE_CHECKING:  # trial workers import this package; optuna is only needed by
     import optuna
 
 from search_spaces import spaces as _spaces  # noqa: F401  (registers the spaces)
-from search_spaces._core import SPACES, Range, Ranges, Space, merge
+from search_spaces._core import SPACES, Range, Ranges, Space, merge, run
 from search_spaces.spaces import OPTIMIZER_RANGES
-from trainers._registry import unknown_message
+from trainers.registry import unknown_message
 
-__all__ = ["SPACES", "Range", "Ranges", "Space", "define_by_run", "merge", "resolve", "sample"]
+__all__ = [
+    "SPACES",
+    "Range",
+    "Ranges",
+    "Space",
+    "define_by_run",
+    "merge",
+    "resolve",
+    "sample",
+    "space_for_kind",
+]
+
+
+def space_for_kind(kind: str, *, adaptive: bool = False) -> str:
+    """The name of the default space for perturbation ``kind``: the space named after it, or
+    ``asam`` for ``kind="sam"`` with ``adaptive=True`` (ASAM's radius scale is its own).
+
+    Raises:
+        ValueError: a kind no space searches, or ``adaptive`` for a kind other than ``sam``.
+
+    Example:
+        >>> space_for_kind("amp"), space_for_kind("sam", adaptive=True)
+        ('amp', 'asam')
+    """
+    if adaptive and kind != "sam":
+        raise ValueError(f"adaptive applies to perturbation kind 'sam' only, but got {kind!r}")
+    name = "asam" if adaptive else kind
+    kinds = sorted({SPACES.get(n).kind for n in SPACES})
+    if name not in SPACES or SPACES.get(name).kind != kind:
+        raise ValueError(unknown_message("perturbation kind", kind, kinds))
+    return name
 
 
 def resolve(
@@ -41,11 +74,12 @@ def resolve(
 
 
 def define_by_run(name: str, ranges: Ranges) -> Callable[[optuna.Trial], dict[str, Any]]:
-    """The function OptunaSearch(space=...) calls with each new Optuna trial."""
-    return functools.partial(SPACES.get(name).fn, ranges=ranges)
+    """The function OptunaSearch(space=...) calls with each new Optuna trial; it returns the
+    constants of the point (``perturbation.kind`` among them)."""
+    return functools.partial(run, SPACES.get(name), ranges)
 
 
 def sample(name: str, trial: optuna.Trial, ranges: Ranges) -> dict[str, Any]:
     """Run space ``name`` on ``trial``: the suggested params merged with its constants."""
-    fixed = SPACES.get(name).fn(trial, ranges)
+    fixed = run(SPACES.get(name), ranges, trial)
     return {**trial.params, **fixed}

@@ -3,7 +3,9 @@
 A space is ``fn(trial, ranges) -> dict`` in Optuna's define-by-run style: it calls
 ``trial.suggest_*`` with the parameter's dotted spec name (``perturbation.radius``), which is
 also its Tune config key and its MLflow param name, and returns the constants it fixes.
-No computation happens inside; a conditional parameter is a plain ``if``.
+No computation happens inside; a conditional parameter is a plain ``if``. The perturbation
+kind a space searches is registered with it (``Space.kind``) and added to every point by
+``define_by_run``/``sample``, so a space function never repeats it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # trial workers import this package; optuna is only needed by the driver
     import optuna
 
-from trainers._registry import Registry
+from trainers.registry import Registry, unknown_message
+from trainers.spec import PERTURBATION_SPECS
 
 
 @dataclass(frozen=True)
@@ -49,29 +52,45 @@ SpaceFn = Callable[["optuna.Trial", Ranges], dict[str, Any]]
 
 @dataclass(frozen=True)
 class Space:
-    """A registered space: its function and default ranges (including opt-in optimizer ones)."""
+    """A registered space: its function, default ranges, and the perturbation kind it searches
+    (``perturbation.kind`` of every point it gives; ``asam`` searches kind ``sam``).
+    """
 
     name: str
     fn: SpaceFn
     ranges: Ranges
     doc: str
+    kind: str
 
 
 SPACES: Registry[Space] = Registry("search space")
 
 
-def register(name: str, ranges: Ranges) -> Callable[[SpaceFn], SpaceFn]:
-    """Register ``fn`` under ``name`` with its default ``ranges``."""
+def register(name: str, ranges: Ranges, *, kind: str) -> Callable[[SpaceFn], SpaceFn]:
+    """Register ``fn`` under ``name`` with its default ``ranges``, searching perturbation
+    ``kind``; an unknown kind fails at import, like a duplicate name.
+    """
+    if kind not in PERTURBATION_SPECS:
+        raise ValueError(unknown_message("perturbation kind", kind, list(PERTURBATION_SPECS)))
 
     def deco(fn: SpaceFn) -> SpaceFn:
-        SPACES.register(name)(Space(name, fn, dict(ranges), (fn.__doc__ or "").strip()))
+        doc = (fn.__doc__ or "").strip()
+        SPACES.register(name)(Space(name, fn, dict(ranges), doc, kind))
         return fn
 
     return deco
 
 
+def run(space: Space, ranges: Ranges, trial: optuna.Trial) -> dict[str, Any]:
+    """Call ``space`` on ``trial``: the constants it fixes, its kind among them."""
+    return {"perturbation.kind": space.kind, **space.fn(trial, ranges)}
+
+
 def merge(base: dict[str, Any], point: dict[str, Any]) -> dict[str, Any]:
-    """Return ``base`` (a TrainSpec as a dict) with dotted keys of ``point`` set in it."""
+    """Deprecated: use ``TrainSpec.with_overrides``, which validates and handles a change of
+    perturbation kind. Returns ``base`` (a TrainSpec as a dict) with dotted keys of ``point``
+    set in it, unvalidated; kept only for callers not yet moved.
+    """
     out = copy.deepcopy(base)
     for dotted, value in point.items():
         *parents, leaf = dotted.split(".")

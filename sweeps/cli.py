@@ -14,37 +14,49 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from sweeps.spec import SpecError, load_spec, smoke
+from sweeps._console import err, fail, out
+from sweeps.jobs_cli import register
+from sweeps.spec import SpecError, load_spec, resolve_tracking_uri
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Hyperparameter sweeps for flat-minima regularizers on Ray Tune + "
                        "Optuna, tracked in MLflow.")
-out = Console(soft_wrap=True)
-err = Console(stderr=True)
 
 SpecArg = Annotated[Path, typer.Argument(help="sweep spec YAML file")]
-
-
-def fail(message: str) -> typer.Exit:
-    err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
-    return typer.Exit(2)
+NameOpt = Annotated[str | None, typer.Option(
+    "--name", help="run the sweep under this name instead of the spec's")]
+#: Exit code of a sweep stopped by Ctrl-C or SIGTERM (128 + SIGINT, the shell convention).
+EXIT_INTERRUPTED = 130
 
 
 def _client(tracking_uri: str | None):  # noqa: ANN202
-    import os
-
     from mlflow.tracking import MlflowClient
 
-    from sweeps.spec import DEFAULT_TRACKING_DB
-
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
-        f"sqlite:///{Path(DEFAULT_TRACKING_DB).resolve()}"
+    uri = resolve_tracking_uri(tracking_uri)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         raise fail(f"--tracking-uri: no tracking store at {uri} (run a sweep first, or set "
                    f"MLFLOW_TRACKING_URI)")
     return MlflowClient(uri)
+
+
+def _sweep(client, name: str):  # noqa: ANN001, ANN202
+    from sweeps.tracking import find_sweep
+
+    sweep = find_sweep(client, name)
+    if sweep is None:
+        raise fail(f"name: no sweep {name!r} in {client.tracking_uri}")
+    return sweep
+
+
+def _load(spec: Path, **kw: object):  # noqa: ANN202
+    try:
+        s = load_spec(spec, **kw)
+    except SpecError as e:
+        raise fail(str(e)) from None
+    for line in s.warnings():
+        err.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
+    return s
 
 
 AddressOpt = Annotated[str | None, typer.Option(
@@ -57,31 +69,38 @@ def validate(spec: SpecArg, address: AddressOpt = None,
                  "--shared-storage", help="storage_path is a path every node mounts")] = False
              ) -> None:
     """Check a spec completely without starting Ray or touching MLflow."""
-    try:
-        # Data roots are checked where the trials run: here, or on the cluster.
-        s = load_spec(spec, check_files=address is None)
-        if address is not None:
-            from sweeps.submit import preflight, resolve_address
+    # Data roots are checked where the trials run: here, or on the cluster.
+    s = _load(spec, check_files=address is None)
+    if address is not None:
+        from sweeps.preflight import preflight, resolve_address
 
+        try:
             preflight(s, resolve_address(address), shared_storage=shared_storage)
-    except SpecError as e:
-        raise fail(str(e)) from None
-    out.print(f"ok: sweep {s.name!r}: {s.num_samples} trials of space {s.space.name!r}, "
-              f"{s.metric} ({s.mode}), scheduler {s.scheduler.name}")
+        except SpecError as e:
+            raise fail(str(e)) from None
+    f = s.finalists
+    confirm = (f"then top {f.top_k} x {f.seeds} seeds" + (" vs baseline" if f.baseline else "")
+               if f.top_k else "no confirmation stage")
+    out.print(f"ok: sweep {s.name!r}: {s.num_samples} trials of space {s.space_name!r}, "
+              f"{s.metric} ({s.mode}), scheduler {s.scheduler.name} (grace period "
+              f"{s.grace_period}), {confirm}")
 
 
 @app.command()
 def run(spec: SpecArg,
         smoke_test: Annotated[bool, typer.Option("--smoke-test",
-                                                 help="2 trials of 1 epoch")] = False,
+                                                 help="2 trials of 1 epoch, as NAME-smoke")
+                              ] = False,
+        name: NameOpt = None,
         quiet: Annotated[bool, typer.Option("--quiet", help="no live display")] = False) -> None:
     """Run a sweep on local Ray (or the cluster this driver runs in)."""
+    from sweeps.spec import as_run
+
+    s = _load(spec)
     try:
-        s = load_spec(spec)
+        s = as_run(s, name=name, smoke_test=smoke_test)
     except SpecError as e:
         raise fail(str(e)) from None
-    if smoke_test:
-        s = smoke(s)
     _run(s, spec.read_text(), resume=False, quiet=quiet)
 
 
@@ -90,24 +109,41 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def _run(s, text: str, *, resume: bool, quiet: bool) -> None:  # noqa: ANN001
-    from sweeps.runner import run_sweep
+    from sweeps.runner import Interrupted, run_sweep
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    # `ray job stop` and schedulers send SIGTERM: end like Ctrl-C, so the sweep's MLflow runs
-    # are closed as KILLED instead of being left RUNNING.
+    # Tune's own "Resume experiment with: Tuner.restore(...)" hint is not the way on here.
+    logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
+    # `ray job stop` and schedulers send SIGTERM: outside Tune's run, end like Ctrl-C (inside
+    # it, sweeps.ray_internals.InterruptWatch takes Tune's graceful path), so the sweep's
+    # MLflow runs are closed as KILLED instead of being left RUNNING.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         result = run_sweep(s, text, resume=resume, progress=not quiet)
     except SpecError as e:
         raise fail(str(e)) from None
+    except (Interrupted, KeyboardInterrupt):
+        err.print(f"interrupted: sweep {s.name!r} is recorded as KILLED; its finished trials "
+                  f"are kept. Continue it with: sweeps resume {s.name}", markup=False,
+                  highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     best = result.best
     out.print(f"sweep {result.name!r}: {result.num_trials} trials; MLflow experiment "
-              f"{result.experiment_id}, parent run {result.parent_run_id}")
+              f"{result.experiment_id}, parent run {result.parent_run_id}", markup=False)
     if best:
         metric = s.primary[0]
-        out.print(f"best {metric} = {best[metric]:.4f} (trial {best['trial_id']})")
-    out.print(f"browse: mlflow ui --backend-store-uri {result.tracking_uri} "
-              f"--host 127.0.0.1 --port 5000  ->  {result.ui_url()}")
+        out.print(f"best search trial by {metric}: {best['run_name']} = {best[metric]:.4f} "
+                  f"(validation; not a claim: see the verdict)", markup=False, highlight=False)
+    if result.verdict is not None:
+        from sweeps.report import format_verdict_table
+
+        out.print(format_verdict_table(result.verdict), markup=False, highlight=False)
+    elif s.finalists.top_k:
+        out.print("no verdict: the confirmation stage had nothing to confirm", markup=False)
+    if result.report_dir:
+        out.print(f"report: {result.report_dir}/report.md (also the parent run's report/ "
+                  f"artifacts)", markup=False, highlight=False)
+    out.print(result.browse_hint(), markup=False, highlight=False)
 
 
 @app.command()
@@ -116,32 +152,31 @@ def resume(name: Annotated[str, typer.Argument(help="the sweep's name")],
                                                           "in MLflow")] = None,
            tracking_uri: Annotated[str | None, typer.Option()] = None,
            quiet: bool = False) -> None:
-    """Finish an interrupted sweep: finished trials are kept, the Optuna study continues."""
+    """Finish an interrupted sweep: finished trials and stages are kept, the study continues."""
     import tempfile
+
+    from sweeps.spec import with_name
 
     if spec is None:
         client = _client(tracking_uri)
-        from sweeps.tracking import find_parent
-
-        exp = client.get_experiment_by_name(name)
-        parent = find_parent(client, exp.experiment_id, name) if exp else None
-        if parent is None:
-            raise fail(f"name: no sweep {name!r} in {client.tracking_uri}")
+        sweep = _sweep(client, name)
         with tempfile.TemporaryDirectory() as d:
-            path = Path(client.download_artifacts(parent.info.run_id, "sweep.yaml", d))
+            path = Path(client.download_artifacts(sweep.parent_id, "sweep.yaml", d))
             text = path.read_text()
-            try:
-                s = load_spec(path)
-            except SpecError as e:
-                raise fail(str(e)) from None
+            s = _load(path)
     else:
         text = spec.read_text()
+        s = _load(spec)
+    if s.name != name:
+        # A sweep started with --name (or a smoke test) stores the spec under its own name.
         try:
-            s = load_spec(spec)
+            s = with_name(s, name)
         except SpecError as e:
             raise fail(str(e)) from None
-    if s.name != name:
-        raise fail(f"name: the spec names sweep {s.name!r}, not {name!r}")
+    if name.endswith("-smoke") and s.num_samples != 2:
+        from sweeps.spec import smoke
+
+        s = smoke(s).model_copy(update={"name": name})
     if tracking_uri:
         s = s.model_copy(update={"tracking_uri": tracking_uri})
     _run(s, text, resume=True, quiet=quiet)
@@ -154,11 +189,11 @@ def status(name: Annotated[str, typer.Argument(help="the sweep's name")],
            address: Annotated[str | None, typer.Option(
                "--address", help="Ray dashboard URL: show the sweep's Ray job")] = None
            ) -> None:
-    """Trials of a sweep and their status, from MLflow (or its Ray job, with --address)."""
+    """Trials of a sweep, best first, with their searched values, metrics and the verdict."""
     from rich.table import Table
 
     if address is not None:
-        from sweeps.submit import job_status
+        from sweeps.jobs import job_status
 
         try:
             d = job_status(name, address)
@@ -172,41 +207,60 @@ def status(name: Annotated[str, typer.Argument(help="the sweep's name")],
                   highlight=False)
         return
 
-    from sweeps.tracking import TAG_TRIAL, find_children, find_parent
+    from sweeps import tracking
 
     client = _client(tracking_uri)
-    exp = client.get_experiment_by_name(name)
-    parent = find_parent(client, exp.experiment_id, name) if exp else None
-    if parent is None:
-        raise fail(f"name: no sweep {name!r} in {client.tracking_uri}")
-    metric = parent.data.params.get("metric", "test_acc")
-    children = find_children(client, exp.experiment_id, parent.info.run_id)
-    rows = sorted(({"trial": c.data.tags.get(TAG_TRIAL, ""), "status": c.info.status,
-                    metric: c.data.metrics.get(metric),
-                    "stopped_early": c.data.tags.get("flatsweep.stopped_early") == "1",
-                    "diverged": c.data.tags.get("flatsweep.diverged") == "1"}
-                   for c in children), key=lambda r: r["trial"])
+    sweep = _sweep(client, name)
+    rows = tracking.status_rows(client, sweep)
+    objectives = sweep.objectives
+    metrics = [m for m, _ in objectives]
+    test = tracking._test_metric(metrics[0])
+    tags = sweep.parent.data.tags
+    verdict = {k.removeprefix("final."): v for k, v in sweep.parent.data.metrics.items()
+               if k.startswith("final.")}
     if as_json:
-        print(json.dumps({"sweep": name, "status": parent.info.status, "trials": rows}))
+        print(json.dumps({"sweep": name, "status": sweep.parent.info.status,
+                          "objectives": [{"metric": m, "mode": o} for m, o in objectives],
+                          "verdict": tags.get(tracking.TAG_VERDICT), "final": verdict,
+                          "trials": rows}, default=str))
         return
-    table = Table(title=f"sweep {name} ({parent.info.status})")
-    for col in ("trial", "status", metric, "stopped early", "diverged"):
+    params = sorted({k for r in rows for k in r["params"] if k != "perturbation.kind"})
+    table = Table(title=f"sweep {name} ({sweep.parent.info.status})")
+    short = {k: tracking._SHORT.get(k, k) for k in params}
+    for col in ("stage", "run", *metrics, test, *short.values(), "status", "note"):
         table.add_column(col)
     for r in rows:
-        v = r[metric]
-        table.add_row(r["trial"], r["status"], "-" if v is None else f"{v:.4f}",
-                      "yes" if r["stopped_early"] else "", "yes" if r["diverged"] else "")
+        cells = ["-" if r.get(m) is None else f"{r[m]:.4f}" for m in metrics]
+        t = "-" if r.get(test) is None else f"{r[test]:.4f}"
+        ps = [tracking._fmt(r["params"][k]) if r["params"].get(k) is not None else "-"
+              for k in params]
+        note = "stopped early" if r["stopped_early"] else "diverged" if r["diverged"] else ""
+        table.add_row(r["stage"], r["run_name"] or r["trial"], *cells, t, *ps, r["status"],
+                      note)
     out.print(table)
+    if params:
+        out.print("searched: " + ", ".join(f"{v} = {k}" for k, v in short.items()),
+                  markup=False, highlight=False)
+    if tracking.TAG_VERDICT in tags:
+        d = {k: verdict.get(f"delta.{test}.{x}") for k, x in
+             (("mean", "mean"), ("lo", "ci_low"), ("hi", "ci_high"))}
+        interval = ("" if d["lo"] is None else f", 95% interval [{d['lo']:+.4f}, {d['hi']:+.4f}]")
+        out.print(f"verdict: {tags[tracking.TAG_VERDICT]} (winner - baseline {test} "
+                  f"{d['mean']:+.4f}{interval}; cost x{verdict.get('winner.cost_ratio', 0):.2f})",
+                  markup=False, highlight=False)
+    else:
+        out.print("verdict: none yet (no finished confirmation stage)", markup=False)
 
 
 @app.command()
 def export(name: Annotated[str, typer.Argument(help="the sweep's name")],
-           top: Annotated[int, typer.Option(help="how many of the best trials")] = 1,
+           top: Annotated[int, typer.Option(help="how many of the best configs")] = 1,
            out_dir: Annotated[Path, typer.Option("--out", help="output directory")] = Path(
                "best"),
            fmt: Annotated[str, typer.Option("--format", help="yaml or json")] = "yaml",
            tracking_uri: Annotated[str | None, typer.Option()] = None) -> None:
-    """Write the best trials' TrainSpecs, re-runnable with `python -m trainers FILE`."""
+    """Write the best configs (the verdict's winner first), re-runnable with
+    `python -m trainers FILE`."""
     from sweeps.export import export_best
 
     if fmt not in ("yaml", "json"):
@@ -218,10 +272,24 @@ def export(name: Annotated[str, typer.Argument(help="the sweep's name")],
     except SpecError as e:
         raise fail(str(e)) from None
     for f in files:
-        out.print(f"wrote {f}  (re-run: python -m trainers {f})")
+        out.print(f"wrote {f}  (re-run: python -m trainers {f})", markup=False)
 
 
-from sweeps.jobs_cli import register  # noqa: E402  (needs `app`; avoids an import cycle)
+@app.command()
+def report(name: Annotated[str, typer.Argument(help="the sweep's name")],
+           out_dir: Annotated[Path, typer.Option("--out", help="output directory")] = Path(
+               "report"),
+           tracking_uri: Annotated[str | None, typer.Option()] = None) -> None:
+    """Write report.md and its figures for a sweep (also done when a sweep ends)."""
+    from sweeps import tracking
+    from sweeps.report import write_report
+
+    client = _client(tracking_uri)
+    sweep = _sweep(client, name)
+    files = write_report(tracking.sweep_record(client, sweep), out_dir)
+    for f in files:
+        out.print(f"wrote {f}", markup=False)
+
 
 register(app)
 

@@ -1,7 +1,8 @@
 """``sweeps submit``, ``sweeps logs``, ``sweeps stop``: a sweep as a job on a running Ray cluster.
 
-``register(app)`` adds the commands to the ``sweeps`` app in ``sweeps.cli``; this module imports
-``sweeps.cli`` only inside the commands, so either module can be imported first.
+``register(app)`` adds the commands to the ``sweeps`` app in ``sweeps.cli``. This module never
+imports ``sweeps.cli`` (the console helpers are in ``sweeps._console``), so ``sweeps.cli`` imports
+it at the top like any other module.
 """
 
 from __future__ import annotations
@@ -12,6 +13,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from sweeps import jobs
+from sweeps._console import fail, out
+from sweeps.spec import SpecError
 
 AddressOpt = Annotated[
     str | None,
@@ -41,12 +46,13 @@ def register(app: typer.Typer) -> None:
 
 
 _SUBMIT_HELP = (
-    "Submit a sweep to a running Ray cluster as the Ray job flatsweep-NAME; a sweep that is "
-    "already a job there is reported, not started twice.\n\n"
+    "Submit a sweep to a running Ray cluster as the Ray job flatsweep-NAME (NAME: --name, else "
+    "the spec's name; a smoke test runs as NAME-smoke, so it never blocks the real sweep); a "
+    "sweep that is already a job there is reported, not started twice.\n\n"
     "The spec is validated here (data roots are checked on the cluster). The job runs "
-    "`python -m sweeps run sweep.yaml --quiet [--smoke-test]` on the head node in a copy of "
-    "this checkout's trainers/, search_spaces/ and sweeps/; MLFLOW_TRACKING_URI and "
-    "FLATSWEEP_STORAGE are forwarded when set here.\n\n"
+    "`python -m sweeps run sweep.yaml --quiet [--name NAME] [--smoke-test]` on the head node "
+    "in a copy of this checkout's trainers/, search_spaces/ and sweeps/; MLFLOW_TRACKING_URI "
+    "and FLATSWEEP_STORAGE are forwarded when set here.\n\n"
     "Dependencies: the cluster's image must already have flatsweep's (infra/docker builds "
     "one); --pip makes Ray install the pinned ones into a per-job virtualenv instead, which "
     "takes minutes.\n\n"
@@ -59,7 +65,13 @@ _SUBMIT_HELP = (
 def submit(
     spec: Annotated[Path, typer.Argument(help="sweep spec YAML file")],
     address: AddressOpt = None,
-    smoke_test: Annotated[bool, typer.Option("--smoke-test", help="2 trials of 1 epoch")] = False,
+    name: Annotated[
+        str | None,
+        typer.Option("--name", help="run the sweep under this name instead of the spec's"),
+    ] = None,
+    smoke_test: Annotated[
+        bool, typer.Option("--smoke-test", help="2 trials of 1 epoch, as the sweep NAME-smoke")
+    ] = False,
     shared_storage: Annotated[
         bool, typer.Option("--shared-storage", help="the storage path is mounted on every node")
     ] = False,
@@ -67,16 +79,17 @@ def submit(
         bool, typer.Option("--pip", help="install the pinned dependencies on the cluster")
     ] = False,
 ) -> None:
-    from sweeps.cli import fail, out
-    from sweeps.spec import SpecError
-    from sweeps.submit import submit as submit_sweep
-
     # Ray's SDK logs every upload at INFO ("Uploading package gcs://..."); keep stderr for errors.
     for logger in ("ray.dashboard.modules.dashboard_sdk", "ray._private.runtime_env.packaging"):
         logging.getLogger(logger).setLevel(logging.WARNING)
     try:
-        r = submit_sweep(
-            spec, address, smoke_test=smoke_test, shared_storage=shared_storage, pip=pip
+        r = jobs.submit(
+            spec,
+            address,
+            name=name,
+            smoke_test=smoke_test,
+            shared_storage=shared_storage,
+            pip=pip,
         )
     except SpecError as e:
         raise fail(str(e)) from None
@@ -98,30 +111,22 @@ def logs(
         bool, typer.Option("--follow", "-f", help="stream until the job ends")
     ] = False,
 ) -> None:
-    from sweeps.cli import fail
-    from sweeps.spec import SpecError
-    from sweeps.submit import follow_logs, job_logs
-
     def write(text: str) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
 
     try:
         if follow:
-            follow_logs(name, address, write)
+            jobs.follow_logs(name, address, write)
         else:
-            write(job_logs(name, address))
+            write(jobs.job_logs(name, address))
     except SpecError as e:
         raise fail(str(e)) from None
 
 
 def stop(name: NameArg, address: AddressOpt = None) -> None:
-    from sweeps.cli import fail, out
-    from sweeps.spec import SpecError
-    from sweeps.submit import stop_job
-
     try:
-        d = stop_job(name, address)
+        d = jobs.stop_job(name, address)
     except SpecError as e:
         raise fail(str(e)) from None
     what = "stopped" if d["stopped"] else "was not running"

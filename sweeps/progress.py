@@ -16,8 +16,10 @@ from sweeps.tracking import final_flags
 class Progress(Callback):
     """Redraws a small table on every Tune step; a plain line per finished trial off a TTY."""
 
-    def __init__(self, spec: Any, slots: int, enabled: bool = True) -> None:
-        self.name, self.total, self.slots = spec.name, spec.num_samples, slots
+    def __init__(self, spec: Any, slots: int, enabled: bool = True, stage: str = "search",
+                 total: int | None = None) -> None:
+        self.name, self.slots, self.stage = spec.name, slots, stage
+        self.total = spec.num_samples if total is None else total
         self.metric, self.mode = spec.primary
         self.epochs = spec.train.epochs
         self.enabled = enabled
@@ -32,7 +34,7 @@ class Progress(Callback):
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: self.__dict__[k] for k in ("name", "total", "slots", "metric", "mode",
-                                              "epochs", "enabled")}
+                                              "epochs", "enabled", "stage")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -55,7 +57,7 @@ class Progress(Callback):
         done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
         running = sum(t.status == "RUNNING" for t in trials)
         errors = sum(t.status == "ERROR" for t in trials)
-        t = Table(title=f"sweep {self.name}", show_header=True)
+        t = Table(title=f"sweep {self.name}: {self.stage}", show_header=True)
         for col in ("done", "running", "errors", "slots", f"best {self.metric}", "trial"):
             t.add_column(col)
         best = "-" if self._best is None else f"{self._best:.4f}"
@@ -78,8 +80,8 @@ class Progress(Callback):
         if self.enabled and not self._console.is_terminal:
             self._done += 1
             best = "-" if self._best is None else f"{self._best:.4f}"
-            self._console.print(f"[{self.name}] trial {trial.trial_id} done ({self._done}/"
-                                f"{self.total}); best {self.metric} {best}")
+            self._console.print(f"[{self.name} {self.stage}] trial {trial.trial_id} done "
+                                f"({self._done}/{self.total}); best {self.metric} {best}")
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         if self._live is not None:

@@ -1,8 +1,24 @@
 """Run and resume sweeps: Ray Tune trials, chosen by Optuna, scheduled by ASHA, tracked in MLflow.
 
+A sweep is up to four stages, each a Ray Tune experiment under the one MLflow parent run:
+
+1. ``search``: Optuna proposes points, the scheduler stops weak trials, selection is on the
+   validation metric (the test set is evaluated once, after a trial's last epoch, and never
+   reaches a searcher or scheduler).
+2. ``baseline_search`` (only when the space also searches optimizer knobs): the baseline
+   (perturbation off) gets its own search over the same knobs with the same budget, so both
+   sides are equally tuned.
+3. ``confirm``: the ``finalists.top_k`` best distinct search configs and the baseline are
+   re-trained for the full budget with the same ``finalists.seeds`` fresh training seeds
+   (FIFO: no early stopping). Their child runs are tagged ``finalist`` / ``baseline``.
+4. the verdict: the winner is the finalist with the best mean validation metric; its test
+   metric against the baseline's, paired by seed, with a 95% t-interval, goes on the parent.
+
 The driver owns everything stateful: the Optuna study (inside Ray's ``OptunaSearch``, saved
 with the Tune experiment so ``resume`` continues the same study), the scheduler, and the only
-MLflow writer. Trials run ``sweeps.trainable.train_trial``.
+MLflow writer. A stage that finished is recorded on the parent run; ``resume`` restores the
+stage that was running and skips finished ones, so no finished seed runs again.
+Trials run ``sweeps.trainable.train_trial``.
 """
 
 from __future__ import annotations
@@ -16,24 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import optuna
-from mlflow.entities import Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune.search.optuna import OptunaSearch
 
-from sweeps.spec import SpecError, SweepSpec
-from sweeps.tracking import (
-    TAG_GIT,
-    TAG_ROLE,
-    TAG_SPEC,
-    TAG_SWEEP,
-    TAG_TRIAL,
-    MLflowTracker,
-    find_children,
-    find_parent,
-    git_revision,
-    rank_children,
-)
+from sweeps import tracking
+from sweeps.searchers import SAMPLERS, SCHEDULERS
+from sweeps.spec import SweepSpec
+from sweeps.tracking import META_CONFIG, META_STAGE, MLflowTracker, Sweep
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +86,11 @@ class _OptunaSearch(OptunaSearch):
         super().on_trial_complete(trial_id, result, error)
 
 
+
+class Interrupted(Exception):
+    """The sweep was stopped by Ctrl-C or SIGTERM; its state is saved for ``sweeps resume``."""
+
+
 @dataclass
 class SweepResult:
     """What a finished sweep left behind."""
@@ -91,54 +101,36 @@ class SweepResult:
     tracking_uri: str
     num_trials: int
     best: dict[str, Any] | None
+    verdict: Any = None  # sweeps.report.Verdict, when the confirmation stage ran
+    report_dir: str | None = None
 
-    def ui_url(self, base: str = "http://127.0.0.1:5000") -> str:
-        # MLflow 3.17's UI opens experiments on the GenAI traces overview; link the runs table.
+    def ui_url(self, base: str | None = None) -> str:
+        """The runs table of the sweep's experiment (MLflow 3.17's UI otherwise opens on the
+        GenAI overview). ``base``: the UI's address; an HTTP tracking server is its own UI."""
+        if base is None:
+            base = (self.tracking_uri.rstrip("/") if self.tracking_uri.startswith("http")
+                    else "http://127.0.0.1:5000")
         return f"{base}/#/experiments/{self.experiment_id}/runs"
 
-
-def _sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
-    s = spec.searcher
-    if s.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=s.seed)
-    if s.sampler == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=s.seed, n_startup_trials=s.n_startup_trials)
-    if s.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=s.seed)
-    if s.sampler == "gp":
-        return optuna.samplers.GPSampler(seed=s.seed, n_startup_trials=s.n_startup_trials)
-    # constant_liar: concurrent TPE trials don't all sample the same promising point
-    return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.n_startup_trials,
-                                      multivariate=True, constant_liar=True)
+    def browse_hint(self) -> str:
+        """How to look at the sweep: the server's own URL, or the ``mlflow ui`` to start."""
+        if self.tracking_uri.startswith("http"):
+            return f"browse: {self.ui_url()}"
+        return (f"browse: mlflow ui --backend-store-uri {self.tracking_uri} --host 127.0.0.1 "
+                f"--port 5000  ->  {self.ui_url()}")
 
 
-def _scheduler(spec: SweepSpec) -> Any:
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler
-
-    metric, mode = spec.primary
-    c = spec.scheduler
-    max_t = c.max_t or spec.train.epochs
-    if c.name == "fifo":
-        return FIFOScheduler()
-    if c.name == "hyperband":
-        return HyperBandScheduler(time_attr="epoch", metric=metric, mode=mode, max_t=max_t,
-                                  reduction_factor=c.reduction_factor)
-    return ASHAScheduler(time_attr="epoch", metric=metric, mode=mode, max_t=max_t,
-                         grace_period=min(c.grace_period, max_t),
-                         reduction_factor=c.reduction_factor, brackets=c.brackets)
-
-
-def _slots(spec: SweepSpec) -> int:
+def _slots(spec: SweepSpec, num_trials: int) -> int:
     """Concurrent trials: the spec's limit, else as many as the cluster's resources hold."""
     import ray
 
     if spec.max_concurrent is not None:
-        return spec.max_concurrent
+        return min(spec.max_concurrent, num_trials)
     total = ray.cluster_resources()
     fits = [math.floor(total.get("CPU", 1) / spec.resources.cpu + 1e-9)]
     if spec.resources.gpu > 0:
         fits.append(math.floor(total.get("GPU", 0) / spec.resources.gpu + 1e-9))
-    return max(1, min(min(fits), spec.num_samples))
+    return max(1, min(min(fits), num_trials))
 
 
 def _init_ray() -> None:
@@ -157,172 +149,257 @@ def _init_ray() -> None:
              configure_logging=False)
 
 
-def experiment_for(client: MlflowClient, spec: SweepSpec) -> str:
-    """The MLflow experiment named after the sweep (created, with local artifacts if SQLite)."""
-    exp = client.get_experiment_by_name(spec.name)
-    if exp is not None:
-        return exp.experiment_id
-    uri = spec.resolved_tracking_uri()
-    location = None
-    if uri.startswith("sqlite:///"):
-        location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts"
-                    / spec.name).resolve().as_uri()
-    return client.create_experiment(spec.name, artifact_location=location)
 
 
-def _open_parent(client: MlflowClient, spec: SweepSpec, spec_text: str, resume: bool
-                 ) -> tuple[str, str]:
-    exp_id = experiment_for(client, spec)
-    parent = find_parent(client, exp_id, spec.name)
-    if parent is not None and not resume:
-        raise SpecError(f"name: sweep {spec.name!r} already exists in MLflow; "
-                        f"run 'sweeps resume {spec.name}' or choose another name")
-    if parent is None and resume:
-        raise SpecError(f"name: no sweep {spec.name!r} to resume in {client.tracking_uri}")
-    if parent is not None:
-        client.update_run(parent.info.run_id, status="RUNNING")
-        return exp_id, parent.info.run_id
-    run = client.create_run(exp_id, run_name=spec.name, tags={
-        TAG_SWEEP: spec.name, TAG_ROLE: "parent", TAG_GIT: git_revision(),
-        "mlflow.note.content": f"Sweep {spec.name}: {spec.num_samples} trials of "
-                               f"{spec.space.name}, optimising {spec.metric} ({spec.mode}).",
-    })
-    run_id = run.info.run_id
-    params = {
-        "space": spec.space.name, "searcher.sampler": spec.searcher.sampler,
-        "searcher.seed": spec.searcher.seed, "scheduler": spec.scheduler.name,
-        "num_samples": spec.num_samples, "metric": spec.metric, "mode": spec.mode,
-        "resources.cpu": spec.resources.cpu, "resources.gpu": spec.resources.gpu,
-        "train.model.name": spec.train.model.name, "train.data.name": spec.train.data.name,
-        "train.epochs": spec.train.epochs,
-    }
-    for key, r in spec.ranges().items():
-        params[f"space.{key}"] = f"[{r.low:g}, {r.high:g}]{' log' if r.log else ''}" + (
-            " int" if r.integer else "")
-    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
-    client.log_text(run_id, spec_text, "sweep.yaml")
-    space = {k: {"low": r.low, "high": r.high, "log": r.log, "integer": r.integer}
-             for k, r in spec.ranges().items()}
-    client.log_dict(run_id, {"name": spec.space.name, "ranges": space}, "search_space.json")
-    return exp_id, run_id
+@dataclass
+class _Stage:
+    """One Tune experiment of a sweep: its name, base spec and what it runs."""
+
+    name: str  # search | baseline_search | confirm
+    experiment: str  # Tune experiment directory name
+    base: dict[str, Any]  # the TrainSpec every trial starts from, as JSON
+    space: str | None = None  # searched stages: the search space
+    ranges: Any = None
+    rows: list[dict[str, Any]] | None = None  # confirm: the exact trial configs
+    stage_tag: str = "search"
 
 
-def _close_parent(client: MlflowClient, spec: SweepSpec, exp_id: str, parent_id: str,
-                  status: str) -> dict[str, Any] | None:
-    metric, mode = spec.primary
-    children = find_children(client, exp_id, parent_id)
-    for child in children:
-        # Every trial has ended when the parent closes: a RUNNING child is a leftover of an
-        # interrupted driver or a lost trial, never a live run.
-        if child.info.status == "RUNNING":
-            client.set_terminated(child.info.run_id, "KILLED")
-    ranked = rank_children(children, metric, mode)
-    best = None
-    if ranked:
-        top = ranked[0]
-        best = {"trial_id": top.data.tags.get(TAG_TRIAL), "run_id": top.info.run_id,
-                metric: top.data.metrics[metric],
-                "train_spec": json.loads(top.data.tags[TAG_SPEC])}
-        client.log_batch(parent_id, metrics=[], tags=[
-            RunTag("flatsweep.best_trial", str(best["trial_id"])),
-            RunTag("flatsweep.best_run_id", top.info.run_id)])
-        client.log_metric(parent_id, f"best_{metric}", best[metric])
-        client.log_dict(parent_id, best, "best_config.json")
-    client.set_terminated(parent_id, status)
-    return best
+def _baseline_perturbation(spec: SweepSpec) -> dict[str, Any]:
+    """The perturbation off: ERM (with PGD-AT kept for AWP sweeps, as the base sets it)."""
+    return {"kind": "erm", "warmup_epochs": 0}
 
 
-def _retry(fn: Any, what: str, timeout_s: float = 300.0) -> Any:
-    """Call ``fn`` until it succeeds or ``timeout_s`` passes (a tracking server restarting)."""
-    import time
-
-    deadline, delay = time.monotonic() + timeout_s, 1.0
-    while True:
-        try:
-            return fn()
-        except Exception as e:
-            if time.monotonic() > deadline:
-                raise
-            log.warning("MLflow unreachable while %s (%s); retrying in %.0f s", what,
-                        str(e).splitlines()[0][:200], delay)
-            time.sleep(delay)
-            delay = min(2 * delay, 15.0)
+def _base(spec: SweepSpec) -> dict[str, Any]:
+    base = spec.train.model_dump(mode="json")
+    # Trials get as many torch threads as CPUs they reserved; recorded in the spec so an
+    # exported config reproduces the same CPU arithmetic.
+    base["num_threads"] = max(1, int(spec.resources.cpu))
+    return base
 
 
-def run_sweep(spec: SweepSpec, spec_text: str, *, resume: bool = False,
-              progress: bool = True) -> SweepResult:
-    """Run (or resume) a validated sweep to completion on the current Ray cluster."""
+def _run_stage(spec: SweepSpec, sweep: Sweep, stage: _Stage, tracking_uri: str, *,
+               resume: bool, progress: bool) -> int:
+    """Run (or restore) one stage's Tune experiment; return its number of trials.
+
+    Raises ``Interrupted`` when Ctrl-C or SIGTERM stopped it.
+    """
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
     from ray.tune.search import ConcurrencyLimiter
 
     import search_spaces
-    from sweeps.checkpoints import RepairCheckpoints
     from sweeps.progress import Progress
-    from sweeps.trainable import train_trial
+    from sweeps.ray_internals import InterruptWatch, RepairCheckpoints, restore_tuner
+    from sweeps.trainable import ROW, train_trial
 
+    confirm = stage.rows is not None
+    num_trials = len(stage.rows) if confirm else spec.num_samples
+    slots = _slots(spec, num_trials)
+    worst = {m: spec.diverged_value if mode == spec.primary[1] else
+             (0.0 if mode == "max" else 1e9) for m, mode in zip(spec.metrics, spec.modes,
+                                                               strict=True)}
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, base=stage.base, worst=worst,
+                             checkpoint_every_s=spec.checkpoint_every_s),
+        {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+    tracker = MLflowTracker(tracking_uri, sweep.experiment_id, sweep.parent_id, spec.name,
+                            stage.base, spec.train.epochs, stage=stage.stage_tag)
+    watch = InterruptWatch()
+    callbacks = [watch, RepairCheckpoints(), tracker,
+                 Progress(spec, slots, enabled=progress, stage=stage.name, total=num_trials),
+                 JsonLoggerCallback()]
+    storage = spec.resolved_storage()
+    exp_dir = f"{storage.rstrip('/')}/{stage.experiment}"
+    try:
+        if resume and tune.Tuner.can_restore(exp_dir):
+            tuner = restore_tuner(exp_dir, trainable, callbacks)
+        else:
+            param_space: dict[str, Any] = {}
+            if confirm:
+                # Exactly these configs, each once, in this order; no early stopping.
+                param_space = {ROW: tune.grid_search(stage.rows)}
+                search_alg: Any = None
+                scheduler: Any = SCHEDULERS.get("fifo").build(spec, spec.train.epochs)
+            else:
+                metrics = spec.metric if len(spec.metrics) > 1 else spec.primary[0]
+                modes = spec.mode if len(spec.metrics) > 1 else spec.primary[1]
+                searcher = _OptunaSearch(
+                    space=search_spaces.define_by_run(stage.space, stage.ranges),
+                    metric=metrics, mode=modes,
+                    sampler=SAMPLERS.get(spec.searcher.sampler).build(spec))
+                # With a ConcurrencyLimiter Tune keeps `slots` trials pending instead of 1,
+                # which is what lets a model-based searcher fill every slot.
+                search_alg = ConcurrencyLimiter(searcher, max_concurrent=slots)
+                scheduler = SCHEDULERS.get(spec.scheduler.name).build(
+                    spec, spec.scheduler.max_t or spec.train.epochs)
+            tuner = tune.Tuner(
+                trainable,
+                param_space=param_space,
+                tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler,
+                                            num_samples=1 if confirm else num_trials,
+                                            reuse_actors=True,
+                                            max_concurrent_trials=slots if confirm else None),
+                run_config=tune.RunConfig(
+                    name=stage.experiment, storage_path=storage, callbacks=callbacks,
+                    verbose=0,
+                    failure_config=tune.FailureConfig(
+                        max_failures=spec.failure.max_failures,
+                        fail_fast=spec.failure.fail_fast),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
+            )
+        grid = tuner.fit()
+    finally:
+        watch.restore_handlers()
+        tracker.drain()
+    if watch.interrupted is not None or tracker.killed:
+        raise Interrupted(stage.name)
+    return len(grid)
+
+
+def _search_stage(spec: SweepSpec) -> _Stage:
+    return _Stage("search", spec.name, _base(spec), space=spec.space_name, ranges=spec.ranges())
+
+
+def _baseline_search_stage(spec: SweepSpec) -> _Stage:
+    import search_spaces
+
+    base = {**_base(spec), "perturbation": _baseline_perturbation(spec)}
+    ranges = search_spaces.resolve("erm", {k: v for k, v in spec.space.ranges.items()
+                                           if k.startswith("optim.")}, True)
+    return _Stage("baseline_search", f"{spec.name}-baseline-search", base, space="erm",
+                  ranges=ranges, stage_tag="baseline_search")
+
+
+def _seeds(spec: SweepSpec) -> list[int]:
+    """Fresh training seeds for the confirmation stage: never the search's own seed."""
+    return [spec.train.seed + 1 + i for i in range(spec.finalists.seeds)]
+
+
+def _choose(client: MlflowClient, sweep: Sweep, spec: SweepSpec, stage: str, top_k: int
+            ) -> list[dict[str, Any]]:
+    """The ``top_k`` best distinct configs of ``stage`` by the search metric, best first."""
+    metric, mode = spec.primary
+    ranked = tracking.rank_children(tracking.children(client, sweep, stage), metric, mode)
+    chosen: list[dict[str, Any]] = []
+    for run in ranked:
+        point = tracking.searched_values(run)
+        if point not in [c["point"] for c in chosen]:
+            chosen.append({"point": point, "run_id": run.info.run_id,
+                           metric: run.data.metrics[metric]})
+        if len(chosen) == top_k:
+            break
+    return chosen
+
+
+def _confirm_stage(client: MlflowClient, sweep: Sweep, spec: SweepSpec) -> _Stage | None:
+    """The finalist and baseline seeds; the choice is stored on the parent run first, so a
+    resumed sweep confirms exactly the same configs."""
+    stored = sweep.parent.data.tags.get(tracking.TAG_FINALISTS)
+    if stored is not None:
+        plan = json.loads(stored)
+    else:
+        finalists = _choose(client, sweep, spec, "search", spec.finalists.top_k)
+        if not finalists:
+            return None
+        baseline: dict[str, Any] | None = None
+        if spec.finalists.baseline:
+            baseline = {"point": {}}
+            if spec.space.optimizer:
+                picked = _choose(client, sweep, spec, "baseline_search", 1)
+                baseline = picked[0] if picked else None
+        plan = {"finalists": finalists, "baseline": baseline}
+        client.set_tag(sweep.parent_id, tracking.TAG_FINALISTS, json.dumps(plan))
+    rows = []
+    for seed in _seeds(spec):
+        for i, f in enumerate(plan["finalists"], start=1):
+            rows.append({**f["point"], "seed": seed, META_STAGE: "finalist",
+                         META_CONFIG: f"f{i}"})
+        if plan["baseline"] is not None:
+            rows.append({**plan["baseline"]["point"], "perturbation":
+                         _baseline_perturbation(spec), "seed": seed, META_STAGE: "baseline",
+                         META_CONFIG: "baseline"})
+    return _Stage("confirm", f"{spec.name}-confirm", _base(spec), rows=rows,
+                  stage_tag="finalist")
+
+
+def run_sweep(spec: SweepSpec, spec_text: str, *, resume: bool = False,
+              progress: bool = True) -> SweepResult:
+    """Run (or resume) a validated sweep through all its stages on the current Ray cluster.
+
+    Args:
+        spec: a validated spec (``sweeps.spec.load_spec``).
+        spec_text: the YAML the user wrote, stored on the parent run.
+        resume: continue the sweep of this name: finished stages are skipped, the running
+            one is restored from its Tune snapshot, finished trials are not re-run.
+        progress: a live table on a terminal (one line per finished trial otherwise).
+
+    Raises ``Interrupted`` after Ctrl-C/SIGTERM (the parent and unfinished runs end KILLED)
+    and ``SpecError`` when the name is taken (or, to resume, unknown).
+    """
     for key, value in _DRIVER_ENV.items():
         os.environ.setdefault(key, value)
     tracking_uri = spec.resolved_tracking_uri()
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
-    exp_id, parent_id = _open_parent(client, spec, spec_text, resume)
-    status = "FAILED"
-    tracker: MLflowTracker | None = None
+    sweep = tracking.retrying(lambda: tracking.open_parent(client, spec, spec_text, resume))
+    status, num_trials = "FAILED", 0
+    result = SweepResult(spec.name, sweep.experiment_id, sweep.parent_id, tracking_uri, 0, None)
     try:
         _init_ray()
-        slots = _slots(spec)
-        base = spec.train.model_dump(mode="json")
-        # Trials get as many torch threads as CPUs they reserved; recorded in the spec so an
-        # exported config reproduces the same CPU arithmetic.
-        base["num_threads"] = max(1, int(spec.resources.cpu))
-        worst = {m: spec.diverged_value if mode == spec.primary[1] else
-                 (0.0 if mode == "max" else 1e9) for m, mode in zip(spec.metrics, spec.modes,
-                                                                       strict=True)}
-        trainable = tune.with_resources(
-            tune.with_parameters(train_trial, base=base, worst=worst,
-                                 checkpoint_every_s=spec.checkpoint_every_s),
-            {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
-        tracker = MLflowTracker(tracking_uri, exp_id, parent_id, spec.name, base,
-                                spec.train.epochs)
-        callbacks = [RepairCheckpoints(), tracker, Progress(spec, slots, enabled=progress),
-                     JsonLoggerCallback()]
-        storage = spec.resolved_storage()
-        exp_dir = f"{storage.rstrip('/')}/{spec.name}"
-        if resume and tune.Tuner.can_restore(exp_dir):
-            tuner = tune.Tuner.restore(exp_dir, trainable=trainable, resume_unfinished=True,
-                                       resume_errored=True)
-            # Callbacks come back pickled from the first run; hand over this driver's own.
-            tuner._local_tuner.get_run_config().callbacks = callbacks
-        else:
-            metrics = spec.metric if len(spec.metrics) > 1 else spec.primary[0]
-            modes = spec.mode if len(spec.metrics) > 1 else spec.primary[1]
-            searcher = _OptunaSearch(
-                space=search_spaces.define_by_run(spec.space.name, spec.ranges()),
-                metric=metrics, mode=modes, sampler=_sampler(spec))
-            # With a ConcurrencyLimiter Tune keeps `slots` trials pending instead of 1, which
-            # is what lets a model-based searcher fill every slot.
-            tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(
-                    search_alg=ConcurrencyLimiter(searcher, max_concurrent=slots),
-                    scheduler=_scheduler(spec), num_samples=spec.num_samples,
-                    reuse_actors=True),
-                run_config=tune.RunConfig(
-                    name=spec.name, storage_path=storage, callbacks=callbacks, verbose=0,
-                    failure_config=tune.FailureConfig(max_failures=spec.failure.max_failures,
-                                                      fail_fast=spec.failure.fail_fast),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
-            )
-        grid = tuner.fit()
+        stages = [_search_stage(spec)]
+        confirm = spec.finalists.top_k > 0
+        if confirm and spec.finalists.baseline and spec.space.optimizer:
+            stages.append(_baseline_search_stage(spec))
+        for stage in stages:
+            if stage.name not in sweep.stages_done:
+                num_trials += _run_stage(spec, sweep, stage, tracking_uri, resume=resume,
+                                         progress=progress)
+                tracking.mark_stage_done(client, sweep, stage.name)
+        if confirm:
+            stage = _confirm_stage(client, sweep, spec)
+            if stage is None:
+                log.warning("no search trial finished its full epoch budget: nothing to "
+                            "confirm, so no verdict")
+            else:
+                if stage.name not in sweep.stages_done:
+                    num_trials += _run_stage(spec, sweep, stage, tracking_uri,
+                                             resume=resume, progress=progress)
+                    tracking.mark_stage_done(client, sweep, stage.name)
+                result.verdict = tracking.retrying(
+                    lambda: tracking.log_verdict(client, sweep, spec))
         status = "FINISHED"
-        num_trials = len(grid)
-    except KeyboardInterrupt:
+    except (Interrupted, KeyboardInterrupt):
         status = "KILLED"
         raise
     finally:
-        if tracker is not None:
-            tracker.drain()
-        best = _retry(lambda: _close_parent(client, spec, exp_id, parent_id, status),
-                      what="closing the parent run")
-    return SweepResult(spec.name, exp_id, parent_id, tracking_uri, num_trials, best)
+        result.num_trials = num_trials
+        best = tracking.retrying(lambda: tracking.best_run(client, sweep))
+        if best is not None:
+            metric = sweep.objectives[0][0]
+            result.best = {"trial_id": best.data.tags.get(tracking.TAG_TRIAL),
+                           "run_id": best.info.run_id, "run_name": best.info.run_name,
+                           metric: best.data.metrics[metric],
+                           "stage": tracking.stage_of(best)}
+        if status == "FINISHED":
+            result.report_dir = _report(client, sweep)
+        note = tracking.parent_note(sweep, status, best, result.verdict)
+        tracking.retrying(lambda: tracking.close_parent(client, sweep, status, best, note))
+    return result
+
+
+def _report(client: MlflowClient, sweep: Sweep) -> str | None:
+    """Write the sweep's report and log it as the parent run's ``report/`` artifacts."""
+    import tempfile
+
+    from sweeps.report import write_report
+
+    try:
+        record = tracking.sweep_record(client, sweep)
+        out = Path(tempfile.mkdtemp(prefix=f"flatsweep-report-{sweep.name}-"))
+        write_report(record, out)
+        client.log_artifacts(sweep.parent_id, str(out), "report")
+        return str(out)
+    except Exception:  # noqa: BLE001 - a failed picture must not fail a finished sweep
+        log.exception("writing the sweep report failed; `sweeps report %s` retries it",
+                      sweep.name)
+        return None

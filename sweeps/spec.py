@@ -19,6 +19,8 @@ import optuna
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 import search_spaces
+from sweeps.searchers import SAMPLERS, SCHEDULERS
+from trainers import EPOCH_METRICS, FINAL_METRICS, test_metric_for
 from trainers._yaml import load_yaml
 from trainers.data import check_data
 from trainers.spec import TrainSpec, format_validation_error
@@ -35,48 +37,74 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class SpaceSpec(_Strict):
-    """A registered search space, with optional ``[low, high]`` overrides per parameter."""
+#: Upper bounds on what one spec may ask of a cluster. A spec is user input that reaches a
+#: cluster: each count is refused above its bound with one line naming the field.
+MAX_TRIALS = 10_000  # num_samples
+MAX_CONCURRENT = 1_024  # max_concurrent
+MAX_EPOCHS = 10_000  # train.epochs
+MAX_FINALISTS = 20  # finalists.top_k
+MAX_SEEDS = 20  # finalists.seeds
 
-    name: str = "amp"
+
+class SpaceSpec(_Strict):
+    """A registered search space, with optional ``[low, high]`` overrides per parameter.
+
+    ``name`` defaults to the space of ``train.perturbation.kind`` (the regularizer is stated
+    once); a name that searches another kind is refused.
+    """
+
+    name: str | None = None
     ranges: dict[str, list[float]] = Field(default_factory=dict)
     optimizer: bool = False  # also search optim.lr and optim.weight_decay
 
     @field_validator("name")
     @classmethod
-    def _known(cls, v: str) -> str:
-        search_spaces.SPACES.get(v)
+    def _known(cls, v: str | None) -> str | None:
+        if v is not None:
+            search_spaces.SPACES.get(v)
         return v
-
-    @model_validator(mode="after")
-    def _ranges(self) -> SpaceSpec:
-        search_spaces.resolve(self.name, self.ranges, self.optimizer)
-        return self
 
 
 class SearcherSpec(_Strict):
-    """Optuna sampler used by Ray Tune's ``OptunaSearch``."""
+    """Optuna sampler used by Ray Tune's ``OptunaSearch`` (``sweeps.searchers.SAMPLERS``)."""
 
-    sampler: Literal["tpe", "random", "cmaes", "nsga2", "gp"] = "tpe"
+    sampler: str = "tpe"
     seed: int | None = 0
     n_startup_trials: int = Field(4, ge=0)  # TPE/GP: random trials before the model kicks in
 
+    @field_validator("sampler")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        SAMPLERS.get(v)
+        return v
+
 
 class SchedulerSpec(_Strict):
-    """Trial scheduler; ``max_t`` defaults to the TrainSpec's epochs (one iteration = one epoch)."""
+    """Trial scheduler (``sweeps.searchers.SCHEDULERS``); one iteration = one epoch.
 
-    name: Literal["asha", "hyperband", "fifo"] = "asha"
-    grace_period: int = Field(1, ge=1)  # epochs a trial runs before ASHA may stop it
+    ``grace_period`` (epochs a trial runs before it may be stopped) defaults to the first
+    milestone of a multistep LR schedule, else 1: before its first LR decay a trial's
+    validation metric says little about where it ends. ``max_t`` defaults to the epochs.
+    """
+
+    name: str = "asha"
+    grace_period: int | None = Field(None, ge=1)
     reduction_factor: float = Field(3, gt=1)
-    brackets: int = Field(1, ge=1)  # ASHA only
-    max_t: int | None = Field(None, ge=1)  # epochs
+    brackets: int = Field(1, ge=1, le=8)  # ASHA only
+    max_t: int | None = Field(None, ge=1, le=MAX_EPOCHS)  # epochs
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        SCHEDULERS.get(v)
+        return v
 
 
 class ResourcesSpec(_Strict):
     """Per trial; fractional GPUs pack several trials on one device."""
 
-    cpu: float = Field(1, gt=0)
-    gpu: float = Field(0, ge=0)
+    cpu: float = Field(1, gt=0, le=1024)
+    gpu: float = Field(0, ge=0, le=64)
 
     @field_validator("gpu")
     @classmethod
@@ -89,11 +117,27 @@ class ResourcesSpec(_Strict):
 class FailureSpec(_Strict):
     """What happens when trials fail."""
 
-    max_failures: int = Field(2, ge=-1)  # retries per trial from its last checkpoint; -1 = forever
+    # Retries per trial from its last checkpoint; -1 = forever.
+    max_failures: int = Field(2, ge=-1, le=100)
     fail_fast: bool = False  # stop the whole sweep at the first trial error
     # Metric value reported for a trial whose loss turned NaN/Inf, so the searcher learns the
     # region is bad. None: 0.0 for mode max, 1e9 for mode min.
     diverged_value: float | None = None
+
+
+class FinalistsSpec(_Strict):
+    """The confirmation stage after the search (``top_k: 0`` turns it off).
+
+    The ``top_k`` best distinct configs by the search metric are re-trained for the full
+    epoch budget with ``seeds`` fresh training seeds (no early stopping), and so is the
+    baseline (the same spec with the perturbation off: ERM, or plain PGD-AT for AWP) with the
+    same seeds. The winner is the finalist with the best mean validation metric; its test
+    metric is then reported against the baseline's, never used to choose.
+    """
+
+    top_k: int = Field(3, ge=0, le=MAX_FINALISTS)
+    seeds: int = Field(3, ge=1, le=MAX_SEEDS)
+    baseline: bool = True
 
 
 class SweepSpec(_Strict):
@@ -104,17 +148,21 @@ class SweepSpec(_Strict):
     space: SpaceSpec = Field(default_factory=SpaceSpec)
     searcher: SearcherSpec = Field(default_factory=SearcherSpec)
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
-    num_samples: int = Field(16, ge=1)
-    max_concurrent: int | None = Field(None, ge=1)  # None: as many as the resources allow
+    num_samples: int = Field(16, ge=1, le=MAX_TRIALS)
+    max_concurrent: int | None = Field(None, ge=1, le=MAX_CONCURRENT)  # None: what fits
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
-    metric: str | list[str] = "test_acc"
+    metric: str | list[str] = "val_acc"
     mode: Literal["max", "min"] | list[Literal["max", "min"]] = "max"
+    # Selecting on the test set makes the reported "best" the winner's curse of that set;
+    # allowed only when a user says so, and recorded on the parent run as a tag.
+    allow_test_selection: bool = False
+    finalists: FinalistsSpec = Field(default_factory=FinalistsSpec)
     storage_path: str | None = None  # Tune results; else $FLATSWEEP_STORAGE, else ./.flatsweep
     tracking_uri: str | None = None  # else $MLFLOW_TRACKING_URI, else sqlite:///flatsweep.db
     failure: FailureSpec = Field(default_factory=FailureSpec)
     # Trial checkpoints at most this often (seconds) and after the last epoch; a restored
     # trial loses at most this much work. 0 = every epoch.
-    checkpoint_every_s: float = Field(10.0, ge=0)
+    checkpoint_every_s: float = Field(10.0, ge=0, le=86_400)
 
     @field_validator("name")
     @classmethod
@@ -128,27 +176,63 @@ class SweepSpec(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _objectives(self) -> SweepSpec:
+    def _consistent(self) -> SweepSpec:
+        if self.train.epochs > MAX_EPOCHS:
+            raise ValueError(
+                f"train.epochs must be <= {MAX_EPOCHS} in a sweep, but got {self.train.epochs}"
+            )
+        self._resolve_space()
+        self._check_objectives()
+        return self
+
+    def _resolve_space(self) -> None:
+        kind = self.train.perturbation.kind
+        adaptive = bool(getattr(self.train.perturbation, "adaptive", False))
+        default = search_spaces.space_for_kind(kind, adaptive=adaptive)
+        if self.space.name is None:
+            self.space.name = default
+        else:
+            searched = search_spaces.SPACES.get(self.space.name).kind
+            if searched != kind:
+                raise ValueError(
+                    f"space.name {self.space.name!r} searches perturbation kind {searched!r}, "
+                    f"but train.perturbation.kind is {kind!r}; drop space.name (it follows the "
+                    f"kind) or make them agree"
+                )
+        search_spaces.resolve(self.space.name, self.space.ranges, self.space.optimizer)
+
+    def _check_objectives(self) -> None:
         metrics, modes = self.metrics, self.modes
         if len(metrics) != len(modes):
             raise ValueError(
                 f"metric and mode must have the same length, but got {len(metrics)} metrics "
                 f"and {len(modes)} modes"
             )
-        from sweeps.trainable import REPORTED_METRICS
-
+        reported = EPOCH_METRICS | FINAL_METRICS
         for m in metrics:
-            if m not in REPORTED_METRICS:
-                allowed = ", ".join(sorted(REPORTED_METRICS))
+            if m not in reported:
+                allowed = ", ".join(sorted(EPOCH_METRICS))
                 raise ValueError(f"metric {m!r} is not reported by trials; allowed: {allowed}")
-        if "robust_acc" in metrics and self.train.adversarial is None:
-            raise ValueError("metric 'robust_acc' needs train.adversarial (PGD) to be set")
-        if len(metrics) > 1 and self.searcher.sampler in ("cmaes", "gp"):
+            if m in FINAL_METRICS and not self.allow_test_selection:
+                val = {v for v in EPOCH_METRICS if test_metric_for(v) == m}
+                use = f"; use {sorted(val)[0]!r}" if val else ""
+                raise ValueError(
+                    f"metric {m!r} selects on the test set, whose number would then be the "
+                    f"winner's curse of that set{use} (or set allow_test_selection: true)"
+                )
+            if "robust" in m and self.train.adversarial is None:
+                raise ValueError(f"metric {m!r} needs train.adversarial (PGD) to be set")
+            d = self.train.data
+            if m.startswith("val_") and not (d.num_val or d.val_fraction > 0):
+                raise ValueError(
+                    f"metric {m!r} needs a validation split, but train.data.val_fraction is 0"
+                )
+        if len(metrics) > 1 and not SAMPLERS.get(self.searcher.sampler).multi_objective:
+            multi = ", ".join(n for n in SAMPLERS.names() if SAMPLERS.get(n).multi_objective)
             raise ValueError(
                 f"searcher.sampler {self.searcher.sampler!r} is single-objective; "
-                "allowed for several metrics: tpe, random, nsga2"
+                f"allowed for several metrics: {multi}"
             )
-        return self
 
     @property
     def metrics(self) -> list[str]:
@@ -164,6 +248,39 @@ class SweepSpec(_Strict):
         return self.metrics[0], self.modes[0]
 
     @property
+    def space_name(self) -> str:
+        """The search space, resolved from the perturbation kind when the spec names none."""
+        assert self.space.name is not None  # set by validation
+        return self.space.name
+
+    @property
+    def first_milestone(self) -> int | None:
+        """The epoch of the LR schedule's first decay (multistep), else None."""
+        s = self.train.schedule
+        return min(s.milestones) if s.name == "multistep" and s.milestones else None
+
+    @property
+    def grace_period(self) -> int:
+        """Epochs before the scheduler may stop a trial (see ``SchedulerSpec``)."""
+        if self.scheduler.grace_period is not None:
+            return self.scheduler.grace_period
+        return self.first_milestone or 1
+
+    def warnings(self) -> list[str]:
+        """Things that are allowed but probably not meant; the CLI prints each on one line."""
+        out = []
+        first = self.first_milestone
+        g = self.scheduler.grace_period
+        early = SCHEDULERS.get(self.scheduler.name).early_stopping
+        if early and first is not None and g is not None and g < first:
+            out.append(
+                f"scheduler.grace_period {g} is before the LR schedule's first decay (epoch "
+                f"{first}): trials are judged before the decay that decides where they end; "
+                f"drop grace_period to default to {first}"
+            )
+        return out
+
+    @property
     def diverged_value(self) -> float:
         if self.failure.diverged_value is not None:
             return self.failure.diverged_value
@@ -174,17 +291,21 @@ class SweepSpec(_Strict):
         return raw if "://" in raw else str(Path(raw).expanduser().resolve())
 
     def resolved_tracking_uri(self) -> str:
-        uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-        return uri or f"sqlite:///{Path(DEFAULT_TRACKING_DB).resolve()}"
+        return resolve_tracking_uri(self.tracking_uri)
 
     def ranges(self) -> search_spaces.Ranges:
-        return search_spaces.resolve(self.space.name, self.space.ranges, self.space.optimizer)
+        return search_spaces.resolve(self.space_name, self.space.ranges, self.space.optimizer)
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """The tracking URI: given, else ``$MLFLOW_TRACKING_URI``, else ``./flatsweep.db``."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    return uri or f"sqlite:///{Path(DEFAULT_TRACKING_DB).resolve()}"
 
 
 def train_spec_for(spec: SweepSpec, point: dict[str, Any]) -> TrainSpec:
     """The TrainSpec a trial with searched values ``point`` runs."""
-    return TrainSpec.model_validate(
-        search_spaces.merge(spec.train.model_dump(mode="json"), point))
+    return spec.train.with_overrides(point)
 
 
 def _corners(ranges: search_spaces.Ranges) -> list[dict[str, Any]]:
@@ -199,7 +320,7 @@ def _corners(ranges: search_spaces.Ranges) -> list[dict[str, Any]]:
 def check_space(spec: SweepSpec, samples: int = 64) -> None:
     """Every sampled point (and the ranges' corners) must merge into a valid TrainSpec."""
     ranges = spec.ranges()
-    fn = search_spaces.define_by_run(spec.space.name, ranges)
+    fn = search_spaces.define_by_run(spec.space_name, ranges)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     points = []
@@ -213,7 +334,7 @@ def check_space(spec: SweepSpec, samples: int = 64) -> None:
     for point in points:
         try:
             train_spec_for(spec, point)
-        except ValidationError as e:
+        except (ValidationError, ValueError) as e:
             where = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                               for k, v in sorted(point.items()))
             raise SpecError(f"space: a sampled point is not a valid TrainSpec ({where}): "
@@ -246,10 +367,35 @@ def load_spec(path: str | Path, *, check_files: bool = True) -> SweepSpec:
     return spec
 
 
+def with_name(spec: SweepSpec, name: str) -> SweepSpec:
+    """``spec`` renamed (``--name``), the name checked by the same rule as a spec's own."""
+    try:
+        return SweepSpec.model_validate({**spec.model_dump(mode="json"), "name": name})
+    except ValidationError as e:
+        raise SpecError(f"--name: {format_validation_error(e, SweepSpec).removeprefix('name: ')}"
+                        ) from None
+
+
+def smoke_name(name: str) -> str:
+    """A smoke test's own sweep name, so it never blocks the real run of ``name``."""
+    return f"{name[:58]}-smoke"
+
+
 def smoke(spec: SweepSpec) -> SweepSpec:
-    """``--smoke-test``: the same sweep shrunk to 2 trials of 1 epoch (Ray examples' convention)."""
+    """``--smoke-test``: the same sweep shrunk to 2 trials of 1 epoch (Ray examples' convention),
+    under its own name ``NAME-smoke``, so the real sweep can run afterwards."""
     train = spec.train.model_copy(update={"epochs": 1})
     if train.schedule.name == "multistep":
         train = train.model_copy(update={"schedule": train.schedule.model_copy(
             update={"milestones": []})})
-    return spec.model_copy(update={"num_samples": 2, "train": train})
+    return spec.model_copy(update={"num_samples": 2, "train": train,
+                                   "name": smoke_name(spec.name)})
+
+
+def as_run(spec: SweepSpec, *, name: str | None = None, smoke_test: bool = False) -> SweepSpec:
+    """The sweep that ``sweeps run|submit SPEC [--name NAME] [--smoke-test]`` runs: renamed
+    first, then shrunk to a smoke test under its own name (``NAME-smoke``). Raises
+    ``SpecError`` naming ``--name`` for a bad name."""
+    if name is not None:
+        spec = with_name(spec, name)
+    return smoke(spec) if smoke_test else spec

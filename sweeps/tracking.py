@@ -1,4 +1,8 @@
-"""MLflow tracking for sweeps: one parent run per sweep, one child run per trial.
+"""All of the sweeps' MLflow code: one parent run per sweep, one child run per trial.
+
+Queries (``find_sweep``, ``children``, the status table, the export ranking, the report's
+records), the parent run's life (``open_parent``, ``close_parent``, the verdict) and the Tune
+callback that writes child runs live here, with one retry policy (``retrying``, tenacity).
 
 Ray's ``MLflowLoggerCallback`` has no parent run and keeps its trial→run map only in driver
 memory, so a restored sweep gets duplicate child runs and RUNNING leftovers. This callback
@@ -10,6 +14,10 @@ and logs with ``log_batch``: epochs reported close together are merged into one 
 nothing is logged from inside the training step.
 Writes that fail (tracking server down) are buffered in order and retried, so a tracking
 outage loses nothing as long as the driver lives.
+
+A fresh MLflow 3.17 browser shows run names and descriptions, not params: child runs are named
+after their searched values (``amp r=0.0039 K=2 ilr=0.39``), finalist and baseline runs after
+their stage and seed, and the parent's description carries the best trial and the verdict.
 """
 
 from __future__ import annotations
@@ -26,9 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tenacity
 from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
+
+from sweeps.trainable import trial_config
+from trainers import TrainSpec
 
 log = logging.getLogger(__name__)
 
@@ -41,22 +53,26 @@ TAG_DIVERGED = "flatsweep.diverged"
 TAG_OOM = "flatsweep.oom"
 TAG_GIT = "mlflow.source.git.commit"
 TAG_PARENT = "mlflow.parentRunId"
+TAG_NOTE = "mlflow.note.content"  # the run's description in the UI
+TAG_STAGE = "flatsweep.stage"  # search | baseline_search | finalist | baseline
+TAG_CONFIG = "flatsweep.config_id"  # finalists: the search config confirmed; "baseline"
+TAG_SEED = "flatsweep.seed"  # finalist and baseline runs: the training seed
+TAG_OBJECTIVES = "flatsweep.objectives"  # parent: JSON [{"metric": ..., "mode": ...}, ...]
+TAG_SPACE = "flatsweep.space"  # parent: JSON {"name": ..., "ranges": {...}}
+TAG_STAGES_DONE = "flatsweep.stages_done"  # parent: JSON list of finished stages
+TAG_FINALISTS = "flatsweep.finalists"  # parent: JSON list of the chosen finalist configs
+TAG_VERDICT = "flatsweep.verdict"  # parent: better | no_difference | worse
+TAG_WINNER = "flatsweep.winner_run_id"
+TAG_ALLOW_TEST = "flatsweep.allow_test_selection"
+#: Keys of a trial's Tune config that describe it rather than set a TrainSpec field.
+META_STAGE, META_CONFIG = "_stage", "_config_id"
+STAGES = ("search", "baseline_search", "finalist", "baseline")
 # Tune bookkeeping keys that are not training metrics.
 _SKIP_METRICS = {"epoch", "training_iteration", "timestamp", "time_this_iter_s", "pid",
                  "time_total_s", "time_since_restore", "iterations_since_restore", "done",
                  "trial_id", "experiment_tag", "date", "hostname", "node_ip", "config",
                  "checkpoint_dir_name", "should_checkpoint"}
 TERMINAL = {"FINISHED", "FAILED", "KILLED"}
-
-
-def git_revision() -> str:
-    """The project's git commit, or ``unknown`` outside a checkout."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parent, timeout=10, check=True)
-        return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -69,28 +85,6 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
-
-
-def find_parent(client: MlflowClient, experiment_id: str, sweep: str) -> Run | None:
-    runs = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{TAG_SWEEP}` = '{sweep}' and tags.`{TAG_ROLE}` = 'parent'",
-        max_results=2,
-    )
-    return runs[0] if runs else None
-
-
-def find_children(client: MlflowClient, experiment_id: str, parent_id: str) -> list[Run]:
-    out: list[Run] = []
-    token = None
-    while True:
-        page = client.search_runs([experiment_id],
-                                  filter_string=f"tags.`{TAG_PARENT}` = '{parent_id}'",
-                                  max_results=1000, page_token=token)
-        out.extend(page)
-        token = page.token
-        if not token:
-            return out
 
 
 def rank_children(runs: Iterable[Run], metric: str, mode: str) -> list[Run]:
@@ -120,6 +114,291 @@ def final_flags(last: dict[str, Any], max_epochs: int) -> dict[str, bool]:
 def result_step(result: dict[str, Any]) -> int:
     """The MLflow step of a Tune result: its epoch (Tune's iteration for older results)."""
     return int(result.get("epoch", result.get("training_iteration", 0)))
+
+
+# -- one retry policy ------------------------------------------------------------------------
+
+
+def _log_retry(state: tenacity.RetryCallState) -> None:
+    e = state.outcome.exception() if state.outcome else None
+    log.warning("MLflow unreachable (%s); retrying in %.0f s", str(e).splitlines()[0][:200],
+                state.next_action.sleep if state.next_action else 0)
+
+
+def retrying(fn: Callable[[], Any], *, timeout_s: float = 300.0) -> Any:
+    """Call ``fn`` until it succeeds or ``timeout_s`` passes (a tracking server restarting);
+    exponential backoff from 1 s to 15 s. The last error is re-raised."""
+    return tenacity.Retrying(
+        stop=tenacity.stop_after_delay(timeout_s),
+        wait=tenacity.wait_exponential(multiplier=1, min=1, max=15),
+        before_sleep=_log_retry,
+        reraise=True,
+    )(fn)
+
+
+# -- names and descriptions a fresh UI shows ---------------------------------------------------
+
+_SHORT = {"perturbation.radius": "r", "perturbation.inner_steps": "K",
+          "perturbation.inner_lr": "ilr", "perturbation.adaptive": "adaptive",
+          "optim.lr": "lr", "optim.weight_decay": "wd"}
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.2g}" if isinstance(v, float) else str(v)
+
+
+def describe_point(kind: str, point: dict[str, Any]) -> str:
+    """``amp r=0.0039 K=2 ilr=0.39``: the regularizer and its searched values, short."""
+    parts = [kind]
+    for key in sorted(point):
+        if key.startswith("_") or key in ("perturbation.kind", "seed"):
+            continue
+        parts.append(f"{_SHORT.get(key, key.rsplit('.', 1)[-1])}={_fmt(point[key])}")
+    return " ".join(parts)
+
+
+def run_name(spec: dict[str, Any], config: dict[str, Any]) -> str:
+    """A child run's name: what it searched, or its stage, config and seed."""
+    stage = config.get(META_STAGE, "search")
+    what = describe_point(spec["perturbation"]["kind"], config)
+    if stage == "finalist":
+        return f"finalist {config.get(META_CONFIG)} seed={spec['seed']}: {what}"
+    if stage == "baseline":
+        return f"baseline seed={spec['seed']}: {what}"
+    if stage == "baseline_search":
+        return f"baseline search: {what}"
+    return what
+
+
+def git_revision() -> str:
+    """The project's git commit, or ``unknown`` outside a checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent, timeout=10, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+# -- the sweep and its parent run --------------------------------------------------------------
+
+
+@dataclass
+class Sweep:
+    """A sweep as MLflow holds it: its experiment and parent run (read once)."""
+
+    name: str
+    experiment_id: str
+    parent: Run
+
+    @property
+    def parent_id(self) -> str:
+        return self.parent.info.run_id
+
+    @property
+    def objectives(self) -> list[tuple[str, str]]:
+        """``[(metric, mode), ...]``, the first one primary; stored as JSON on the parent."""
+        return [(o["metric"], o["mode"]) for o in json.loads(self.parent.data.tags[TAG_OBJECTIVES])]
+
+    @property
+    def space(self) -> dict[str, Any]:
+        return json.loads(self.parent.data.tags.get(TAG_SPACE, '{"name": "", "ranges": {}}'))
+
+    @property
+    def stages_done(self) -> list[str]:
+        return json.loads(self.parent.data.tags.get(TAG_STAGES_DONE, "[]"))
+
+
+def find_parent(client: MlflowClient, experiment_id: str, sweep: str) -> Run | None:
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{TAG_SWEEP}` = '{sweep}' and tags.`{TAG_ROLE}` = 'parent'",
+        max_results=2,
+    )
+    return runs[0] if runs else None
+
+
+def find_sweep(client: MlflowClient, name: str) -> Sweep | None:
+    """The sweep called ``name`` in this tracking store, or None."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return None
+    parent = find_parent(client, exp.experiment_id, name)
+    return Sweep(name, exp.experiment_id, parent) if parent is not None else None
+
+
+def experiment_for(client: MlflowClient, name: str, tracking_uri: str) -> str:
+    """The MLflow experiment named after the sweep (created, with local artifacts if SQLite)."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if tracking_uri.startswith("sqlite:///"):
+        location = (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts"
+                    / name).resolve().as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+def _describe_sweep(spec: Any) -> str:
+    f = spec.finalists
+    confirm = (f"then the top {f.top_k} configs are re-trained with {f.seeds} fresh seeds"
+               + (" against the baseline (perturbation off) with the same seeds" if f.baseline
+                  else "") if f.top_k else "no confirmation stage (finalists.top_k: 0)")
+    return (f"Sweep {spec.name}: {spec.num_samples} trials of {spec.space_name} "
+            f"({', '.join(spec.ranges()) or 'no searched values'}), selecting on "
+            f"{', '.join(spec.metrics)} ({', '.join(spec.modes)}); {confirm}. "
+            f"Running; the verdict appears here when the sweep ends.")
+
+
+def _dataset_inputs(spec: Any) -> list[Any]:
+    """The sweep's data as MLflow dataset inputs (the runs table's Dataset column)."""
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+
+    d = spec.train.data
+    facts = {k: v for k, v in d.model_dump(mode="json").items() if v is not None}
+    ds = MetaDataset(CodeDatasetSource(tags={k: str(v) for k, v in facts.items()}),
+                     name=f"{d.name}-seed{d.seed}")
+    return [DatasetInput(ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "train")])]
+
+
+def open_parent(client: MlflowClient, spec: Any, spec_text: str, resume: bool) -> Sweep:
+    """Create the sweep's parent run (or reopen it to resume); refuses a duplicate name."""
+    from sweeps.spec import SpecError
+
+    exp_id = experiment_for(client, spec.name, spec.resolved_tracking_uri())
+    parent = find_parent(client, exp_id, spec.name)
+    if parent is not None and not resume:
+        raise SpecError(f"name: sweep {spec.name!r} already exists in MLflow; "
+                        f"run 'sweeps resume {spec.name}' or choose another name (--name)")
+    if parent is None and resume:
+        raise SpecError(f"name: no sweep {spec.name!r} to resume in {client.tracking_uri}")
+    if parent is not None:
+        client.update_run(parent.info.run_id, status="RUNNING")
+        return Sweep(spec.name, exp_id, client.get_run(parent.info.run_id))
+    ranges = spec.ranges()
+    space = {"name": spec.space_name,
+             "ranges": {k: {"low": r.low, "high": r.high, "log": r.log, "integer": r.integer}
+                        for k, r in ranges.items()}}
+    tags = {
+        TAG_SWEEP: spec.name, TAG_ROLE: "parent", TAG_GIT: git_revision(),
+        TAG_NOTE: _describe_sweep(spec),
+        TAG_OBJECTIVES: json.dumps([{"metric": m, "mode": o}
+                                    for m, o in zip(spec.metrics, spec.modes, strict=True)]),
+        TAG_SPACE: json.dumps(space, sort_keys=True),
+        TAG_STAGES_DONE: "[]",
+    }
+    if spec.allow_test_selection:
+        tags[TAG_ALLOW_TEST] = "true"
+    run = client.create_run(exp_id, run_name=spec.name, tags=tags)
+    run_id = run.info.run_id
+    params = {
+        "space": spec.space_name, "searcher.sampler": spec.searcher.sampler,
+        "searcher.seed": spec.searcher.seed, "scheduler": spec.scheduler.name,
+        "scheduler.grace_period": spec.grace_period, "num_samples": spec.num_samples,
+        "metric": json.dumps(spec.metric), "mode": json.dumps(spec.mode),
+        "finalists.top_k": spec.finalists.top_k, "finalists.seeds": spec.finalists.seeds,
+        "finalists.baseline": spec.finalists.baseline,
+        "resources.cpu": spec.resources.cpu, "resources.gpu": spec.resources.gpu,
+        "train.model.name": spec.train.model.name, "train.data.name": spec.train.data.name,
+        "train.epochs": spec.train.epochs,
+    }
+    for key, r in ranges.items():
+        params[f"space.{key}"] = f"[{r.low:g}, {r.high:g}]{' log' if r.log else ''}" + (
+            " int" if r.integer else "")
+    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    client.log_inputs(run_id, datasets=_dataset_inputs(spec))
+    client.log_text(run_id, spec_text, "sweep.yaml")
+    # The validated spec with every default that was actually used.
+    import yaml
+
+    client.log_text(run_id, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False),
+                    "sweep_resolved.yaml")
+    client.log_dict(run_id, space, "search_space.json")
+    return Sweep(spec.name, exp_id, client.get_run(run_id))
+
+
+def mark_stage_done(client: MlflowClient, sweep: Sweep, stage: str) -> None:
+    """Record on the parent that ``stage`` finished, so a resume does not run it again."""
+    done = sweep.stages_done
+    if stage not in done:
+        done.append(stage)
+    client.set_tag(sweep.parent_id, TAG_STAGES_DONE, json.dumps(done))
+    sweep.parent = client.get_run(sweep.parent_id)
+
+
+def close_parent(client: MlflowClient, sweep: Sweep, status: str,
+                 best: Run | None, note: str) -> None:
+    """End the parent run: leftover RUNNING children become KILLED, the best trial and the
+    description are recorded, then the parent's own ``status``."""
+    for child in children(client, sweep):
+        # Every trial has ended when the parent closes: a RUNNING child is a leftover of an
+        # interrupted driver or a lost trial, never a live run.
+        if child.info.status == "RUNNING":
+            client.set_terminated(child.info.run_id, "KILLED")
+    tags = [RunTag(TAG_NOTE, note)]
+    if best is not None:
+        metric, _ = sweep.objectives[0]
+        tags += [RunTag("flatsweep.best_trial", best.data.tags.get(TAG_TRIAL, "")),
+                 RunTag("flatsweep.best_run_id", best.info.run_id)]
+        client.log_batch(sweep.parent_id, metrics=[Metric(
+            f"best_{metric}", best.data.metrics[metric], int(time.time() * 1000), 0)],
+            tags=tags)
+        client.log_dict(sweep.parent_id, {
+            "trial_id": best.data.tags.get(TAG_TRIAL), "run_id": best.info.run_id,
+            metric: best.data.metrics[metric],
+            "train_spec": json.loads(best.data.tags[TAG_SPEC])}, "best_config.json")
+    else:
+        client.log_batch(sweep.parent_id, tags=tags)
+    client.set_terminated(sweep.parent_id, status)
+
+
+def children(client: MlflowClient, sweep: Sweep, stage: str | None = None) -> list[Run]:
+    """The sweep's child runs (of one stage, if given), every page."""
+    flt = f"tags.`{TAG_PARENT}` = '{sweep.parent_id}'"
+    if stage is not None:
+        flt += f" and tags.`{TAG_STAGE}` = '{stage}'"
+    out: list[Run] = []
+    token = None
+    while True:
+        page = client.search_runs([sweep.experiment_id], filter_string=flt, max_results=1000,
+                                  page_token=token)
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
+
+
+def find_children(client: MlflowClient, experiment_id: str, parent_id: str) -> list[Run]:
+    """Every child run of ``parent_id`` (all stages)."""
+    out: list[Run] = []
+    token = None
+    while True:
+        page = client.search_runs([experiment_id],
+                                  filter_string=f"tags.`{TAG_PARENT}` = '{parent_id}'",
+                                  max_results=1000, page_token=token)
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
+
+
+def stage_of(run: Run) -> str:
+    return run.data.tags.get(TAG_STAGE, "search")
+
+
+def searched_values(run: Run) -> dict[str, Any]:
+    """The searched hyperparameters of a child run, by dotted name, with their types."""
+    keys = [k for k in run.data.tags.get("flatsweep.searched", "").split(",") if k]
+    spec = json.loads(run.data.tags.get(TAG_SPEC, "{}"))
+    out: dict[str, Any] = {}
+    for key in keys:
+        node: Any = spec
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        out[key] = node
+    return out
 
 
 @dataclass(eq=False)  # identity: an item is removed from the queue by ``is``, not by value
@@ -176,8 +455,27 @@ class _Outbox:
             batch.append(item)
         return batch
 
+    def _deliver(self, batch: list[_Item]) -> None:
+        if batch[0].call is not None:
+            batch[0].call()
+        else:
+            self._deliver_metrics(batch[0].trial, batch)
+
     def _run(self) -> None:
-        delay, failing = 0.5, False
+        failing = False
+
+        def note_failure(state: tenacity.RetryCallState) -> None:
+            nonlocal failing
+            if not failing:
+                e = state.outcome.exception() if state.outcome else None
+                log.warning("MLflow write failed (%s: %s); buffering and retrying",
+                            batch[0].what, str(e).splitlines()[0][:200])
+                failing = True
+
+        # Any transport error: retry the head of the queue until it lands (the same policy as
+        # ``retrying``, without a deadline: the records must not be dropped while we live).
+        retry = tenacity.Retrying(wait=tenacity.wait_exponential(multiplier=0.5, max=10),
+                                  before_sleep=note_failure, reraise=True)
         while True:
             with self._cv:
                 self._cv.wait_for(lambda: bool(self.pending))
@@ -190,23 +488,11 @@ class _Outbox:
                     if not self.pending:
                         break
                     batch = self._take()
-                try:
-                    if batch[0].call is not None:
-                        batch[0].call()
-                    else:
-                        self._deliver_metrics(batch[0].trial, batch)
-                except Exception as e:  # noqa: BLE001 - any transport error: retry later
-                    if not failing:
-                        log.warning("MLflow write failed (%s: %s); buffering and retrying",
-                                    batch[0].what, str(e).splitlines()[0][:200])
-                        failing = True
-                    time.sleep(delay)
-                    delay = min(2 * delay, 10.0)
-                    continue
+                retry(self._deliver, batch)
                 if failing:
                     log.warning("MLflow reachable again; delivering %d buffered writes",
                                 len(self.pending))
-                    failing, delay = False, 0.5
+                    failing = False
                 with self._cv:
                     done = {id(item) for item in batch}
                     keep = [item for item in self.pending if id(item) not in done]
@@ -230,8 +516,8 @@ class MLflowTracker(Callback):
     """Tune callback writing child runs under an existing parent run."""
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, sweep: str,
-                 base_spec: dict[str, Any], max_epochs: int, drain_timeout_s: float = 300.0
-                 ) -> None:
+                 base_spec: dict[str, Any], max_epochs: int, drain_timeout_s: float = 300.0,
+                 stage: str = "search") -> None:
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -239,6 +525,7 @@ class MLflowTracker(Callback):
         self.base_spec = base_spec
         self.max_epochs = max_epochs
         self.drain_timeout_s = drain_timeout_s
+        self.stage = stage  # the stage tag of trials whose config names none
         self._init_state()
 
     def _init_state(self) -> None:
@@ -250,11 +537,12 @@ class MLflowTracker(Callback):
         self._start_ms: dict[str, int] = {}  # trial id -> when Tune started it
         self._configs: dict[str, dict[str, Any]] = {}  # trial id -> config, for _resolve
         self._outbox = _Outbox(self._deliver_metrics)
+        self.killed = 0  # trials closed as KILLED at the end of the experiment
 
     # Tune pickles its callbacks with the experiment; clients and buffers are per process.
     def __getstate__(self) -> dict[str, Any]:
         keep = ("tracking_uri", "experiment_id", "parent_run_id", "sweep", "base_spec",
-                "max_epochs", "drain_timeout_s")
+                "max_epochs", "drain_timeout_s", "stage")
         return {k: self.__dict__[k] for k in keep}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -281,19 +569,31 @@ class MLflowTracker(Callback):
         spec = None
         if existing:
             run_id = existing[0].info.run_id
-            history = self.client.get_metric_history(run_id, "test_loss")
+            # train_loss is logged every epoch, whatever else the run reports
+            history = self.client.get_metric_history(run_id, "train_loss")
             self._last_step[tid] = max((m.step for m in history), default=0)
         else:
-            import search_spaces
-
-            spec = search_spaces.merge(self.base_spec, config)
+            point = {k: v for k, v in config.items() if not k.startswith("_")}
+            # The validated spec with every default the trial actually uses.
+            spec = TrainSpec.model_validate(self.base_spec).with_overrides(point).model_dump(
+                mode="json")
+            stage = config.get(META_STAGE, self.stage)
+            config = {**config, META_STAGE: stage}
             tags = {TAG_PARENT: self.parent_run_id, TAG_SWEEP: self.sweep, TAG_ROLE: "child",
                     TAG_TRIAL: tid, TAG_SPEC: json.dumps(spec, sort_keys=True),
-                    "flatsweep.searched": ",".join(sorted(config)), TAG_GIT: git_revision()}
+                    TAG_STAGE: stage, TAG_GIT: git_revision(),
+                    "flatsweep.searched": ",".join(sorted(k for k in point
+                                                          if k not in ("seed", "perturbation")))}
+            if META_CONFIG in config:
+                tags[TAG_CONFIG] = str(config[META_CONFIG])
+            if stage in ("finalist", "baseline"):
+                tags[TAG_SEED] = str(spec["seed"])
+            name = run_name(spec, config)
+            tags[TAG_NOTE] = f"{stage} trial {tid} of sweep {self.sweep}: {name}"
             # Writes are delivered in rounds: date the run from Tune's event, not the write.
             run_id = self.client.create_run(self.experiment_id, tags=tags,
                                             start_time=self._start_ms.get(tid),
-                                            run_name=f"{self.sweep}-{tid}").info.run_id
+                                            run_name=name).info.run_id
             self._last_step[tid] = 0
         if spec is None:
             spec = json.loads(existing[0].data.tags[TAG_SPEC])
@@ -309,7 +609,7 @@ class MLflowTracker(Callback):
 
     def _write(self, trial: Any, what: str, fn: Callable[[MlflowClient, str], Any]) -> None:
         """Queue ``fn(client, run_id)`` for the trial's run, in order, retried when down."""
-        tid, config = trial.trial_id, dict(trial.config)
+        tid, config = trial.trial_id, trial_config(trial.config)
         self._outbox.put(_Item(f"{what} of trial {tid}", tid,
                                call=lambda: fn(self.client, self._resolve(tid, config))))
 
@@ -371,7 +671,7 @@ class MLflowTracker(Callback):
                         **info: Any) -> None:
         tid = trial.trial_id
         if tid not in self._configs:  # a trial's config never changes: copy it once
-            self._configs[tid] = dict(trial.config)
+            self._configs[tid] = trial_config(trial.config)
         step = result_step(result)
         metrics = self._metrics(result, step, int(time.time() * 1000))
         # A diverged or OOM report may repeat an epoch already logged; it must still land.
@@ -404,7 +704,7 @@ class MLflowTracker(Callback):
                 run = runs.get(tid)
                 if run is not None and run.info.status in TERMINAL:
                     continue  # its writes did land before the kill
-                self._configs[tid] = dict(trial.config)
+                self._configs[tid] = trial_config(trial.config)
                 run_id = self._resolve(tid, self._configs[tid])
                 last = dict(trial.last_result or {})
                 if last:  # logged unless the old driver's write of it did land
@@ -430,15 +730,204 @@ class MLflowTracker(Callback):
         return ok
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
+        # Trials this driver started that never completed were stopped by an interrupt: Tune's
+        # cleanup sets them TERMINATED in memory (after its final snapshot, so a resume runs
+        # them again). They are KILLED, never "finished" or "stopped early".
+        open_here = [t for t in trials
+                     if t.trial_id in self._started and t.trial_id not in self._closed]
         ended = [(t, "FINISHED" if t.status == "TERMINATED" else "FAILED") for t in trials
-                 if t.status in ("TERMINATED", "ERROR") and t.trial_id not in self._closed]
+                 if t.status in ("TERMINATED", "ERROR") and t.trial_id not in self._closed
+                 and t.trial_id not in self._started]
         if ended:  # trials that ended before a driver restart
             self._reconcile(ended)
-        for trial in trials:
-            status = trial.status
-            if status == "TERMINATED" or status == "ERROR":
-                continue
-            # PENDING/RUNNING/PAUSED at the end: the sweep was interrupted.
-            if trial.trial_id in self._started:
-                self._set_status(trial, "KILLED")
+        for trial in open_here:
+            self._set_status(trial, "KILLED")
+        self.killed = len(open_here)
         self.drain()
+
+
+# -- reading a sweep back: best, verdict, status, export, report ------------------------------
+
+
+def best_run(client: MlflowClient, sweep: Sweep) -> Run | None:
+    """The best full-length search trial by the primary objective (validation metric)."""
+    metric, mode = sweep.objectives[0]
+    ranked = rank_children(children(client, sweep, "search"), metric, mode)
+    return ranked[0] if ranked else None
+
+
+def _by_config(runs: Iterable[Run]) -> dict[str, dict[int, Run]]:
+    """Finished confirmation runs by config id, then seed."""
+    out: dict[str, dict[int, Run]] = {}
+    for r in runs:
+        if r.info.status == "FINISHED" and TAG_CONFIG in r.data.tags and TAG_SEED in r.data.tags:
+            out.setdefault(r.data.tags[TAG_CONFIG], {})[int(r.data.tags[TAG_SEED])] = r
+    return out
+
+
+def _test_metric(metric: str) -> str:
+    from trainers import test_metric_for
+
+    return test_metric_for(metric) or metric
+
+
+def compute_verdict(client: MlflowClient, sweep: Sweep) -> Any:
+    """The winner (best mean validation metric over seeds) against the baseline, paired by
+    seed on the matching test metric; None without finished finalists and baseline."""
+    from sweeps.report import Verdict
+    from sweeps.stats import mean_std, paired_difference, verdict
+
+    metric, mode = sweep.objectives[0]
+    test = _test_metric(metric)
+    runs = children(client, sweep, "finalist") + children(client, sweep, "baseline")
+    groups = _by_config(runs)
+    baseline = groups.pop("baseline", {})
+    sign = 1.0 if mode == "max" else -1.0
+    candidates = []
+    for cid, seeds in groups.items():
+        common = sorted(s for s in seeds if s in baseline
+                        and metric in seeds[s].data.metrics and test in seeds[s].data.metrics
+                        and test in baseline[s].data.metrics)
+        if common:
+            val, _ = mean_std([seeds[s].data.metrics[metric] for s in common])
+            candidates.append((sign * val, cid, common))
+    if not candidates:
+        return None
+    _, cid, common = max(candidates, key=lambda c: (c[0], -int(c[1].lstrip("f") or 0)))
+    win = groups[cid]
+    a = [win[s].data.metrics[test] for s in common]
+    b = [baseline[s].data.metrics[test] for s in common]
+    diff = paired_difference(a, b)
+
+    def cost(key: str) -> float:
+        w = mean_std([win[s].data.metrics.get(key, math.nan) for s in common])[0]
+        z = mean_std([baseline[s].data.metrics.get(key, math.nan) for s in common])[0]
+        return w / z if z and math.isfinite(z) else math.nan
+
+    return Verdict(metric=test, mode=mode, winner_config_id=cid,
+                   winner_run_ids=[win[s].info.run_id for s in common], winner_values=a,
+                   baseline_values=b, seeds=common, diff=diff, verdict=verdict(diff, mode),
+                   cost_ratio_passes=cost("closure_passes_total"),
+                   cost_ratio_seconds=cost("train_seconds_total"))
+
+
+def log_verdict(client: MlflowClient, sweep: Sweep, spec: Any = None) -> Any:
+    """Compute the verdict and record it on the parent run (metrics ``final.*``, tags)."""
+    from sweeps.report import verdict_metrics
+
+    v = compute_verdict(client, sweep)
+    if v is None:
+        return None
+    ts = int(time.time() * 1000)
+    metrics = [Metric(k, float(x), ts, 0) for k, x in verdict_metrics(v).items()
+               if math.isfinite(x)]
+    client.log_batch(sweep.parent_id, metrics=metrics, tags=[
+        RunTag(TAG_VERDICT, v.verdict), RunTag(TAG_WINNER, v.winner_run_ids[0]),
+        RunTag("flatsweep.winner_config_id", v.winner_config_id)])
+    return v
+
+
+def parent_note(sweep: Sweep, status: str, best: Run | None, v: Any) -> str:
+    """The parent run's description: what the sweep found, in words a fresh UI shows."""
+    metric, mode = sweep.objectives[0]
+    lines = [f"Sweep {sweep.name} ({status})."]
+    if best is not None:
+        lines.append(f"Best search trial by {metric} ({mode}): {best.info.run_name} "
+                     f"= {best.data.metrics[metric]:.4f}.")
+    if v is not None:
+        d = v.diff
+        lines.append(
+            f"Verdict: {v.verdict.replace('_', ' ')}. Winner {v.winner_config_id} {v.metric} "
+            f"{sum(v.winner_values) / len(v.winner_values):.4f} vs baseline "
+            f"{sum(v.baseline_values) / len(v.baseline_values):.4f} over seeds {v.seeds}: "
+            f"difference {d.mean:+.4f}, 95% interval [{d.ci_low:+.4f}, {d.ci_high:+.4f}]; "
+            f"compute {v.cost_ratio_passes:.2f}x the baseline's (closure passes), "
+            f"{v.cost_ratio_seconds:.2f}x (seconds).")
+    elif status == "FINISHED":
+        lines.append("No confirmation stage result: no claim against the baseline is made.")
+    if status == "KILLED":
+        lines.append(f"Interrupted: run `sweeps resume {sweep.name}` to continue.")
+    return " ".join(lines)
+
+
+def status_rows(client: MlflowClient, sweep: Sweep) -> list[dict[str, Any]]:
+    """One row per child run, best first: stage, status, searched values, every objective."""
+    objectives = sweep.objectives
+    rows = []
+    for c in children(client, sweep):
+        row = {"trial": c.data.tags.get(TAG_TRIAL, ""), "run_name": c.info.run_name,
+               "stage": stage_of(c), "status": c.info.status,
+               "params": searched_values(c),
+               "stopped_early": c.data.tags.get(TAG_STOPPED_EARLY) == "1",
+               "diverged": c.data.tags.get(TAG_DIVERGED) == "1"}
+        for m, _ in objectives:
+            row[m] = c.data.metrics.get(m)
+        test = _test_metric(objectives[0][0])
+        if stage_of(c) in ("finalist", "baseline"):
+            row[test] = c.data.metrics.get(test)
+        rows.append(row)
+    metric, mode = objectives[0]
+    order = {"finalist": 0, "baseline": 1, "search": 2, "baseline_search": 3}
+    sign = -1.0 if mode == "max" else 1.0
+
+    def key(r: dict[str, Any]) -> tuple:
+        v = r.get(metric)
+        ok = isinstance(v, float) and math.isfinite(v)
+        return (order.get(r["stage"], 9), not ok, sign * v if ok else 0.0, r["trial"])
+
+    return sorted(rows, key=key)
+
+
+def export_ranking(client: MlflowClient, sweep: Sweep) -> list[tuple[Run, dict[str, Any]]]:
+    """Runs to export, best first, each with its provenance facts: the verdict's winner
+    first, then the other confirmed finalists by mean validation metric, then the search
+    trials by the search metric (they were never confirmed over seeds)."""
+    metric, mode = sweep.objectives[0]
+    sign = 1.0 if mode == "max" else -1.0
+    out: list[tuple[Run, dict[str, Any]]] = []
+    groups = _by_config(children(client, sweep, "finalist"))
+    winner = sweep.parent.data.tags.get("flatsweep.winner_config_id")
+    scored = []
+    for cid, seeds in groups.items():
+        vals = [r.data.metrics[metric] for r in seeds.values() if metric in r.data.metrics]
+        if vals:
+            scored.append((cid != winner, -sign * sum(vals) / len(vals), cid, seeds))
+    for _, neg, cid, seeds in sorted(scored, key=lambda t: (t[0], t[1], t[2])):
+        run = seeds[min(seeds)]
+        out.append((run, {"stage": "finalist", "config_id": cid, "winner": cid == winner,
+                          "metric": metric, "mode": mode, "value": -neg * sign,
+                          "value_is": f"mean over seeds {sorted(seeds)}"}))
+    for run in rank_children(children(client, sweep, "search"), metric, mode):
+        out.append((run, {"stage": "search", "metric": metric, "mode": mode,
+                          "value": run.data.metrics[metric], "value_is": "one search trial"}))
+    return out
+
+
+def sweep_record(client: MlflowClient, sweep: Sweep) -> Any:
+    """Everything ``sweeps.report`` draws, read from MLflow."""
+    from sweeps.report import SweepRecord, TrialRecord
+
+    metric, mode = sweep.objectives[0]
+    trials = []
+    for c in children(client, sweep):
+        stage = stage_of(c)
+        if stage == "search" and (c.data.tags.get(TAG_STOPPED_EARLY) == "1"
+                                  or c.data.tags.get(TAG_DIVERGED) == "1"):
+            # An early-stopped trial's value is an earlier epoch's: it would bias the
+            # importance and radius figures, which are drawn from full-length trials.
+            continue
+        history: dict[str, list[tuple[int, float]]] = {}
+        if stage in ("finalist", "baseline"):
+            for key in ("val_acc", "val_loss", metric):
+                if key in c.data.metrics and key not in history:
+                    history[key] = sorted((m.step, m.value)
+                                          for m in client.get_metric_history(c.info.run_id, key))
+        seed = c.data.tags.get(TAG_SEED)
+        trials.append(TrialRecord(
+            run_id=c.info.run_id, run_name=c.info.run_name or "", stage=stage,
+            status=c.info.status, params=searched_values(c), metrics=dict(c.data.metrics),
+            history=history, config_id=c.data.tags.get(TAG_CONFIG),
+            seed=int(seed) if seed is not None else None))
+    return SweepRecord(name=sweep.name, search_metric=metric, mode=mode,
+                       searched=sweep.space.get("ranges", {}), trials=trials,
+                       verdict=compute_verdict(client, sweep))

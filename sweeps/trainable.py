@@ -19,14 +19,24 @@ from typing import Any
 import torch
 from ray import tune
 
-import search_spaces
-from trainers import TrainSpec, fit
+from trainers import EPOCH_METRICS, FINAL_METRICS, TrainSpec, fit
 from trainers.checkpoint import load_checkpoint
 
-#: The per-epoch metrics a sweep may optimise (``metric`` in the spec).
-REPORTED_METRICS = frozenset(
-    {"test_acc", "test_loss", "train_acc", "train_loss", "gen_gap", "robust_acc"}
-)
+#: The metrics a trial reports (declared in ``trainers`` next to where they are computed).
+REPORTED_METRICS = EPOCH_METRICS | FINAL_METRICS
+
+
+#: The confirmation stage runs an exact list of configs as a Tune grid over this one key.
+ROW = "_row"
+
+
+def trial_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A trial's own config: the grid row of a confirmation trial, else the searched point.
+
+    Keys starting with "_" describe the trial (its stage, the config it confirms) for the
+    tracker; the rest are TrainSpec overrides (dotted names, or a whole sub-spec).
+    """
+    return dict(config[ROW]) if ROW in config else dict(config)
 
 
 def is_oom(e: BaseException) -> bool:
@@ -44,7 +54,8 @@ def train_trial(config: dict[str, Any], *, base: dict[str, Any],
     ``oom=1`` *without* the objective, so Optuna records the trial as pruned rather than as a
     bad configuration, and the memory is released before the worker takes another trial.
     """
-    spec = TrainSpec.model_validate(search_spaces.merge(base, config))
+    point = {k: v for k, v in trial_config(config).items() if not k.startswith("_")}
+    spec = TrainSpec.model_validate(base).with_overrides(point)
     checkpoint = tune.get_checkpoint()
     resume = checkpoint.to_directory() if checkpoint is not None else None
     restored_from = 0.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from typing import Any
 
 import pytest
 import torch
@@ -22,13 +23,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+#: ``ray.init`` arguments of the session's Ray. ``address="local"`` always starts a new Ray:
+#: without it ``ray.init`` joins whatever ``RAY_ADDRESS`` or ``$RAY_TMPDIR/ray/ray_current_cluster``
+#: (left by any ``ray start`` or ``cluster_utils.Cluster``, even a dead one) names, and then
+#: refuses ``num_cpus``. No test joins or stops a Ray it did not start.
+RAY_INIT: dict[str, Any] = {
+    "address": "local",
+    "num_cpus": 2,
+    "include_dashboard": False,
+    "log_to_driver": False,
+    "configure_logging": False,
+}
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """A real local Ray with 2 CPUs, shared by the session's sweep tests."""
     import ray
 
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+    ray.init(**RAY_INIT)
     yield ray
-    ray.shutdown()
+    ray.shutdown()  # only the Ray started above

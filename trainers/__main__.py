@@ -1,6 +1,7 @@
 """``python -m trainers CONFIG.yaml``: train one TrainSpec without Ray or MLflow.
 
-Prints the final metrics as one JSON line on stdout. Exported best configs re-run this way.
+Prints the final metrics as one JSON line on stdout: the last epoch's, with the test set
+measured once after it (``trainers.FINAL_METRICS``). Exported best configs re-run this way.
 A bad config is one line on stderr and exit code 2.
 """
 

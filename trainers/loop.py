@@ -2,10 +2,19 @@
 
 Plain PyTorch: no Ray, no MLflow. A sweep observes it through ``on_epoch_end`` and resumes it
 from a checkpoint; ``python -m trainers`` runs it alone.
+
+Honest results: every epoch is measured on the validation split carved from the training set
+(``val_*``, see ``trainers.data``); the test set is evaluated once, after the last epoch, and
+its metrics appear only in that epoch's metrics (``FINAL_METRICS``). Anything chosen by
+looking at epochs (a sweep's objective, early stopping, the best epoch) is therefore chosen on
+validation data. Deviation: the AMP official script reports the best test accuracy over
+epochs, a selection on the test set; ``test_at_best_val`` reports the test metrics of the
+best-validation epoch instead.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -30,14 +39,65 @@ Status = Literal["finished", "diverged", "stopped"]
 #: checkpoint into a directory; returning True asks the loop to stop early.
 EpochCallback = Callable[[dict[str, float], Callable[[str | Path], Path]], bool | None]
 
-CHECKPOINT_FORMAT = 1
+#: What any epoch may report. ``val_*`` and ``gen_gap`` (train_acc - val_acc) need a
+#: validation split; ``val_robust_acc`` also needs adversarial training.
+EPOCH_METRICS = frozenset(
+    {
+        "epoch",
+        "train_loss",  # mean cross-entropy at the unperturbed weights, on the training batches
+        "train_acc",
+        "val_loss",
+        "val_acc",
+        "val_robust_acc",  # PGD on the first ``adversarial.eval_examples`` val examples
+        "gen_gap",
+        "lr",
+        "closure_passes",  # forward-backward passes this epoch (ERM 1 per step, AMP 1 + K, ...)
+        "train_seconds",
+        "images_per_s",
+        "epoch_seconds",  # training plus evaluation
+        "diverged",  # 1.0 on the (last) epoch whose loss was not finite
+    }
+)
+#: What only the last epoch reports, once training has run all ``epochs``.
+FINAL_METRICS = frozenset(
+    {
+        "test_loss",
+        "test_acc",
+        "test_robust_acc",  # PGD on the whole test set
+        "best_val_epoch",  # with ``test_at_best_val``: the first epoch of highest val_acc
+        "test_loss_at_best_val",
+        "test_acc_at_best_val",
+        "test_robust_acc_at_best_val",
+        "train_seconds_total",  # sum of train_seconds over every epoch, resumed ones included
+        "closure_passes_total",  # sum of closure_passes: the run's compute in passes
+    }
+)
+_TEST_FOR_VAL = {
+    "val_loss": "test_loss",
+    "val_acc": "test_acc",
+    "val_robust_acc": "test_robust_acc",
+}
+
+
+def test_metric_for(val_metric: str) -> str | None:
+    """The test metric that ``val_metric`` estimates (``val_acc`` -> ``test_acc``), else None."""
+    return _TEST_FOR_VAL.get(val_metric)
+
+
+test_metric_for.__test__ = False  # type: ignore[attr-defined]  # not a test for pytest to collect
+
+CHECKPOINT_FORMAT = 2  # 2: validation metrics per epoch, test metrics once, best-val state
 # Keys that may differ between a checkpoint's spec and the spec resuming it.
 _RESUMABLE_CHANGES = {"epochs", "provenance", "device", "num_threads"}
 
 
 @dataclass
 class FitResult:
-    """How a run ended and what it measured; ``final`` is the last epoch's metrics."""
+    """How a run ended and what it measured.
+
+    ``final`` is the last epoch's metrics: with the ``FINAL_METRICS`` (test set) when the run
+    trained all its epochs, without them when it diverged or was stopped early.
+    """
 
     status: Status
     message: str
@@ -77,8 +137,10 @@ def _set_determinism(spec: TrainSpec) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     # Only on a change: the setter imports torch's compiler stack (~1.5 s), a cost each new
     # trial worker would pay although the default (off) is already in place.
-    if (torch.are_deterministic_algorithms_enabled() != spec.deterministic
-            or torch.is_deterministic_algorithms_warn_only_enabled()):
+    if (
+        torch.are_deterministic_algorithms_enabled() != spec.deterministic
+        or torch.is_deterministic_algorithms_warn_only_enabled()
+    ):
         torch.use_deterministic_algorithms(spec.deterministic, warn_only=False)
     torch.backends.cudnn.benchmark = not spec.deterministic
 
@@ -93,10 +155,25 @@ def fit(
 ) -> FitResult:
     """Train ``spec`` and return how it ended.
 
-    ``resume`` is a checkpoint file or directory written by this loop; training continues
-    after its epoch and, on CPU, ends with weights bit-identical to an uninterrupted run.
+    Args:
+        spec: the run.
+        on_epoch_end: called after every epoch with its metrics (``EPOCH_METRICS``; the last
+            epoch adds ``FINAL_METRICS``) and a ``save(directory)`` function; returning True
+            stops the run.
+        resume: a checkpoint file or directory written by this loop; training continues after
+            its epoch and, on CPU, ends with weights (and metrics, best-validation state
+            included) bit-identical to an uninterrupted run.
+
     A non-finite loss ends the run with status ``diverged`` instead of raising.
     """
+    data = spec.data
+    if spec.test_at_best_val and (
+        data.num_val == 0 or (data.num_val is None and data.val_fraction == 0)
+    ):
+        raise ValueError(
+            "test_at_best_val needs a validation split (data.val_fraction > 0 or data.num_val"
+            f" > 0), but got val_fraction={data.val_fraction}, num_val={data.num_val}"
+        )
     device = resolve_device(spec.device)
     _set_determinism(spec)
     bundle = data_lib.build(
@@ -123,7 +200,7 @@ def fit(
         optimizer, lambda step: lr_factor(spec, step / steps_per_epoch)
     )
     scaler = LossScaler(device) if spec.precision == "fp16" else None
-    perturbation = perturbations.build(spec.perturbation.kind, model, **spec.perturbation.hparams())
+    perturbation = perturbations.from_spec(spec.perturbation, model)
     erm = perturbations.build("erm", model)
     adv = spec.adversarial
     mean = torch.tensor(bundle.mean) if bundle.mean is not None else None
@@ -131,8 +208,16 @@ def fit(
 
     history: list[dict[str, float]] = []
     start_epoch = 0
+    # With test_at_best_val: the first epoch of highest val_acc, that val_acc, and a copy of
+    # the model's state_dict (weights and buffers) after that epoch.
+    best: dict[str, Any] | None = None
     if resume is not None:
         state = load_checkpoint(resume)
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(
+                f"checkpoint {str(resume)!r} has format {state.get('format')}, but this loop"
+                f" resumes format {CHECKPOINT_FORMAT} only"
+            )
         diff = _spec_diff(state["spec"], spec.model_dump(mode="json"))
         if diff:
             raise ValueError(
@@ -148,6 +233,12 @@ def fit(
         if device.type == "cuda" and state.get("rng_cuda") is not None:
             torch.cuda.set_rng_state(state["rng_cuda"], device)
         start_epoch, history = state["epoch"], list(state["history"])
+        if start_epoch < spec.epochs:
+            # Resumed with more epochs (``--epochs``): the old last epoch is no longer last.
+            history = [{k: v for k, v in m.items() if k not in FINAL_METRICS} for m in history]
+        if state.get("best_val") is not None:
+            best = dict(state["best_val"])
+            best["state"] = {k: v.to(device) for k, v in best["state"].items()}
 
     def save(path: str | Path, epoch: int) -> Path:
         return save_checkpoint(
@@ -163,8 +254,34 @@ def fit(
                 "rng_cpu": torch.get_rng_state(),
                 "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                 "history": history,
+                "best_val": best,
             },
         )
+
+    def measure(net: nn.Module, loader: Any, split: str, examples: int | None) -> dict[str, float]:
+        """``{split}_loss`` and ``{split}_acc`` of ``net`` on ``loader``, plus
+        ``{split}_robust_acc`` (on its first ``examples``) with adversarial training."""
+        loss, acc = evaluate(net, loader, spec, device, memory_format)
+        out = {f"{split}_loss": loss, f"{split}_acc": acc}
+        if adv is not None:
+            out[f"{split}_robust_acc"] = robust_accuracy(
+                net, loader, spec, device, memory_format, mean, std, examples=examples
+            )
+        return out
+
+    def at_best_val(snapshot: dict[str, Any], last: dict[str, float]) -> dict[str, float]:
+        """``best_val_epoch`` and the test metrics of its weights (``test_*_at_best_val``)."""
+        if snapshot["epoch"] == last["epoch"]:
+            # The same weights: reuse the numbers rather than draw another PGD random start.
+            test = {k: v for k, v in last.items() if k.startswith("test_")}
+        else:
+            # A copy, so the model (about to be checkpointed) is never touched.
+            net = copy.deepcopy(model)
+            net.load_state_dict(snapshot["state"])
+            test = measure(net, bundle.test, "test", None)
+            del net
+        at_best = {f"{k}_at_best_val": v for k, v in test.items()}
+        return {"best_val_epoch": snapshot["epoch"], **at_best}
 
     for epoch in range(start_epoch, spec.epochs):
         t0 = time.perf_counter()
@@ -228,23 +345,32 @@ def fit(
             )
             history.append({"epoch": epoch + 1, "train_loss": train_loss, "diverged": 1.0})
             return FitResult("diverged", message, history)
-        test_loss, test_acc = evaluate(model, bundle.test, spec, device, memory_format)
-        metrics = {
+        train_acc = float(correct) / max(seen, 1)
+        metrics: dict[str, float] = {
             "epoch": epoch + 1,
             "train_loss": train_loss,
-            "train_acc": float(correct) / max(seen, 1),
-            "test_loss": test_loss,
-            "test_acc": test_acc,
+            "train_acc": train_acc,
             "lr": optimizer.param_groups[0]["lr"],
             "closure_passes": passes,
             "train_seconds": train_seconds,
             "images_per_s": seen / train_seconds,
             "diverged": 0.0,
         }
-        metrics["gen_gap"] = metrics["train_acc"] - test_acc
-        if adv is not None:
-            metrics["robust_acc"] = robust_accuracy(
-                model, bundle.test, spec, device, memory_format, mean, std
+        if bundle.val is not None:
+            metrics.update(measure(model, bundle.val, "val", adv.eval_examples if adv else None))
+            metrics["gen_gap"] = train_acc - metrics["val_acc"]
+            if spec.test_at_best_val and (best is None or metrics["val_acc"] > best["val_acc"]):
+                state_now = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best = {"epoch": epoch + 1, "val_acc": metrics["val_acc"], "state": state_now}
+        if epoch + 1 == spec.epochs:  # the test set, once
+            metrics.update(measure(model, bundle.test, "test", None))
+            if best is not None:
+                metrics.update(at_best_val(best, metrics))
+            metrics["train_seconds_total"] = train_seconds + sum(
+                m.get("train_seconds", 0.0) for m in history
+            )
+            metrics["closure_passes_total"] = passes + sum(
+                m.get("closure_passes", 0) for m in history
             )
         metrics["epoch_seconds"] = time.perf_counter() - t0
         history.append(metrics)
@@ -285,17 +411,27 @@ def robust_accuracy(
     memory_format: torch.memory_format,
     mean: torch.Tensor | None,
     std: torch.Tensor | None,
+    *,
+    examples: int | None = None,
 ) -> float:
-    """PGD-``eval_steps`` accuracy on the first ``eval_examples`` test examples (eval mode)."""
+    """PGD-``eval_steps`` accuracy (eval mode) on the first ``examples`` of ``loader``.
+
+    ``examples`` None attacks every example. The attack and the forward pass run in fp32
+    unless ``adversarial.eval_precision`` is ``train`` (the AWP official evaluation is fp32).
+    """
     adv = spec.adversarial
-    assert adv is not None
+    if adv is None:
+        raise ValueError("robust_accuracy needs spec.adversarial (PGD) to be set, but got None")
+    precision = spec.precision if adv.eval_precision == "train" else "fp32"
     model.eval()
     correct, n = 0, 0
     for x, y in loader:
-        if adv.eval_examples is not None and n >= adv.eval_examples:
-            break
+        if examples is not None:
+            if n >= examples:
+                break
+            x, y = x[: examples - n], y[: examples - n]  # exactly ``examples``, not whole batches
         x = x.contiguous(memory_format=memory_format)
-        with autocast(spec.precision, device):
+        with autocast(precision, device):
             x_adv = pgd(
                 model,
                 x,

@@ -6,15 +6,23 @@ are refused, and the resolved spec is saved inside every checkpoint, as nanoGPT 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from torch import nn
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from trainers._registry import closest, unknown_message
 from trainers._yaml import load_yaml
 from trainers.data import DataSpec
+from trainers.registry import closest, unknown_message
 
 
 class _Strict(BaseModel):
@@ -58,41 +66,113 @@ class ScheduleSpec(_Strict):
     warmup_epochs: float = Field(0.0, ge=0)  # linear warm-up from 0, in epochs
 
 
-class PerturbationSpec(_Strict):
-    """The regularizer; hyperparameters are checked by building it on a one-weight model."""
+BNUpdate = Literal["first_pass", "all_passes"]
+# Hyperparameter types, strict so that "0.05", true or 2.0 are refused rather than coerced.
+_Radius = Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)]
+_Steps = Annotated[int, Field(ge=1, strict=True)]
+_InnerLR = Annotated[float, Field(gt=0, allow_inf_nan=False, strict=True)]
 
-    kind: str = "erm"
-    radius: float | None = None  # SAM rho, AMP epsilon, AWP gamma
-    inner_steps: int | None = None  # AMP/AWP, >= 1
-    inner_lr: float | None = None  # AMP/AWP
-    adaptive: bool | None = None  # SAM only: ASAM
+
+class BasePerturbationSpec(_Strict):
+    """Fields every perturbation kind has; semantics in ``docs/algorithms.md``."""
+
+    kind: str
     warmup_epochs: int = Field(0, ge=0)  # plain ERM steps for this many epochs first (AWP's)
+    # BatchNorm running statistics: "first_pass" keeps those of the unperturbed pass only (what
+    # plain training would give); "all_passes" lets every closure call update them, the last at
+    # the perturbed weights, as the official AMP optimizer does.
+    bn_update: BNUpdate = "first_pass"
 
-    def hparams(self) -> dict[str, Any]:
-        """The hyperparameters that were set, as keywords for ``perturbations.build``."""
-        keys = ("radius", "inner_steps", "inner_lr", "adaptive")
-        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
-    @model_validator(mode="after")
-    def _buildable(self) -> PerturbationSpec:
-        from trainers.perturbations import build
+class ERMSpec(BasePerturbationSpec):
+    """Plain training: no hyperparameters."""
 
-        build(self.kind, nn.Linear(1, 1), **self.hparams())
-        return self
+    kind: Literal["erm"] = "erm"
+
+
+class SAMSpec(BasePerturbationSpec):
+    """SAM (Foret et al., ICLR 2021); ``adaptive`` gives ASAM (Kwon et al., ICML 2021)."""
+
+    kind: Literal["sam"] = "sam"
+    radius: _Radius = 0.05  # rho: global L2 norm of the ascent step (paper default 0.05)
+    adaptive: bool = Field(False, strict=True)  # ASAM: ascent scaled elementwise by |w|
+
+
+class AMPSpec(BasePerturbationSpec):
+    """AMP (Zheng, Zhang, Mao, CVPR 2021); defaults from the paper and official code."""
+
+    kind: Literal["amp"] = "amp"
+    radius: _Radius = 0.5  # epsilon: L2 ball per parameter tensor (paper default 0.5)
+    inner_steps: _Steps = 1  # ascent steps (official inner_iter, default 1)
+    inner_lr: _InnerLR = 1.0  # ascent step size, multiplies the gradient (official default 1)
+
+
+class AWPSpec(BasePerturbationSpec):
+    """AWP (Wu, Xia, Wang, NeurIPS 2020); defaults from the official PGD-AT script."""
+
+    kind: Literal["awp"] = "awp"
+    radius: _Radius = 0.01  # gamma: size relative to each layer's weight norm (official 0.01)
+    # Proxy ascent steps. The paper and official code take one; K >= 2 is this project's
+    # extension, with no reference to compare against.
+    inner_steps: _Steps = 1
+    inner_lr: _InnerLR = 0.01  # proxy SGD step (official 0.01); cancels out of v when K = 1
+
+
+#: kind -> its spec model; ``trainers.perturbations.PERTURBATIONS`` has the same kinds.
+PERTURBATION_SPECS: dict[str, type[BasePerturbationSpec]] = {
+    c.model_fields["kind"].default: c for c in (ERMSpec, SAMSpec, AMPSpec, AWPSpec)
+}
+
+
+def _default_kind(value: Any) -> Any:
+    """A mapping without ``kind`` is ERM; an unknown kind is named with the closest one."""
+    if isinstance(value, Mapping):
+        kind = value.get("kind", "erm")
+        if not isinstance(kind, str) or kind not in PERTURBATION_SPECS:
+            raise ValueError(unknown_message("perturbation kind", kind, list(PERTURBATION_SPECS)))
+        return {**value, "kind": kind}
+    return value
+
+
+#: The regularizer: one spec model per ``kind``, each with its own fields, bounds and defaults.
+PerturbationSpec = Annotated[
+    ERMSpec | SAMSpec | AMPSpec | AWPSpec,
+    Field(discriminator="kind"),
+    BeforeValidator(_default_kind),
+]
+
+
+class _PerturbationOnly(_Strict):
+    perturbation: PerturbationSpec
+
+
+def parse_perturbation(data: Mapping[str, Any]) -> PerturbationSpec:
+    """Validate a perturbation spec on its own; errors are one line ("perturbation.radius: ...")."""
+    try:
+        return _PerturbationOnly(perturbation=data).perturbation
+    except ValidationError as e:
+        raise ValueError(format_validation_error(e, _PerturbationOnly)) from None
 
 
 class AdversarialSpec(_Strict):
     """L∞ PGD adversarial training (Madry et al. 2018) as in the AWP official code.
 
     Budgets are in pixel units of [0, 1] images (8/255 is 0.0314); for inputs that are not
-    images (MNIST-1D, synthetic) they are in input units.
+    images (MNIST-1D, synthetic) they are in input units. The test robust accuracy is PGD
+    (``eval_steps``) on the whole test set, once after the last epoch, in fp32, as the AWP
+    paper reports it; the per-epoch validation robust accuracy attacks only the first
+    ``eval_examples`` validation examples, to stay cheap.
     """
 
     eps: float = Field(8 / 255, ge=0)
     steps: int = Field(10, ge=1)  # attack steps for training, with a random start
     step_size: float = Field(2 / 255, gt=0)
     eval_steps: int = Field(20, ge=1)  # PGD-20 robust accuracy
-    eval_examples: int | None = Field(1000, ge=1)  # test examples attacked per eval; None = all
+    # Validation examples attacked per epoch; None = all. The test set is always attacked whole.
+    eval_examples: int | None = Field(1000, ge=1)
+    # Precision of the robust evaluations: fp32 (the AWP official evaluation) or the training
+    # precision ("train"), cheaper on GPUs but not the paper's protocol.
+    eval_precision: Literal["fp32", "train"] = "fp32"
 
 
 class TrainSpec(_Strict):
@@ -102,7 +182,7 @@ class TrainSpec(_Strict):
     data: DataSpec
     optim: OptimSpec = Field(default_factory=OptimSpec)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
-    perturbation: PerturbationSpec = Field(default_factory=PerturbationSpec)
+    perturbation: PerturbationSpec = Field(default_factory=ERMSpec)
     # PGD-AT; AWP is defined on adversarial batches, so ``kind: awp`` turns it on by default.
     adversarial: AdversarialSpec | None = None
     epochs: int = Field(10, ge=1)
@@ -118,6 +198,9 @@ class TrainSpec(_Strict):
     num_threads: int | None = Field(None, ge=1)
     # Where an exported config came from (sweep, trial, run id, metric); fit() ignores it.
     provenance: dict[str, Any] | None = None
+    # Keep the weights of the best val_acc epoch and also report their test metrics
+    # (test_acc_at_best_val, ...) after the last epoch; needs a validation split.
+    test_at_best_val: bool = False
 
     @model_validator(mode="after")
     def _cross_checks(self) -> TrainSpec:
@@ -137,22 +220,73 @@ class TrainSpec(_Strict):
         """Read a spec file with the strict safe loader (duplicate keys refused, 1e-3 a float)."""
         return cls.model_validate(load_yaml(Path(path)))
 
+    def with_overrides(self, point: Mapping[str, Any]) -> TrainSpec:
+        """A new spec with the dotted keys of ``point`` set, validated; ``self`` is unchanged.
 
-def _fields_at(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> list[str]:
-    """Field names of the sub-model that ``loc`` points into, for "did you mean" hints."""
+        Keys are the spec's dotted names, as a search space, Tune and MLflow use them
+        (``"optim.lr"``, ``"perturbation.radius"``, ``"model.args.width"``). An unset optional
+        section (``adversarial``) starts from its defaults. A ``perturbation.kind`` different
+        from the current one starts from that kind's defaults, keeping only the fields every
+        kind has (``warmup_epochs``, ``bn_update``): one kind's radius means nothing to another.
+
+        Raises:
+            ValueError: one line naming the first bad key ("optim.lrr: unknown key; did you
+                mean 'lr'?") or value.
+
+        Example:
+            >>> spec.with_overrides({"perturbation.kind": "sam", "perturbation.radius": 0.1})
+        """
+        data = self.model_dump()
+        kind = point.get("perturbation.kind")
+        if kind is not None and kind != self.perturbation.kind:
+            common = BasePerturbationSpec.model_fields
+            data["perturbation"] = {k: v for k, v in data["perturbation"].items() if k in common}
+        for dotted, value in point.items():
+            *parents, leaf = dotted.split(".")
+            node = data
+            for i, key in enumerate(parents):
+                if node.get(key) is None:
+                    node[key] = {}
+                node = node[key]
+                if not isinstance(node, dict):
+                    where = ".".join(parents[: i + 1])
+                    raise ValueError(f"{dotted}: unknown key ({where} is a value, not a section)")
+            node[leaf] = value
+        try:
+            return type(self).model_validate(data)
+        except ValidationError as e:
+            raise ValueError(format_validation_error(e, type(self))) from None
+
+
+def _walk(
+    model: type[BaseModel] | None, loc: tuple[Any, ...]
+) -> tuple[list[str], type[BaseModel] | None, str | None]:
+    """Follow ``loc`` through nested models: the dotted path to show, the model it ends in, and
+    the discriminator value picked on the way (pydantic puts it in ``loc``; it is not a key).
+    """
     import typing
 
+    shown: list[str] = []
+    tags: dict[str, type[BaseModel]] = {}  # discriminator value -> member, after a union field
+    tag = None
     for part in loc:
-        if model is None:
-            return []
-        f = model.model_fields.get(str(part))
+        pending, tags = tags, {}
+        if str(part) in pending:
+            model, tag = pending[str(part)], str(part)
+            continue
+        shown.append(str(part))
+        f = model.model_fields.get(str(part)) if model is not None else None
         if f is None:
             continue  # list index or dict key: stay on the same model
-        candidates = [f.annotation, *typing.get_args(f.annotation)]
-        model = next(
-            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
-        )
-    return list(model.model_fields) if model is not None else []
+        members = [
+            c
+            for c in (f.annotation, *typing.get_args(f.annotation))
+            if isinstance(c, type) and issubclass(c, BaseModel)
+        ]
+        model, tag = (members[0] if members else None), None
+        if isinstance(f.discriminator, str) and len(members) > 1:
+            tags = {m.model_fields[f.discriminator].default: m for m in members}
+    return shown, model, tag
 
 
 def format_validation_error(err: Exception, model: type[BaseModel] | None = None) -> str:
@@ -162,14 +296,20 @@ def format_validation_error(err: Exception, model: type[BaseModel] | None = None
     if not isinstance(err, ValidationError):
         return str(err)
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
+    shown, _, _ = _walk(model or TrainSpec, first["loc"])
+    loc = ".".join(shown)
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
-        fields = _fields_at(model or TrainSpec, first["loc"][:-1])
+        _, parent, tag = _walk(model or TrainSpec, first["loc"][:-1])
+        fields = list(parent.model_fields) if parent is not None else []
         hint = closest(str(first["loc"][-1]), fields) if fields else None
-        msg = "unknown key" + (f"; did you mean {hint!r}?" if hint else "")
+        msg = "unknown key" + (f" for kind {tag!r}" if tag else "")
+        msg += f"; did you mean {hint!r}?" if hint else ""
         if fields:
             msg += f" (allowed: {', '.join(fields)})"
+    value = first.get("input")
+    if msg.startswith("Input should be") and isinstance(value, str | int | float):
+        msg += f", but got {value!r}"  # pydantic's own constraint messages omit the value
     if first["type"] == "literal_error":
         msg = msg.replace("Input should be", "allowed:")
     text = f"{loc}: {msg}" if loc else msg

@@ -30,11 +30,26 @@ BAD = [
     (with_("num_sample", 3), "num_sample: unknown key; did you mean 'num_samples'?"),
     (with_("train.optim.lrr", 0.1), "train.optim.lrr: unknown key; did you mean 'lr'?"),
     (with_("space.name", "amq"), "unknown search space 'amq'"),
-    (with_("scheduler.name", "asah"), "scheduler.name: allowed: 'asha', 'hyperband' or 'fifo'"),
-    (with_("searcher.sampler", "bayes"), "searcher.sampler: allowed: 'tpe', 'random'"),
+    (with_("scheduler.name", "asah"), "unknown scheduler.name 'asah'; allowed: asha, fifo, "
+     "hyperband; did you mean 'asha'?"),
+    (with_("searcher.sampler", "bayes"), "unknown searcher.sampler 'bayes'; allowed: cmaes, gp"),
     (with_("mode", "maximize"), "mode"),
     (with_("metric", "accuracy"), "metric 'accuracy' is not reported by trials; allowed:"),
-    (with_("metric", "robust_acc"), "needs train.adversarial"),
+    (with_("metric", "val_robust_acc"), "needs train.adversarial"),
+    # selection on the test set is refused, naming the validation metric to use
+    (with_("metric", "test_acc"), "metric 'test_acc' selects on the test set"),
+    (with_("metric", "test_acc"), "use 'val_acc' (or set allow_test_selection: true)"),
+    (with_("metric", "test_loss"), "use 'val_loss' (or set allow_test_selection: true)"),
+    (with_("train.data", {"name": "mnist1d", "val_fraction": 0}), "needs a validation split"),
+    # the regularizer is stated once: a space that contradicts it is refused
+    (with_("train.perturbation", {"kind": "sam"}), "space.name 'amp' searches perturbation "
+     "kind 'amp', but train.perturbation.kind is 'sam'"),
+    # counts that reach a cluster are bounded
+    (with_("num_samples", 10**9), "num_samples: Input should be less than or equal to 10000"),
+    (with_("max_concurrent", 10**6), "max_concurrent: Input should be less than or equal to"),
+    (with_("train.epochs", 10**7), "train.epochs must be <= 10000"),
+    (with_("finalists", {"seeds": 1000}), "finalists.seeds: Input should be less than or equal"),
+    (with_("finalists", {"top_k": 500}), "finalists.top_k: Input should be less than or equal"),
     (base_text() + "num_samples: 3\n", "duplicate key 'num_samples'"),
     (with_("name", "$(touch pwned)"), "name must be 1-64 characters"),
     (with_("name", "../../etc"), "name must be 1-64 characters"),
@@ -47,8 +62,8 @@ BAD = [
      "'/nonexistent/cifar' does not exist"),
     (with_("train.model.name", "resnet50"), "unknown model 'resnet50'"),
     (with_("train.perturbation", {"kind": "amp", "inner_steps": 0}), "inner_steps"),
-    (with_("train.perturbation", {"kind": "amp", "inner_steps": 2}).replace(
-        "name: amp", "name: sam"), "space: a sampled point is not a valid TrainSpec"),
+    (with_("space.ranges", {"perturbation.inner_steps": [0, 2]}),
+     "space: a sampled point is not a valid TrainSpec"),
     (with_("mode", ["max", "min"]), "metric and mode must have the same length"),
     ("name: t\ntrain: [unclosed\n", "invalid YAML"),
     ("- just\n- a list\n", "a sweep spec is a mapping"),
@@ -101,3 +116,83 @@ def test_examples_validate():
         load_spec(path, check_files="paper" not in path.parts)
         sweeps_seen += 1
     assert sweeps_seen >= 5
+
+
+def spec_of(**over):  # noqa: ANN003, ANN201
+    from sweeps.spec import SweepSpec
+
+    return SweepSpec.model_validate(sweep_dict(**over))
+
+
+@pytest.mark.parametrize(("kind", "extra", "space"), [
+    ("sam", {}, "sam"), ("sam", {"adaptive": True}, "asam"), ("amp", {}, "amp"),
+    ("awp", {}, "awp"), ("erm", {}, "erm")])
+def test_the_space_follows_the_perturbation_kind(kind, extra, space):
+    d = sweep_dict()
+    d.pop("space")
+    d["train"]["perturbation"] = {"kind": kind, **extra}
+    from sweeps.spec import SweepSpec
+
+    s = SweepSpec.model_validate(d)
+    assert s.space_name == space
+    # and the points it samples run that kind
+    from sweeps.spec import check_space
+
+    check_space(s, samples=4)
+
+
+def test_grace_period_defaults_to_the_first_lr_decay_and_warns_when_earlier():
+    train = {**sweep_dict()["train"], "epochs": 10,
+             "schedule": {"name": "multistep", "milestones": [6, 8]}}
+    s = spec_of(train=train, scheduler={"name": "asha"})
+    assert s.grace_period == 6 and s.warnings() == []
+    early = spec_of(train=train, scheduler={"name": "asha", "grace_period": 2})
+    assert early.grace_period == 2
+    (w,) = early.warnings()
+    assert "before the LR schedule's first decay (epoch 6)" in w
+    assert spec_of(scheduler={"name": "asha"}).grace_period == 1  # cosine: no decay step
+
+
+def test_validate_prints_the_grace_period_warning_on_one_line(tmp_path):
+    d = sweep_dict()
+    d["train"].update(epochs=10, schedule={"name": "multistep", "milestones": [6]})
+    d["scheduler"] = {"name": "asha", "grace_period": 1}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(d))
+    r = CliRunner().invoke(app, ["validate", str(tmp_path / "s.yaml")])
+    assert r.exit_code == 0, r.output
+    warnings = [ln for ln in r.output.splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == 1 and "grace_period 1" in warnings[0]
+
+
+def test_smoke_runs_under_their_own_name_and_name_overrides():
+    from sweeps.spec import SpecError, as_run
+
+    s = spec_of(name="quick")
+    assert as_run(s, smoke_test=True).name == "quick-smoke"
+    assert as_run(s, name="other").name == "other"
+    assert as_run(s, name="other", smoke_test=True).name == "other-smoke"
+    smoke = as_run(s, smoke_test=True)
+    assert smoke.num_samples == 2 and smoke.train.epochs == 1
+    with pytest.raises(SpecError, match="^--name: name must be 1-64 characters"):
+        as_run(s, name="../etc")
+
+
+def test_run_refuses_a_bad_name_option_before_starting_anything(tmp_path, monkeypatch):
+    import ray
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "spec.yaml").write_text(base_text())
+    r = CliRunner().invoke(app, ["run", "spec.yaml", "--name", "$(rm -rf /)"])
+    assert r.exit_code == 2 and r.output.startswith("error: --name:"), r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
+    assert not ray.is_initialized()
+
+
+def test_the_resolved_spec_carries_every_default_that_is_used():
+    s = spec_of()
+    dumped = s.model_dump(mode="json")
+    assert dumped["space"]["name"] == "amp"
+    assert None not in dumped["train"]["perturbation"].values()
+    sam = spec_of(train={**sweep_dict()["train"], "perturbation": {"kind": "sam"}},
+                  space={"name": "sam"})
+    assert sam.model_dump(mode="json")["train"]["perturbation"]["adaptive"] is False

@@ -200,32 +200,6 @@ def test_node_loss_restores_trials_from_checkpoints(tmp_path):
         assert sorted(steps) == list(range(1, 31))  # every epoch once, none twice
 
 
-@pytest.fixture
-def ray_head(tmp_path):
-    """``ray start --head`` with token auth on (our own token: ray start never makes one)."""
-    port, dash = free_port(), free_port()
-    token = tmp_path / "ray_token"
-    token.write_text(os.urandom(32).hex())
-    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
-    temp = Path("/tmp") / f"rh{port}"  # Ray's socket paths must stay short
-    cmd = [
-        str(BIN / "ray"),
-        "start",
-        "--head",
-        f"--port={port}",
-        "--dashboard-host=127.0.0.1",
-        f"--dashboard-port={dash}",
-        "--num-cpus=2",
-        "--include-dashboard=false",
-        f"--temp-dir={temp}",
-    ]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=120, env={**os.environ, **auth})
-    try:
-        yield {"RAY_ADDRESS": f"127.0.0.1:{port}", **auth}
-    finally:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True, timeout=120)
-
-
 def test_driver_loss_then_resume_finishes_without_rerunning_or_duplicates(tmp_path, ray_head):
     train = {
         **LONG_TRAIN,

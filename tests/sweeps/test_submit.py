@@ -1,4 +1,5 @@
-"""``sweeps submit / logs / stop`` and ``job_status``: a sweep as a Ray job.
+"""``sweeps submit / logs / stop`` and ``job_status`` (``sweeps.jobs``, ``sweeps.jobs_cli``) and
+the checks of a spec against a cluster address (``sweeps.preflight``): a sweep as a Ray job.
 
 The fast tests use a stand-in for ``JobSubmissionClient``; the ``cluster`` tests start a real
 Ray head with token authentication (its own ports, temp dir and HOME) and submit to it.
@@ -27,7 +28,8 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from sweeps import submit as sub
+from sweeps import jobs
+from sweeps import preflight as pf
 from sweeps.jobs_cli import register
 from sweeps.spec import SpecError, SweepSpec, load_spec
 from tests.sweeps.conftest import sweep_dict
@@ -85,72 +87,72 @@ REMOTE = "http://10.1.2.3:8265"
     ],
 )
 def test_loopback_addresses(address, loopback):
-    assert sub.is_loopback(address) is loopback
+    assert pf.is_loopback(address) is loopback
 
 
 def test_remote_with_local_storage_is_refused(tmp_path):
     s = spec_of(storage_path=str(tmp_path / "ray"), tracking_uri="http://mlflow:5000")
     with pytest.raises(SpecError, match=r"^storage_path: .*local to one machine.*s3://"):
-        sub.preflight(s, REMOTE)
+        pf.preflight(s, REMOTE)
     with pytest.raises(SpecError, match="storage_path: not set.*s3://"):
-        sub.preflight(spec_of(tracking_uri="http://mlflow:5000"), REMOTE)
+        pf.preflight(spec_of(tracking_uri="http://mlflow:5000"), REMOTE)
 
 
 def test_remote_storage_from_the_environment_is_checked(monkeypatch, tmp_path):
     monkeypatch.setenv("FLATSWEEP_STORAGE", str(tmp_path))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
     with pytest.raises(SpecError, match="^FLATSWEEP_STORAGE: .*s3://"):
-        sub.preflight(spec_of(), REMOTE)
-    sub.preflight(spec_of(), REMOTE, shared_storage=True)  # "every node mounts this path"
+        pf.preflight(spec_of(), REMOTE)
+    pf.preflight(spec_of(), REMOTE, shared_storage=True)  # "every node mounts this path"
     monkeypatch.setenv("FLATSWEEP_STORAGE", "s3://bucket/ray")
-    sub.preflight(spec_of(), REMOTE)
+    pf.preflight(spec_of(), REMOTE)
 
 
 def test_remote_with_sqlite_tracking_is_refused(tmp_path):
     s = spec_of(storage_path="s3://bucket/ray", tracking_uri=f"sqlite:///{tmp_path}/m.db")
     with pytest.raises(SpecError, match="^tracking_uri: .*more than one writer.*http"):
-        sub.preflight(s, REMOTE)
+        pf.preflight(s, REMOTE)
     with pytest.raises(SpecError, match="default sqlite.*http"):
-        sub.preflight(spec_of(storage_path="gs://b/ray"), REMOTE)
+        pf.preflight(spec_of(storage_path="gs://b/ray"), REMOTE)
 
 
 def test_shared_storage_needs_an_absolute_path():
     s = spec_of(storage_path="runs/ray", tracking_uri="https://mlflow.example.com")
     with pytest.raises(SpecError, match="^storage_path: --shared-storage needs an absolute"):
-        sub.preflight(s, REMOTE, shared_storage=True)
-    sub.preflight(
+        pf.preflight(s, REMOTE, shared_storage=True)
+    pf.preflight(
         s.model_copy(update={"storage_path": "/mnt/shared/ray"}), REMOTE, shared_storage=True
     )
-    sub.preflight(
+    pf.preflight(
         s.model_copy(update={"storage_path": "file:///mnt/shared/ray"}), REMOTE, shared_storage=True
     )
 
 
 def test_remote_with_object_storage_and_a_server_passes():
-    sub.preflight(
+    pf.preflight(
         spec_of(storage_path="s3://bucket/ray", tracking_uri="https://m.example.com"), REMOTE
     )
 
 
 def test_loopback_allows_local_storage_and_sqlite(tmp_path):
-    sub.preflight(
+    pf.preflight(
         spec_of(storage_path=str(tmp_path / "ray"), tracking_uri=f"sqlite:///{tmp_path}/m.db"),
         "http://127.0.0.1:8265",
     )
-    sub.preflight(spec_of(), "http://localhost:8265")  # the cluster's own settings apply
+    pf.preflight(spec_of(), "http://localhost:8265")  # the cluster's own settings apply
 
 
 def test_loopback_refuses_paths_relative_to_the_jobs_temp_dir():
     with pytest.raises(SpecError, match="^storage_path: 'runs' is relative"):
-        sub.preflight(spec_of(storage_path="runs"), "http://127.0.0.1:8265")
+        pf.preflight(spec_of(storage_path="runs"), "http://127.0.0.1:8265")
     with pytest.raises(SpecError, match="^tracking_uri: .*relative SQLite"):
-        sub.preflight(spec_of(tracking_uri="sqlite:///flatsweep.db"), "http://127.0.0.1:8265")
+        pf.preflight(spec_of(tracking_uri="sqlite:///flatsweep.db"), "http://127.0.0.1:8265")
 
 
 def test_preflight_messages_do_not_show_passwords():
     s = spec_of(storage_path="s3://b/r", tracking_uri="postgresql://u:hunter2@db/mlflow")
     with pytest.raises(SpecError) as e:
-        sub.preflight(s, REMOTE)
+        pf.preflight(s, REMOTE)
     assert "hunter2" not in str(e.value) and "u:***@db" in str(e.value)
 
 
@@ -194,7 +196,7 @@ class FakeClient:
 @pytest.fixture
 def fake(monkeypatch):
     f = FakeClient()
-    monkeypatch.setattr(sub, "client", lambda address: f)
+    monkeypatch.setattr(jobs, "client", lambda address: f)
     return f
 
 
@@ -218,10 +220,10 @@ def test_entrypoint_is_the_fixed_argv_whatever_the_spec_holds(fake, tmp_path):
         make_app(), ["submit", str(spec), "--smoke-test", "--address", "http://127.0.0.1:8265"]
     )
     assert r.exit_code == 0, r.output
-    assert r.output.strip() == "submitted Ray job flatsweep-meta"
+    assert r.output.strip() == "submitted Ray job flatsweep-meta-smoke"
     (job,) = fake.submitted
     assert job["entrypoint"] == "python -m sweeps run sweep.yaml --quiet --smoke-test"
-    assert job["submission_id"] == "flatsweep-meta"
+    assert job["submission_id"] == "flatsweep-meta-smoke"
     assert fake.staged["sweep.yaml"] == spec.read_text()  # the spec travels as a file only
     # The shell that runs the entrypoint on the cluster sees exactly that argv.
     bindir = tmp_path / "bin"
@@ -244,7 +246,7 @@ def test_entrypoint_is_the_fixed_argv_whatever_the_spec_holds(fake, tmp_path):
 
 
 def test_without_smoke_test_the_flag_is_absent():
-    assert shlex.split(sub.entrypoint(False)) == [
+    assert shlex.split(jobs.entrypoint()) == [
         "python",
         "-m",
         "sweeps",
@@ -254,9 +256,78 @@ def test_without_smoke_test_the_flag_is_absent():
     ]
 
 
+def submit_cli(spec: Path, *args: str) -> Any:  # noqa: ANN401 (click's Result)
+    return CliRunner().invoke(
+        make_app(), ["submit", str(spec), *args, "--address", "http://127.0.0.1:8265"]
+    )
+
+
+def test_a_smoke_test_has_its_own_job_and_does_not_block_the_real_sweep(fake, tmp_path):
+    spec = write_spec(tmp_path)
+    r = submit_cli(spec, "--smoke-test")
+    assert r.output == "submitted Ray job flatsweep-meta-smoke\n"
+    fake.jobs["flatsweep-meta-smoke"] = "SUCCEEDED"
+    r = submit_cli(spec)
+    assert r.exit_code == 0 and r.output == "submitted Ray job flatsweep-meta\n", r.output
+    smoke_job, real_job = fake.submitted
+    assert smoke_job["metadata"]["flatsweep.sweep"] == "meta-smoke"
+    assert real_job["metadata"] == {"flatsweep.sweep": "meta", "flatsweep.smoke_test": "False"}
+    assert "--smoke-test" not in shlex.split(real_job["entrypoint"])
+    # each is reported, not started again, under its own id
+    r = submit_cli(spec, "--smoke-test")
+    assert r.output.startswith(
+        "already submitted, not started again: Ray job flatsweep-meta-smoke is SUCCEEDED"
+    )
+    assert submit_cli(spec).output.startswith(
+        "already submitted, not started again: Ray job flatsweep-meta is PENDING"
+    )
+    assert len(fake.submitted) == 2
+
+
+@pytest.mark.parametrize(
+    "args,sid,argv_tail",
+    [
+        (["--name", "meta-v2"], "flatsweep-meta-v2", ["--name", "meta-v2"]),
+        (
+            ["--name", "meta-v2", "--smoke-test"],
+            "flatsweep-meta-v2-smoke",
+            ["--name", "meta-v2", "--smoke-test"],
+        ),
+    ],
+)
+def test_name_overrides_the_specs_name_in_the_job(fake, tmp_path, args, sid, argv_tail):
+    spec = write_spec(tmp_path)
+    r = submit_cli(spec, *args)
+    assert r.exit_code == 0 and r.output == f"submitted Ray job {sid}\n", r.output
+    (job,) = fake.submitted
+    assert job["submission_id"] == sid
+    assert job["metadata"]["flatsweep.sweep"] == sid.removeprefix("flatsweep-")
+    # the staged spec keeps its own name, so the job must be told the new one
+    assert yaml.safe_load(fake.staged["sweep.yaml"])["name"] == "meta"
+    argv = shlex.split(job["entrypoint"])
+    assert argv == ["python", "-m", "sweeps", "run", "sweep.yaml", "--quiet", *argv_tail]
+    # an existing job under the spec's own name does not hide the renamed one
+    fake.jobs["flatsweep-meta"] = "RUNNING"
+    assert submit_cli(spec, *args).output.startswith(
+        f"already submitted, not started again: Ray job {sid} is PENDING"
+    )
+
+
+@pytest.mark.parametrize("bad", ["../x", "-rf", "a b", "x" * 65, "", "meta;id"])
+def test_a_bad_name_is_refused_before_anything_is_contacted(monkeypatch, tmp_path, bad):
+    contacted: list[str] = []
+    monkeypatch.setattr(jobs, "client", lambda address: contacted.append(address))
+    r = submit_cli(write_spec(tmp_path), f"--name={bad}", "--smoke-test")
+    assert r.exit_code == 2
+    assert r.output.startswith("error: --name: name must be 1-64 characters"), r.output
+    assert r.output.count("\n") == 1 and not contacted
+    with pytest.raises(SpecError, match="^name must be"):
+        jobs.entrypoint(name=bad)
+
+
 def test_staged_dir_holds_only_the_three_packages_and_the_spec(tmp_path):
     spec = write_spec(tmp_path)
-    staged = sub.stage(spec, tmp_path / "stage")
+    staged = jobs.stage(spec, tmp_path / "stage")
     assert sorted(p.name for p in staged.iterdir()) == [
         "search_spaces",
         "sweep.yaml",
@@ -266,8 +337,8 @@ def test_staged_dir_holds_only_the_three_packages_and_the_spec(tmp_path):
     names = {p.name for p in staged.rglob("*")}
     assert not names & {".venv", ".git", "__pycache__", "tests", "pyproject.toml"}
     assert not any(n.endswith(".pyc") for n in names)
-    root = sub.project_root()
-    for pkg in sub.PACKAGES:
+    root = jobs.project_root()
+    for pkg in jobs.PACKAGES:
         want = {p.relative_to(root) for p in (root / pkg).rglob("*.py")}
         assert {p.relative_to(staged) for p in (staged / pkg).rglob("*.py")} == want
 
@@ -279,7 +350,7 @@ def test_only_non_secret_settings_reach_the_job(fake, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     monkeypatch.setenv("FLATSWEEP_STORAGE", "rel/results")
     monkeypatch.chdir(tmp_path)
-    r = sub.submit(write_spec(tmp_path), "http://127.0.0.1:8265")
+    r = jobs.submit(write_spec(tmp_path), "http://127.0.0.1:8265")
     assert r.job_id == "flatsweep-meta" and not r.existed
     (job,) = fake.submitted
     assert set(job["runtime_env"]) == {"working_dir", "env_vars"}
@@ -306,7 +377,7 @@ def test_a_tracking_uri_with_a_password_is_not_forwarded(fake, tmp_path, monkeyp
 
 
 def test_pip_adds_the_pinned_runtime_dependencies(fake, tmp_path):
-    sub.submit(write_spec(tmp_path), "http://127.0.0.1:8265", pip=True)
+    jobs.submit(write_spec(tmp_path), "http://127.0.0.1:8265", pip=True)
     pins = fake.submitted[0]["runtime_env"]["pip"]
     assert "ray[default,tune]==2.60.0" in pins and "mlflow[auth]==3.17.2" in pins
     assert not any(p.startswith(("pytest", "ruff")) for p in pins)
@@ -330,7 +401,7 @@ def test_data_roots_are_not_checked_on_the_submitting_machine(fake, tmp_path):
     spec.write_text(yaml.safe_dump(d))
     with pytest.raises(SpecError, match="data root"):
         load_spec(spec)
-    assert sub.submit(spec, "http://127.0.0.1:8265").job_id == "flatsweep-cifar"
+    assert jobs.submit(spec, "http://127.0.0.1:8265").job_id == "flatsweep-cifar"
 
 
 def test_remote_preflight_runs_before_anything_is_sent(fake, tmp_path):
@@ -356,7 +427,7 @@ def test_address_is_a_dashboard_url(fake, tmp_path, monkeypatch, ray_address, me
 
 def test_address_from_ray_address(fake, tmp_path, monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265/")
-    assert sub.submit(write_spec(tmp_path), None).job_id == "flatsweep-meta"
+    assert jobs.submit(write_spec(tmp_path), None).job_id == "flatsweep-meta"
 
 
 def test_second_submit_reports_the_existing_job(fake, tmp_path):
@@ -373,13 +444,13 @@ def test_second_submit_reports_the_existing_job(fake, tmp_path):
 
 def test_a_racing_duplicate_is_caught_from_rays_answer(fake, tmp_path):
     fake.duplicate = True
-    r = sub.submit(write_spec(tmp_path), "http://127.0.0.1:8265")
+    r = jobs.submit(write_spec(tmp_path), "http://127.0.0.1:8265")
     assert r.existed and r.status == "RUNNING" and r.job_id == "flatsweep-meta"
 
 
 def test_job_status_and_unknown_jobs(fake):
     fake.jobs["flatsweep-meta"] = "RUNNING"
-    d = sub.job_status("meta", "http://127.0.0.1:8265")
+    d = jobs.job_status("meta", "http://127.0.0.1:8265")
     assert d == {
         "name": "meta",
         "submission_id": "flatsweep-meta",
@@ -390,7 +461,7 @@ def test_job_status_and_unknown_jobs(fake):
         "end_time": None,
     }
     with pytest.raises(SpecError, match="^name: no Ray job 'flatsweep-other'"):
-        sub.job_status("other", "http://127.0.0.1:8265")
+        jobs.job_status("other", "http://127.0.0.1:8265")
     r = CliRunner().invoke(make_app(), ["logs", "other", "--address", "http://127.0.0.1:8265"])
     assert r.exit_code == 2 and r.output.startswith("error: name: no Ray job")
     r = CliRunner().invoke(make_app(), ["stop", "../x", "--address", "http://127.0.0.1:8265"])
@@ -402,23 +473,23 @@ def test_job_status_and_unknown_jobs(fake):
 
 def test_token_sources_in_rays_order(monkeypatch, tmp_path):
     home = Path(os.environ["HOME"])
-    assert sub.auth_headers() == {}
+    assert jobs.auth_headers() == {}
     (home / ".ray").mkdir(parents=True)
     (home / ".ray" / "auth_token").write_text("from-home\n")
-    assert sub.auth_headers() == {"Authorization": "Bearer from-home"}
+    assert jobs.auth_headers() == {"Authorization": "Bearer from-home"}
     (tmp_path / "tok").write_text("from-path")
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "tok"))
-    assert sub.read_token() == "from-path"
+    assert jobs.read_token() == "from-path"
     monkeypatch.setenv("RAY_AUTH_TOKEN", "from-env")
-    assert sub.read_token() == "from-env"
+    assert jobs.read_token() == "from-env"
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    assert sub.read_token() is None
+    assert jobs.read_token() is None
 
 
 def test_an_unreadable_token_path_is_one_line(monkeypatch, tmp_path):
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "missing"))
     with pytest.raises(SpecError, match="^RAY_AUTH_TOKEN_PATH: cannot read the token file"):
-        sub.read_token()
+        jobs.read_token()
 
 
 def test_an_unreachable_dashboard_is_one_line(tmp_path):
@@ -574,7 +645,7 @@ def wait_for(head, name: str, statuses: tuple[str, ...], timeout_s: float) -> di
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HOME", str(head.home))
         while True:
-            d = sub.job_status(name, head.address)
+            d = jobs.job_status(name, head.address)
             if d["status"] in statuses or time.monotonic() > deadline:
                 return d
             time.sleep(2)
@@ -608,17 +679,17 @@ def test_submit_runs_the_sweep_once_on_the_cluster(head, tmp_path):
     t0 = time.monotonic()
     r = cli(head, "submit", str(spec), "--smoke-test")  # token from ~/.ray/auth_token
     assert r.exit_code == 0, r.output
-    assert r.output == "submitted Ray job flatsweep-remote\n"
+    assert r.output == "submitted Ray job flatsweep-remote-smoke\n"
     assert head.token not in r.output
-    d = wait_for(head, "remote", sub.TERMINAL, 240)
-    logs = cli(head, "logs", "remote", RAY_AUTH_TOKEN=head.token)
+    d = wait_for(head, "remote-smoke", jobs.TERMINAL, 240)
+    logs = cli(head, "logs", "remote-smoke", RAY_AUTH_TOKEN=head.token)
     assert d["status"] == "SUCCEEDED", logs.output[-3000:]
     print(f"submitted sweep finished in {time.monotonic() - t0:.0f} s")
     assert d["end_time"] >= d["start_time"] and d["job_id"]
 
     assert logs.exit_code == 0
     assert "python -m sweeps run sweep.yaml --quiet --smoke-test" in logs.output
-    assert "sweep 'remote': 2 trials" in logs.output
+    assert "sweep 'remote-smoke': 2 trials" in logs.output
 
     # a second submit reports the job instead of starting a twin
     (tmp_path / "tok").write_text(head.token + "\n")
@@ -632,16 +703,20 @@ def test_submit_runs_the_sweep_once_on_the_cluster(head, tmp_path):
     )
     assert again.exit_code == 0, again.output
     assert again.output.startswith(
-        "already submitted, not started again: Ray job flatsweep-remote is SUCCEEDED"
+        "already submitted, not started again: Ray job flatsweep-remote-smoke is SUCCEEDED"
     )
+    # the finished smoke test does not block the real sweep (stopped here: it is not the test)
+    real = cli(head, "submit", str(spec))
+    assert real.output == "submitted Ray job flatsweep-remote\n", real.output
+    assert cli(head, "stop", "remote").exit_code == 0
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HOME", str(head.home))
-        jobs = sub.client(head.address).list_jobs()
-    assert [j.submission_id for j in jobs].count("flatsweep-remote") == 1
+        listed = jobs.client(head.address).list_jobs()
+    assert [j.submission_id for j in listed].count("flatsweep-remote-smoke") == 1
 
     client = MlflowClient(f"sqlite:///{head.tmp / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("remote")
-    parent = find_parent(client, exp.experiment_id, "remote")
+    exp = client.get_experiment_by_name("remote-smoke")
+    parent = find_parent(client, exp.experiment_id, "remote-smoke")
     children = find_children(client, exp.experiment_id, parent.info.run_id)
     assert len(client.search_runs([exp.experiment_id])) == 3 and len(children) == 2
     assert {r.info.status for r in [parent, *children]} == {"FINISHED"}
@@ -665,14 +740,14 @@ def test_driver_and_trial_workers_import_the_staged_packages(head, monkeypatch):
         "print('PROBE', json.dumps({'driver': [sweeps.__file__, trainers.__file__],"
         " 'worker': ray.get(worker.remote())}))\n"
     )
-    c = sub.client(head.address)
+    c = jobs.client(head.address)
     with tempfile.TemporaryDirectory() as d:
-        job = sub.build_submission(spec, sub.stage(head.tmp / "probe.yaml", Path(d)))
+        job = jobs.build_submission(spec, jobs.stage(head.tmp / "probe.yaml", Path(d)))
         sid = c.submit_job(
             entrypoint=shlex.join(["python", "-c", code]), runtime_env=job.runtime_env
         )
     deadline = time.monotonic() + 240
-    while c.get_job_status(sid) not in sub.TERMINAL and time.monotonic() < deadline:
+    while c.get_job_status(sid) not in jobs.TERMINAL and time.monotonic() < deadline:
         time.sleep(1)
     logs = c.get_job_logs(sid)
     assert c.get_job_status(sid) == "SUCCEEDED", logs[-3000:]
@@ -680,7 +755,7 @@ def test_driver_and_trial_workers_import_the_staged_packages(head, monkeypatch):
     files = json.loads(line.removeprefix("PROBE "))
     for f in files["driver"] + files["worker"]:
         assert f.startswith(str(head.ray_tmp)) and "working_dir_files" in f, f
-        assert not f.startswith(str(sub.project_root()))
+        assert not f.startswith(str(jobs.project_root()))
 
 
 @pytest.mark.cluster
@@ -688,7 +763,7 @@ def test_driver_and_trial_workers_import_the_staged_packages(head, monkeypatch):
 def test_stop_ends_a_running_sweep(head):
     spec = tiny_spec(head, "long", epochs=500, num_samples=4)
     assert cli(head, "submit", str(spec)).exit_code == 0
-    assert wait_for(head, "long", ("RUNNING", *sub.TERMINAL), 120)["status"] == "RUNNING"
+    assert wait_for(head, "long", ("RUNNING", *jobs.TERMINAL), 120)["status"] == "RUNNING"
     r = cli(head, "stop", "long")
     assert r.exit_code == 0, r.output
     assert r.output == "Ray job flatsweep-long stopped; status STOPPED\n"

@@ -57,13 +57,118 @@ def test_channels_last_matches_contiguous(name: str) -> None:
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
+# Every reference network as (name, args, classes, parameters, parameter tensors). The counts of
+# the official models were measured by building the authors' code (hiyouga/AMP-Regularizer
+# ``models/``, csdongxian/AWP ``AT_AWP/``) and match these exactly, tensor for tensor in order.
+REFERENCE_COUNTS = [
+    ("preact_resnet18", {}, 10, 11_171_146, 54),  # kuangliu/pytorch-cifar
+    ("preact_resnet18", {"variant": "awp"}, 10, 11_172_170, 56),  # AWP PreActResNet18
+    ("preact_resnet18", {"variant": "amp"}, 10, 11_176_906, 75),  # AMP preactresnet18
+    ("preact_resnet18", {"variant": "amp"}, 100, 11_223_076, 75),
+    ("vgg16_bn", {}, 10, 14_728_266, 54),  # kuangliu VGG('VGG16')
+    ("vgg16_bn", {"variant": "amp"}, 10, 33_646_666, 58),  # AMP vgg16
+    ("wide_resnet", {}, 10, 36_479_194, 80),  # WRN-28-10, xternalz (the AWP code's)
+    ("wide_resnet", {"variant": "amp"}, 10, 36_479_194, 80),  # AMP wrn28_10
+    ("pyramidnet", {}, 10, 27_216_021, 601),  # AMP pyramidnet164_270
+]
+
+
 @pytest.mark.parametrize(
-    ("head_bn", "count"),
-    [(False, 11_171_146), (True, 11_172_170)],  # kuangliu; AWP / AMP code (+ final BN)
+    ("name", "kwargs", "num_classes", "count", "tensors"),
+    REFERENCE_COUNTS,
+    ids=[f"{n}-{k.get('variant', 'default')}-{c}" for n, k, c, _, _ in REFERENCE_COUNTS],
 )
-def test_preact_resnet18_param_count(head_bn: bool, count: int) -> None:
-    model = build("preact_resnet18", num_classes=10, in_shape=(3, 32, 32), head_bn=head_bn)
-    assert n_params(model) == count
+def test_reference_param_and_tensor_counts(
+    name: str, kwargs: dict[str, object], num_classes: int, count: int, tensors: int
+) -> None:
+    model = build(name, num_classes=num_classes, in_shape=(3, 32, 32), **kwargs)
+    assert (n_params(model), len(list(model.parameters()))) == (count, tensors)
+
+
+# A cheap configuration of every non-default variant, for the forward/backward contract.
+# 8x8 inputs where the model takes them (adaptive pooling), to keep the 11M-parameter nets quick.
+VARIANT_SMOKE = [
+    ("preact_resnet18", (3, 8, 8), {"variant": "awp"}),
+    ("preact_resnet18", (3, 8, 8), {"variant": "amp", "dropout": 0.1}),
+    ("vgg16_bn", (3, 32, 32), {"variant": "amp", "dropout": 0.1}),
+    ("wide_resnet", (3, 8, 8), {"depth": 10, "widen_factor": 1, "variant": "amp", "dropout": 0.1}),
+]
+
+
+@pytest.mark.parametrize(("name", "in_shape", "kwargs"), VARIANT_SMOKE)
+def test_variant_forward_backward(
+    name: str, in_shape: tuple[int, ...], kwargs: dict[str, object]
+) -> None:
+    torch.manual_seed(0)
+    model = build(name, num_classes=NUM_CLASSES, in_shape=in_shape, **kwargs)
+    out = model(torch.randn(2, *in_shape))
+    assert out.shape == (2, NUM_CLASSES)
+    out.logsumexp(1).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_amp_variants_use_the_official_init() -> None:
+    # The AMP code's loop: He-normal fan-out conv weights, BN (1, 0), zero linear biases; conv
+    # biases and linear weights keep PyTorch's defaults (non-zero, uniform).
+    torch.manual_seed(0)
+    model = build("preact_resnet18", num_classes=10, in_shape=(3, 32, 32), variant="amp")
+    conv = model.layer4[1].conv1  # 512 -> 512, 3x3: 2.4M weights, a tight std estimate
+    fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
+    assert conv.weight.std().item() == pytest.approx((2.0 / fan_out) ** 0.5, rel=0.01)
+    assert conv.bias is not None and conv.bias.abs().max() > 0
+    bound = 1.0 / (conv.in_channels * 9) ** 0.5  # PyTorch's default conv bias bound
+    assert conv.bias.abs().max() <= bound
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(torch.equal(m.weight, torch.ones_like(m.weight)) for m in bns)
+    assert all(torch.equal(m.bias, torch.zeros_like(m.bias)) for m in bns)
+    assert torch.equal(model.linear.bias, torch.zeros(10))
+    # The default variant keeps PyTorch's init: kaiming_uniform(a=sqrt(5)) has std 1/sqrt(3 fan_in).
+    torch.manual_seed(0)
+    default = build("preact_resnet18", num_classes=10, in_shape=(3, 32, 32))
+    w = default.layer4[1].conv1.weight
+    assert w.std().item() == pytest.approx((1.0 / (3 * 512 * 9)) ** 0.5, rel=0.01)
+
+
+def _zero_(module: nn.Module) -> None:
+    with torch.no_grad():
+        for p in module.parameters():
+            p.zero_()
+
+
+def test_amp_preact_identity_skip_reads_the_preactivated_input() -> None:
+    from trainers.models.preact_resnet import AmpPreActBlock, PreActBlock
+
+    x = torch.randn(2, 8, 4, 4)
+    for block_type in (PreActBlock, AmpPreActBlock):
+        block = block_type(8, 8, 1).eval()
+        _zero_(block.conv2)  # the residual branch now adds nothing: the output is the skip
+        with torch.no_grad():
+            out = block(x)
+            pre = torch.relu(block.bn1(x))
+        expected = pre if block_type is AmpPreActBlock else x
+        torch.testing.assert_close(out, expected)
+
+
+def test_amp_wide_resnet_block_order_and_final_bn() -> None:
+    from trainers.models.wide_resnet import AmpWideBasic, WideBasic
+
+    x = torch.randn(2, 4, 8, 8)
+    for block_type in (WideBasic, AmpWideBasic):
+        block = block_type(4, 6, 2, 0.0).eval()
+        _zero_(block.conv2)
+        assert block.shortcut is not None
+        with torch.no_grad():
+            out = block(x)
+            # xternalz projects the pre-activated input, the AMP code the raw one.
+            skip_in = x if block_type is AmpWideBasic else torch.relu(block.bn1(x))
+            expected = block.shortcut(skip_in)
+        torch.testing.assert_close(out, expected)
+        # The AMP code strides in the second conv, xternalz in the first.
+        strided = block.conv2 if block_type is AmpWideBasic else block.conv1
+        assert strided.stride == (2, 2)
+    amp = build("wide_resnet", num_classes=10, in_shape=(3, 32, 32), depth=10, variant="amp")
+    default = build("wide_resnet", num_classes=10, in_shape=(3, 32, 32), depth=10)
+    assert (amp.bn.momentum, default.bn.momentum) == (0.9, 0.1)
 
 
 # Zagoruyko & Komodakis 2016 report 11.0M (16-8) and 36.5M (28-10); 46.2M (34-10) is the figure
@@ -81,13 +186,6 @@ def test_wide_resnet_param_count(depth: int, widen_factor: int, count: int) -> N
         widen_factor=widen_factor,
     )
     assert n_params(model) == count
-
-
-def test_vgg16_bn_param_count() -> None:
-    model = build("vgg16_bn", num_classes=10, in_shape=(3, 32, 32))
-    assert n_params(model) == 14_728_266  # kuangliu/pytorch-cifar VGG('VGG16')
-    amp = build("vgg16_bn", num_classes=10, in_shape=(3, 32, 32), classifier="mlp")
-    assert n_params(amp) == 33_646_666  # the AMP code's 512-4096-4096-10 head
 
 
 # Han et al. 2017 report 27.0M for PyramidNet-164 (alpha=270) and 26.0M for PyramidNet-272
@@ -130,7 +228,11 @@ def test_unknown_argument_lists_the_allowed_ones() -> None:
     [
         ("wide_resnet", {"depth": 27}, r"depth must be 6n\+4.*depth=27"),
         ("pyramidnet", {"depth": 100}, r"depth must be 9n\+2.*depth=100"),
-        ("vgg16_bn", {"classifier": "fc"}, r"classifier must be one of.*classifier='fc'"),
+        ("vgg16_bn", {"variant": "amq"}, r"unknown vgg16_bn variant 'amq'.*did you mean 'amp'"),
+        ("preact_resnet18", {"variant": "AWP"}, r"variant 'AWP'; allowed: amp, awp, kuangliu"),
+        ("preact_resnet18", {"dropout": 0.1}, r"dropout needs variant 'amp'.*variant='kuangliu'"),
+        ("vgg16_bn", {"variant": "amp", "dropout": 1.0}, r"dropout must be in \[0, 1\).*1.0"),
+        ("wide_resnet", {"variant": "xternalz"}, r"wide_resnet variant 'xternalz'.*amp, awp"),
         ("mlp", {"depth": -1}, r"depth must be >= 0.*depth=-1"),
     ],
 )

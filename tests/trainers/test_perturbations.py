@@ -1,20 +1,23 @@
 """Contract suite run over every registered perturbation.
 
 The reference gradients below are independent, straightforward per-tensor implementations of
-ALGORITHMS.md (Python loops, fresh model copies, no multi-tensor ops), so a bug shared by the
+docs/algorithms.md (Python loops, fresh model copies, no multi-tensor ops), so a bug shared by the
 fast implementation and its test would have to be written twice in two different shapes.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 
 import pytest
 import torch
 from torch import nn
 
-from trainers.perturbations import PERTURBATIONS, build
+from trainers import perturbations
+from trainers.perturbations import AMP, AWP, ERM, PERTURBATIONS, SAM, build, from_spec
+from trainers.spec import PERTURBATION_SPECS, AMPSpec, BasePerturbationSpec, parse_perturbation
 
 KINDS = PERTURBATIONS.names()
 
@@ -56,12 +59,20 @@ def make(model_name: str, seed: int = 0):
     return model, x, y
 
 
-def closure_for(model: nn.Module, x: torch.Tensor, y: torch.Tensor, counter: list[int]):
+def closure_for(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    counter: list[int],
+    buffers_seen: list[list[torch.Tensor]] | None = None,
+):
     def closure() -> torch.Tensor:
         counter[0] += 1
         model.zero_grad(set_to_none=True)
         loss = nn.functional.cross_entropy(model(x), y)
         loss.backward()
+        if buffers_seen is not None:  # BN running statistics right after this pass
+            buffers_seen.append([b.detach().clone() for b in model.buffers()])
         return loss.detach()
 
     return closure
@@ -196,6 +207,44 @@ def test_restores_weights_bit_identically_and_keeps_unperturbed_bn_stats(kind, m
         assert torch.equal(b, b_twin), f"{kind}: buffer {n} differs from one unperturbed pass"
 
 
+@pytest.mark.parametrize("model_name", ["mlp_bn", "cnn_bn"])
+@pytest.mark.parametrize(("kind", "hparams"), CASES, ids=lambda v: str(v))
+@pytest.mark.parametrize("bn_update", ["first_pass", "all_passes"])
+def test_bn_update_keeps_first_or_last_pass_statistics(kind, hparams, bn_update, model_name):
+    model, x, y = make(model_name)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    seen: list[list[torch.Tensor]] = []
+    p = build(kind, model, **hparams, bn_update=bn_update)
+    p.backward(closure_for(model, x, y, [0], seen))
+    assert len(seen) == p.closure_calls
+    expected = seen[0] if bn_update == "first_pass" else seen[-1]
+    for (n, b), b_ref in zip(model.named_buffers(), expected, strict=True):
+        assert torch.equal(b, b_ref), f"{kind} {bn_update}: buffer {n}"
+    if kind != "erm":  # the passes differ, so the two modes are told apart
+        assert not torch.equal(seen[0][0], seen[-1][0])
+    for n, q in model.named_parameters():  # weights are restored in both modes
+        assert torch.equal(q, before[n])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_all_passes_updates_input_bn_once_per_closure_call(kind):
+    """Independent of the hooks: BN on the input sees the same batch in every pass, so its
+    statistics after ``backward`` are those of ``closure_calls`` plain passes."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.BatchNorm1d(6), nn.Linear(6, 4)).train()
+    x, y = torch.randn(8, 6), torch.randint(0, 4, (8,))
+    twin = copy.deepcopy(model)
+    hp = {"inner_steps": 2} if kind in ("amp", "awp") else {}
+    p = build(kind, model, **hp, bn_update="all_passes")
+    for _ in range(p.closure_calls):
+        closure_for(twin, x, y, [0])()
+    p.backward(closure_for(model, x, y, [0]))
+    bn, bn_twin = model[0], twin[0]
+    assert int(bn.num_batches_tracked) == p.closure_calls
+    torch.testing.assert_close(bn.running_mean, bn_twin.running_mean, rtol=0, atol=1e-7)
+    torch.testing.assert_close(bn.running_var, bn_twin.running_var, rtol=0, atol=1e-7)
+
+
 @pytest.mark.parametrize(("kind", "hparams"), CASES, ids=lambda v: str(v))
 def test_closure_calls(kind, hparams):
     model, x, y = make("mlp")
@@ -248,14 +297,75 @@ BAD = [
     ("awp", {"inner_steps": -1}, "inner_steps"),
     ("awp", {"radius": float("inf")}, "radius"),
     ("erm", {"radius": 0.1}, "radius"),
+    ("amp", {"bn_update": "every_pass"}, "bn_update"),
 ]
 
 
 @pytest.mark.parametrize(("kind", "hparams", "field"), BAD, ids=lambda v: str(v))
-def test_bad_hyperparameters_raise(kind, hparams, field):
+def test_bad_hyperparameters_raise_one_line_naming_the_field(kind, hparams, field):
     model, _, _ = make("mlp")
-    with pytest.raises(ValueError, match=field):
+    with pytest.raises(ValueError, match=f"perturbation.{field}: ") as info:
         build(kind, model, **hparams)
+    assert "\n" not in str(info.value)
+    cls = PERTURBATIONS.get(kind)
+    if field in inspect.signature(cls).parameters:
+        with pytest.raises(ValueError, match=f"perturbation.{field}: "):
+            cls(model, **hparams)  # the constructor checks through the same spec
+    else:
+        with pytest.raises(TypeError, match=field):
+            cls(model, **hparams)  # not a keyword of this kind
+
+
+def test_error_gives_the_bound_and_the_value():
+    model, _, _ = make("mlp")
+    with pytest.raises(ValueError) as info:
+        AMP(model, radius=-1.0)
+    assert str(info.value) == (
+        "perturbation.radius: Input should be greater than or equal to 0, but got -1.0"
+    )
+
+
+def test_registry_and_specs_name_the_same_kinds():
+    assert set(PERTURBATIONS.names()) == set(PERTURBATION_SPECS)
+    for kind in KINDS:
+        assert PERTURBATIONS.get(kind).kind == kind
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_constructors_are_keyword_only_with_the_spec_defaults(kind):
+    cls, spec_cls = PERTURBATIONS.get(kind), PERTURBATION_SPECS[kind]
+    params = list(inspect.signature(cls).parameters.values())
+    assert params[0].name == "model"
+    hyper = params[1:]
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in hyper)
+    loop_fields = {"kind", "warmup_epochs"}  # read by the training loop, not the perturbation
+    assert {p.name for p in hyper} == set(spec_cls.model_fields) - loop_fields
+    for p in hyper:
+        assert p.default == spec_cls.model_fields[p.name].default, p.name
+    model, _, _ = make("mlp")
+    assert cls(model).spec == spec_cls()
+    if hyper:
+        with pytest.raises(TypeError):
+            cls(model, hyper[0].default)  # positional hyperparameters are refused
+
+
+def test_typed_constructors_and_from_spec_agree():
+    model, _, _ = make("mlp")
+    amp = AMP(model, radius=0.2, inner_steps=2, inner_lr=0.5, bn_update="all_passes")
+    assert (amp.spec.radius, amp.spec.inner_steps, amp.spec.inner_lr) == (0.2, 2, 0.5)
+    assert amp.bn_update == "all_passes" and amp.closure_calls == 3
+    same = from_spec(
+        AMPSpec(radius=0.2, inner_steps=2, inner_lr=0.5, bn_update="all_passes"), model
+    )
+    assert isinstance(same, AMP) and same.spec == amp.spec
+    # warmup_epochs belongs to the loop: a spec with it still builds
+    sam = from_spec(parse_perturbation({"kind": "sam", "warmup_epochs": 3}), model)
+    assert isinstance(sam, SAM) and sam.spec.radius == 0.05
+    assert isinstance(from_spec(parse_perturbation({}), model), ERM)
+    expected = "SAM(bn_update='first_pass', radius=0.05, adaptive=True)"
+    assert repr(SAM(model, adaptive=True)) == expected
+    assert isinstance(AWP(model).spec, BasePerturbationSpec)
+    assert perturbations.build("awp", model).spec == PERTURBATION_SPECS["awp"]()
 
 
 def test_unknown_kind_lists_allowed_and_closest():

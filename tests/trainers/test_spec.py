@@ -6,7 +6,16 @@ import pytest
 from pydantic import ValidationError
 
 from trainers._yaml import YAMLError, load_yaml
-from trainers.spec import TrainSpec, format_validation_error
+from trainers.spec import (
+    PERTURBATION_SPECS,
+    AMPSpec,
+    AWPSpec,
+    ERMSpec,
+    SAMSpec,
+    TrainSpec,
+    format_validation_error,
+    parse_perturbation,
+)
 
 BASE = "model: {name: cnn1d}\ndata: {name: mnist1d}\n"
 
@@ -36,11 +45,27 @@ def test_duplicate_key_is_refused():
         (BASE + "perturbation: {kind: amq}\n", "did you mean 'amp'"),
         (
             BASE + "perturbation: {kind: amp, inner_steps: 0}\n",
-            "inner_steps must be an integer >= 1",
+            "perturbation.inner_steps: Input should be greater than or equal to 1, but got 0",
         ),
         (
             BASE + "perturbation: {kind: sam, inner_steps: 2}\n",
-            "unknown hyperparameter 'inner_steps'",
+            "perturbation.inner_steps: unknown key for kind 'sam'",
+        ),
+        (
+            BASE + "perturbation: {kind: erm, radius: 0.1}\n",
+            "perturbation.radius: unknown key for kind 'erm' (allowed: kind, warmup_epochs,",
+        ),
+        (BASE + "perturbation: {radius: 0.1}\n", "perturbation.radius: unknown key for kind 'erm'"),
+        (
+            BASE + "perturbation: {kind: amp, radiuss: 0.1}\n",
+            "perturbation.radiuss: unknown key for kind 'amp'; did you mean 'radius'?",
+        ),
+        (BASE + "perturbation: {kind: sam, radius: -1}\n", "perturbation.radius: Input should"),
+        (BASE + "perturbation: {kind: sam, adaptive: 'yes'}\n", "perturbation.adaptive: "),
+        (BASE + "perturbation: {kind: awp, inner_lr: .inf}\n", "perturbation.inner_lr: "),
+        (
+            BASE + "perturbation: {kind: amp, bn_update: every}\n",
+            "perturbation.bn_update: allowed: 'first_pass' or 'all_passes'",
         ),
         ("model: {name: resnet18}\ndata: {name: mnist1d}\n", "unknown model 'resnet18'"),
         ("model: {name: cnn1d}\ndata: {name: cifar11}\n", "did you mean 'cifar10'"),
@@ -61,3 +86,126 @@ def test_awp_turns_on_pgd_with_paper_defaults():
         10,
         2 / 255,
     )
+
+
+# -- the perturbation: one spec model per kind -----------------------------------------------
+
+
+def test_no_perturbation_or_no_kind_means_erm():
+    assert TrainSpec.model_validate(load_yaml(BASE)).perturbation == ERMSpec()
+    s = TrainSpec.model_validate(load_yaml(BASE + "perturbation: {warmup_epochs: 2}\n"))
+    assert isinstance(s.perturbation, ERMSpec) and s.perturbation.warmup_epochs == 2
+
+
+@pytest.mark.parametrize(
+    ("kind", "cls", "expected"),
+    [
+        ("erm", ERMSpec, {}),
+        ("sam", SAMSpec, {"radius": 0.05, "adaptive": False}),
+        ("amp", AMPSpec, {"radius": 0.5, "inner_steps": 1, "inner_lr": 1.0}),
+        ("awp", AWPSpec, {"radius": 0.01, "inner_steps": 1, "inner_lr": 0.01}),
+    ],
+)
+def test_each_kind_dumps_every_field_with_its_real_default(kind, cls, expected):
+    s = TrainSpec.model_validate(load_yaml(BASE + f"perturbation: {{kind: {kind}}}\n"))
+    assert type(s.perturbation) is cls
+    common = {"kind": kind, "warmup_epochs": 0, "bn_update": "first_pass"}
+    assert s.model_dump(mode="json")["perturbation"] == {**common, **expected}
+    # an exported spec round-trips to the same spec
+    assert TrainSpec.model_validate(s.model_dump(mode="json")) == s
+
+
+def test_every_registered_kind_has_a_spec():
+    from trainers.perturbations import PERTURBATIONS
+
+    assert set(PERTURBATION_SPECS) == set(PERTURBATIONS.names())
+
+
+def test_perturbation_assignment_is_validated():
+    s = TrainSpec.model_validate(load_yaml(BASE + "perturbation: {kind: amp}\n"))
+    with pytest.raises(ValidationError):
+        s.perturbation.radius = -1.0
+    s.perturbation = {"kind": "sam", "radius": 0.1}
+    assert isinstance(s.perturbation, SAMSpec) and s.perturbation.radius == 0.1
+
+
+def test_hyperparameters_are_not_coerced_from_strings_or_bools():
+    for data in ({"kind": "sam", "radius": "0.05"}, {"kind": "amp", "inner_steps": True}):
+        with pytest.raises(ValueError, match="perturbation\\."):
+            parse_perturbation(data)
+    assert parse_perturbation({"kind": "sam", "radius": 1}).radius == 1.0  # int is a number
+
+
+def test_parse_perturbation_errors_are_one_line():
+    with pytest.raises(ValueError) as info:
+        parse_perturbation({"kind": "amp", "radius": -1.0, "inner_lr": 0})
+    assert str(info.value) == (
+        "perturbation.radius: Input should be greater than or equal to 0, but got -1.0 (and 1 more)"
+    )
+
+
+# -- with_overrides ---------------------------------------------------------------------------
+
+
+def base() -> TrainSpec:
+    return TrainSpec.model_validate(load_yaml(BASE))
+
+
+def test_with_overrides_sets_dotted_keys_and_leaves_self_alone():
+    s = base()
+    out = s.with_overrides(
+        {"perturbation.kind": "amp", "perturbation.radius": 0.02, "optim.lr": 0.2}
+    )
+    assert out.perturbation == AMPSpec(radius=0.02) and out.optim.lr == 0.2
+    assert s.perturbation == ERMSpec() and s.optim.lr == 0.1
+    assert s.with_overrides({}) == s
+
+
+def test_with_overrides_applies_kind_first_whatever_the_order():
+    out = base().with_overrides({"perturbation.radius": 0.3, "perturbation.kind": "sam"})
+    assert out.perturbation == SAMSpec(radius=0.3)
+
+
+def test_a_new_kind_starts_from_its_defaults_keeping_the_common_fields():
+    s = TrainSpec.model_validate(
+        load_yaml(
+            BASE + "perturbation: {kind: amp, radius: 0.02, inner_steps: 2, warmup_epochs: 1,"
+            " bn_update: all_passes}\n"
+        )
+    )
+    out = s.with_overrides({"perturbation.kind": "sam"})
+    assert out.perturbation == SAMSpec(warmup_epochs=1, bn_update="all_passes")
+    # the same kind keeps what the base set
+    same = s.with_overrides({"perturbation.kind": "amp", "perturbation.inner_lr": 0.5})
+    assert same.perturbation == AMPSpec(
+        radius=0.02, inner_steps=2, inner_lr=0.5, warmup_epochs=1, bn_update="all_passes"
+    )
+
+
+def test_with_overrides_fills_an_unset_section_and_a_dict_field():
+    out = base().with_overrides({"adversarial.eps": 0.1, "model.args.width": 8})
+    assert out.adversarial is not None and out.adversarial.eps == 0.1
+    assert out.adversarial.steps == 10 and out.model.args == {"width": 8}
+    assert base().with_overrides({"perturbation.kind": "awp"}).adversarial is not None
+
+
+@pytest.mark.parametrize(
+    ("point", "expected"),
+    [
+        ({"optim.lrr": 0.1}, "optim.lrr: unknown key; did you mean 'lr'?"),
+        ({"epoch": 3}, "epoch: unknown key; did you mean 'epochs'?"),
+        ({"perturbation.radius": 0.1}, "perturbation.radius: unknown key for kind 'erm'"),
+        ({"perturbation.kind": "amq"}, "unknown perturbation kind 'amq'"),
+        ({"epochs.x": 1}, "epochs.x: unknown key (epochs is a value, not a section)"),
+        ({"optim.lr": -1.0}, "optim.lr: Input should be greater than 0, but got -1.0"),
+        (
+            {"perturbation.kind": "awp", "perturbation.inner_steps": 0},
+            "perturbation.inner_steps: Input should be greater than or equal to 1",
+        ),
+    ],
+)
+def test_with_overrides_errors_are_one_line_value_errors(point, expected):
+    with pytest.raises(ValueError) as info:
+        base().with_overrides(point)
+    assert not isinstance(info.value, ValidationError)
+    assert expected in str(info.value) and "\n" not in str(info.value)

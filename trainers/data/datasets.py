@@ -11,6 +11,9 @@ MNIST-1D, digits and synthetic data are float32 and already standardised.
   examples takes seconds, which every new trial worker would otherwise pay again.
 - digits is scikit-learn's bundled 8x8 UCI digits (1797 images), split 80/20 with ``spec.seed``.
 - synthetic is Gaussian inputs labelled by a fixed random linear teacher, so it is learnable.
+
+The validation split is carved from the training arrays afterwards (``split_train_val``), so the
+test set is never touched by it and the arrays cached per process are the same for any split.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -59,9 +62,10 @@ class DatasetDef:
     image: bool = False
     mean: tuple[float, ...] | None = None  # per channel, in [0, 1] pixel units
     std: tuple[float, ...] | None = None
-    crop_padding: int = 0  # px of zero padding before the random crop back to full size
     flip: bool = False  # random horizontal flip with probability 1/2
     autoaugment_policy: str | None = None  # torchvision AutoAugmentPolicy member name
+    # How the validation split is carved unless ``DataSpec.val_split`` says otherwise.
+    val_split: Literal["stratified", "last"] = "stratified"
 
     @property
     def needs_root(self) -> bool:
@@ -100,9 +104,10 @@ def _subset(
     )
 
 
-# The papers' augmentation for CIFAR: 4-px zero padding, random 32x32 crop, random flip
-# (He et al. 2016). SVHN keeps the crop but drops the flip: mirrored digits are other glyphs.
-_CIFAR = dict(image=True, crop_padding=4, flip=True, autoaugment_policy="CIFAR10")
+# The papers' augmentation for CIFAR: padded random 32x32 crop (``DataSpec.crop_padding``,
+# ``pad_mode``), random flip (He et al. 2016). SVHN keeps the crop but drops the flip: mirrored
+# digits are other glyphs. Their validation split is the last N training images by default.
+_CIFAR = dict(image=True, flip=True, autoaugment_policy="CIFAR10", val_split="last")
 
 
 @_register(
@@ -140,9 +145,9 @@ def _cifar100(spec: DataSpec) -> Arrays:
     image=True,
     mean=(0.4377, 0.4438, 0.4728),
     std=(0.198, 0.201, 0.197),
-    crop_padding=4,
     flip=False,
     autoaugment_policy="SVHN",
+    val_split="last",
 )
 def _svhn(spec: DataSpec) -> Arrays:
     from trainers.data._vision import load_svhn

@@ -1,11 +1,11 @@
 """Loaders that yield ``(x, y)`` batches already on the device, reproducible per epoch.
 
 ``DeviceLoader`` is the default, after KellerJordan/cifar10-airbench's ``CifarLoader``: the whole
-dataset lives on the device (uint8 images, a quarter of float32's bytes) and the crop, flip,
-normalisation and Cutout are batched tensor ops there, so trials sharing a GPU do not queue on
-CPU workers. ``SampleLoader`` is the fallback for what needs per-image PIL ops (AutoAugment) or
-when ``device_resident=False``: torchvision transforms per sample in a torch ``DataLoader``,
-batches moved to the device.
+dataset lives on the device (uint8 images, a quarter of float32's bytes) and the crop (zero,
+grey or reflect border), flip, normalisation and Cutout are batched tensor ops there, so trials
+sharing a GPU do not queue on CPU workers. ``SampleLoader`` is the fallback for what needs
+per-image PIL ops (AutoAugment) or when ``device_resident=False``: torchvision transforms per
+sample in a torch ``DataLoader``, batches moved to the device.
 
 Reproducibility: every random draw of an epoch (the order, crops, flips, Cutout squares,
 per-sample transform seeds) comes from a CPU ``torch.Generator`` seeded from ``(seed, epoch)``
@@ -24,11 +24,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
@@ -74,23 +73,55 @@ class _EpochCounter:
         return epoch
 
 
-def crop_flip(x: Tensor, dy: Tensor, dx: Tensor, flip: Tensor, padding: int) -> Tensor:
-    """Per-image random crop of the zero-padded batch, then optional mirror, in one gather.
+PadMode = Literal["zeros", "grey", "reflect"]
+#: Pixel value of the grey border (AMP official: ``RandomCrop(32, padding=4, fill=128)``).
+GREY = 128
+
+
+def _source(pos: Tensor, size: int, pad_mode: PadMode) -> tuple[Tensor, Tensor | None]:
+    """Where padded position ``pos`` (in unpadded coordinates) reads from, and whether it is
+    inside the image (None when every position reads a real pixel, as with reflect)."""
+    if pad_mode == "reflect":
+        # numpy/torch "reflect": the edge pixel is not repeated, -1 -> 1 and size -> size - 2.
+        pos = pos.abs()
+        return torch.where(pos >= size, 2 * (size - 1) - pos, pos), None
+    inside = (pos >= 0) & (pos < size)
+    return pos.clamp(0, size - 1), inside
+
+
+def crop_flip(
+    x: Tensor, dy: Tensor, dx: Tensor, flip: Tensor, padding: int, pad_mode: PadMode = "zeros"
+) -> Tensor:
+    """Per-image random crop of the padded batch, then optional mirror, in one gather.
 
     ``x`` is (B, C, H, W); ``dy``/``dx`` are offsets in [0, 2 * padding] into the padded
-    image and ``flip`` is a bool per image. Matches torchvision's RandomCrop(H, padding)
-    followed by RandomHorizontalFlip for the same draws.
+    image and ``flip`` is a bool per image. The border is ``pad_mode``: zeros (black before
+    normalisation), grey (pixel value 128 for uint8 images, 128/255 for float ones) or reflect
+    (needs ``padding < min(H, W)``). Matches torchvision's ``RandomCrop(H, padding, fill,
+    padding_mode)`` followed by RandomHorizontalFlip for the same draws. The padded image is
+    never built: each output pixel reads its source pixel, or the fill outside the image.
     """
     b, c, h, w = x.shape
-    padded = F.pad(x, (padding,) * 4)  # zero = black before normalisation, as torchvision
+    if pad_mode == "reflect" and padding >= min(h, w):
+        raise ValueError(
+            f"crop_padding must be less than the image side {min(h, w)} with pad_mode"
+            f" 'reflect', but got {padding}"
+        )
     ar_h = torch.arange(h, device=x.device)
     ar_w = torch.arange(w, device=x.device)
-    rows = dy[:, None] + ar_h  # (B, H)
+    rows, in_r = _source(dy[:, None] + ar_h - padding, h, pad_mode)  # (B, H)
     # A flipped crop reads its columns right to left: out[j] = crop[W - 1 - j].
-    cols = dx[:, None] + torch.where(flip[:, None], ar_w.flip(0), ar_w)  # (B, W)
+    cols, in_c = _source(
+        dx[:, None] + torch.where(flip[:, None], ar_w.flip(0), ar_w) - padding, w, pad_mode
+    )  # (B, W)
     bi = torch.arange(b, device=x.device)[:, None, None, None]
     ci = torch.arange(c, device=x.device)[None, :, None, None]
-    return padded[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]
+    out = x[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]
+    if in_r is None or in_c is None:
+        return out
+    fill = 0 if pad_mode == "zeros" else (GREY if x.dtype == torch.uint8 else GREY / 255)
+    outside = ~(in_r[:, None, :, None] & in_c[:, None, None, :])
+    return out.masked_fill(outside, fill)
 
 
 def cutout(x: Tensor, cy: Tensor, cx: Tensor, size: int) -> Tensor:
@@ -123,6 +154,7 @@ class DeviceLoader(_EpochCounter):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         crop_padding: int = 0,
+        pad_mode: PadMode = "zeros",
         flip: bool = False,
         cutout: int = 0,
     ) -> None:
@@ -132,6 +164,7 @@ class DeviceLoader(_EpochCounter):
         self.y = y.to(self.device)
         self.shuffle = shuffle
         self.crop_padding, self.flip, self.cutout_size = crop_padding, flip, cutout
+        self.pad_mode = pad_mode
         self.mean = self.std = None
         if mean is not None and std is not None:
             self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
@@ -164,7 +197,7 @@ class DeviceLoader(_EpochCounter):
                 flip = draws["flip"][sl] if self.flip else torch.zeros_like(zeros, dtype=torch.bool)
                 dy = draws["dy"][sl] if self.crop_padding > 0 else zeros
                 dx = draws["dx"][sl] if self.crop_padding > 0 else zeros
-                x = crop_flip(x, dy, dx, flip, self.crop_padding)
+                x = crop_flip(x, dy, dx, flip, self.crop_padding, self.pad_mode)
             if self.mean is not None:
                 x = (x.float() / 255.0 - self.mean) / self.std  # same ops as ToTensor+Normalize
             else:

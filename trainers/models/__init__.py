@@ -6,10 +6,14 @@ shape without the batch dimension: (C, H, W) for images, (C, L) for 1-D signals.
 checked against the factory's signature before it runs, so a misspelt YAML key fails with the
 allowed names instead of a TypeError from deep inside a constructor.
 
-- ``preact_resnet18``: He et al. 2016, "Identity Mappings"; kuangliu/pytorch-cifar.
-- ``wide_resnet``: Zagoruyko & Komodakis 2016; xternalz/WideResNet-pytorch (the AWP code's).
-- ``vgg16_bn``: Simonyan & Zisserman 2015 with Ioffe & Szegedy 2015 BN; kuangliu/pytorch-cifar.
-- ``pyramidnet``: Han et al. 2017 with Yamada et al. 2019 ShakeDrop; dyhan0920/PyramidNet-PyTorch.
+- ``preact_resnet18``: He et al. 2016, "Identity Mappings"; ``variant`` "kuangliu" (default,
+  kuangliu/pytorch-cifar), "awp" (the AWP code's) or "amp" (the AMP code's).
+- ``wide_resnet``: Zagoruyko & Komodakis 2016; ``variant`` "awp" (default,
+  xternalz/WideResNet-pytorch, the AWP code's) or "amp" (the AMP code's).
+- ``vgg16_bn``: Simonyan & Zisserman 2015 with Ioffe & Szegedy 2015 BN; ``variant`` "kuangliu"
+  (default, kuangliu/pytorch-cifar) or "amp" (the AMP code's 3-FC-layer VGG16).
+- ``pyramidnet``: Han et al. 2017 with Yamada et al. 2019 ShakeDrop; dyhan0920/PyramidNet-PyTorch
+  (the AMP code's PyramidNet-164 (270) is the default).
 - ``mlp``, ``cnn1d``: Greydanus 2020, MNIST-1D; greydanus/mnist1d.
 - ``small_cnn``: this project's two-layer CNN for sklearn's 8x8 digits.
 """

@@ -13,9 +13,11 @@ expectation ``1 - p_drop``.
 
 Architecture: dyhan0920/PyramidNet-PyTorch as re-used by the AMP code (hiyouga/AMP-Regularizer
 ``models/pyramidnet.py``), whose CIFAR configuration is PyramidNet-164 (bottleneck, alpha=270).
-On CIFAR-10 that is 27,216,021 parameters, 27,050,177 of them conv and linear weights. The
-paper's 27.0M (and its 26.0M for PyramidNet-272, alpha=200: 25,999,978 of 26,210,842) matches
-only the second figure, so its counts evidently leave out BN scales and shifts.
+The AMP code's copy computes what this module does with ``shakedrop=False`` (at the code's
+default dropout 0), so it needs no ``variant``. On CIFAR-10 that is 27,216,021 parameters in 601
+tensors, 27,050,177 of them conv and linear weights. The paper's 27.0M (and its 26.0M for
+PyramidNet-272, alpha=200: 25,999,978 of 26,210,842) matches only the second figure, so its
+counts evidently leave out BN scales and shifts.
 
 The ShakeDrop draws ``b``, ``alpha`` and ``beta`` once per example, as the SAM code does
 (google-research/sam, PyramidNet-272 + ShakeDrop); the owruby/shake-drop_pytorch port draws ``b``
@@ -30,6 +32,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from trainers.models._init import kaiming_fan_out_init
 
 # The drop probability of the last block (Yamada et al. 2019, "linear decay rule", p_L = 0.5).
 SHAKEDROP_MAX_P = 0.5
@@ -144,15 +148,8 @@ class PyramidNet(nn.Module):
         self.bn = nn.BatchNorm2d(in_planes)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_planes, num_classes)
-        # dyhan0920's init: He-normal over fan-out for convs, BN at identity, zero FC bias.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        # dyhan0920's init, kept by the AMP code: He-normal fan-out, BN at identity, zero FC bias.
+        kaiming_fan_out_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.blocks(self.bn1(self.conv1(x)))

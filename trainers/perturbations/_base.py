@@ -1,4 +1,4 @@
-"""The perturbation contract shared by ERM, SAM, AMP and AWP.
+"""The perturbation contract shared by ERM, SAM, AMP and AWP (``docs/algorithms.md``).
 
 A perturbation computes a gradient; it never steps the optimizer. The training loop reads
 ``loss = perturbation.backward(closure)`` where plain training reads ``loss.backward()``, so
@@ -11,44 +11,48 @@ on the current batch and returns the detached loss. After ``backward``:
 * the return value is the loss at the unperturbed weights (the first closure call);
 * every parameter is bit-identical to before: weights are restored by copy from a snapshot,
   never by subtracting the perturbation (which would round);
-* ``.grad`` holds the method's gradient as defined in ALGORITHMS.md.
+* ``.grad`` holds the method's gradient as defined in ``docs/algorithms.md``.
 
-BatchNorm running statistics: only the first, unperturbed forward pass of a step updates them.
-Buffers are snapshotted after that pass and restored by copy after the perturbed passes, so a
-model evaluated in eval mode sees the statistics plain training would have produced. In train
-mode BatchNorm normalises with batch statistics, so this policy never changes a gradient.
+``backward`` is a template: closure at w, snapshot, then for each of the method's
+``perturbed_calls`` a hook :meth:`Perturbation._move` sets the weights from the last gradient
+and the snapshot and the closure runs there, then restore by copy. Subclasses write the hook.
+
+BatchNorm running statistics (``bn_update``):
+
+* ``"first_pass"`` (default): only the first, unperturbed pass of a step updates them. Buffers
+  are snapshotted after that pass and restored by copy after the perturbed passes, so a model
+  evaluated in eval mode sees the statistics plain training would have produced.
+* ``"all_passes"``: every closure call updates them (the last at the perturbed weights) and
+  nothing is restored, as the official AMP optimizer does.
+
+In train mode BatchNorm normalises with batch statistics, so neither policy changes a gradient.
 """
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 from torch import nn
 
+from trainers.spec import BasePerturbationSpec, BNUpdate, parse_perturbation
+
 Closure = Callable[[], torch.Tensor]
+S = TypeVar("S", bound=BasePerturbationSpec)
 
 
-class Perturbation(ABC):
-    """Base class: subclasses implement :meth:`backward` and declare their hyperparameters."""
+class Perturbation(ABC, Generic[S]):
+    """Base class: a subclass sets ``kind`` and implements :meth:`_move` (and usually
+    :attr:`perturbed_calls`); its keyword-only constructor arguments are its spec's fields.
+    """
 
     kind: ClassVar[str]
-    #: hyperparameter name -> default; the names are the same in YAML, Optuna and MLflow.
-    defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, model: nn.Module, **hparams: Any) -> None:
-        unknown = sorted(set(hparams) - set(self.defaults))
-        if unknown:
-            allowed = ", ".join(sorted(self.defaults)) or "none"
-            raise ValueError(
-                f"unknown hyperparameter {unknown[0]!r} for perturbation {self.kind!r}; "
-                f"allowed: {allowed}"
-            )
-        self.hparams: dict[str, Any] = {**self.defaults, **hparams}
-        self._validate()
+        # Bounds and defaults live in the spec model only; this is the one place they are checked.
+        self.spec: S = parse_perturbation({"kind": self.kind, **hparams})  # type: ignore[assignment]
         self.model = model
         self.params: list[torch.Tensor] = [p for p in model.parameters() if p.requires_grad]
         self.buffers: list[torch.Tensor] = [
@@ -60,52 +64,39 @@ class Perturbation(ABC):
         self._b: list[torch.Tensor] | None = None
 
     @property
-    def closure_calls(self) -> int:
-        """Closure calls per ``backward``: ERM 1, SAM 2, AMP and AWP ``1 + inner_steps``."""
+    def bn_update(self) -> BNUpdate:
+        return self.spec.bn_update
+
+    @property
+    def perturbed_calls(self) -> int:
+        """Closure calls after the first (at w): SAM 1, AMP and AWP ``inner_steps``."""
         return 1
 
-    @abstractmethod
+    @property
+    def closure_calls(self) -> int:
+        """Closure calls per ``backward``: ERM 1, SAM 2, AMP and AWP ``1 + inner_steps``."""
+        return 1 + self.perturbed_calls
+
     def backward(self, closure: Closure) -> torch.Tensor:
         """Fill ``.grad`` with the method's gradient; return the unperturbed loss."""
+        loss = closure()  # at w: the loss returned, g(w) in .grad, BN statistics updated
+        if self.perturbed_calls == 0:
+            return loss  # nothing moved, nothing to restore
+        self._snapshot()
+        for step in range(self.perturbed_calls):
+            with torch.no_grad():
+                self._move(step)
+            closure()
+        self._restore()
+        return loss
 
-    # -- validation helpers --------------------------------------------------------------------
+    @abstractmethod
+    def _move(self, step: int) -> None:
+        """Set the parameters for perturbed call ``step`` (0-based), under ``no_grad``.
 
-    def _validate(self) -> None:
-        h = self.hparams
-        if "radius" in h:
-            r = h["radius"]
-            if (
-                isinstance(r, bool)
-                or not isinstance(r, int | float)
-                or not math.isfinite(r)
-                or r < 0
-            ):
-                raise ValueError(
-                    f"{self.kind}.radius must be a finite number >= 0, but got radius={r!r}"
-                )
-            h["radius"] = float(r)
-        if "inner_steps" in h:
-            k = h["inner_steps"]
-            if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-                raise ValueError(
-                    f"{self.kind}.inner_steps must be an integer >= 1, but got inner_steps={k!r}"
-                )
-        if "inner_lr" in h:
-            lr = h["inner_lr"]
-            if (
-                isinstance(lr, bool)
-                or not isinstance(lr, int | float)
-                or not math.isfinite(lr)
-                or lr <= 0
-            ):
-                raise ValueError(
-                    f"{self.kind}.inner_lr must be a finite number > 0, but got inner_lr={lr!r}"
-                )
-            h["inner_lr"] = float(lr)
-        if "adaptive" in h and not isinstance(h["adaptive"], bool):
-            raise ValueError(
-                f"{self.kind}.adaptive must be true or false, but got adaptive={h['adaptive']!r}"
-            )
+        ``.grad`` holds the gradient of the previous call (``step == 0``: g(w)); the weights
+        w are in ``self._w``. The parameters may be anywhere when this is called.
+        """
 
     # -- snapshot / restore (multi-tensor, no per-tensor Python loop of kernels) --------------
 
@@ -113,22 +104,31 @@ class Perturbation(ABC):
         # A parameter without a gradient (unused this step) contributes a zero gradient.
         return [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
 
+    @property
+    def _keeps_first_pass_stats(self) -> bool:
+        return self.bn_update == "first_pass"
+
     @torch.no_grad()
     def _snapshot(self) -> None:
         if self._w is None:
             self._w = [torch.empty_like(p) for p in self.params]
             self._b = [torch.empty_like(b) for b in self.buffers]
         torch._foreach_copy_(self._w, self.params)
-        if self._b:
+        if self._b and self._keeps_first_pass_stats:
             torch._foreach_copy_(self._b, self.buffers)
 
     @torch.no_grad()
-    def _restore(self) -> None:
-        assert self._w is not None and self._b is not None
+    def _restore_weights(self) -> None:
+        assert self._w is not None
         torch._foreach_copy_(self.params, self._w)
-        if self._b:
+
+    @torch.no_grad()
+    def _restore(self) -> None:
+        self._restore_weights()
+        if self._b and self._keeps_first_pass_stats:
             torch._foreach_copy_(self.buffers, self._b)
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in sorted(self.hparams.items()))
+        fields = self.spec.model_dump(exclude={"kind", "warmup_epochs"})
+        args = ", ".join(f"{k}={v!r}" for k, v in fields.items())
         return f"{type(self).__name__}({args})"

@@ -1,4 +1,19 @@
-"""Repair restored trials whose latest checkpoint a killed driver had already deleted.
+"""Every use of Ray Tune's private state or implementation details, in one place.
+
+A Ray upgrade is this file and ``tests/sweeps/test_ray_internals.py`` to look at. Each
+access was checked against Ray 2.60 and is still needed:
+
+* :func:`restore_tuner`: ``Tuner.restore`` takes no ``RunConfig``, and the callbacks it
+  brings back are the first driver's, unpickled; this driver's own are handed over through
+  ``Tuner._local_tuner``'s run config (no public way in 2.60).
+* :class:`InterruptWatch`: Tune installs its own SIGINT handler inside ``Tuner.fit`` and, on
+  Ctrl-C, ends the run *normally* (``fit()`` returns; running trials are set TERMINATED in
+  memory after the final snapshot). Nothing public says the run was interrupted, so the
+  watch wraps Tune's handler (installed before callbacks' ``setup``) to record it, and
+  routes SIGTERM (``ray job stop``, schedulers) to the same graceful stop.
+* :class:`RepairCheckpoints`: see below; private state of Ray's ``_CheckpointManager``.
+
+Repair restored trials whose latest checkpoint a killed driver had already deleted.
 
 With ``CheckpointConfig(num_to_keep)`` Tune's driver deletes a trial's oldest checkpoint as
 soon as a newer one registers, but writes the experiment snapshot that ``Tuner.restore``
@@ -21,7 +36,9 @@ from __future__ import annotations
 import logging
 import posixpath
 import re
+import signal
 import tempfile
+from collections.abc import Sequence
 from typing import Any
 
 from pyarrow.fs import FileSelector, FileType
@@ -111,3 +128,64 @@ class RepairCheckpoints(Callback):
         for trial in trials:
             if trial.status != "TERMINATED":
                 repair_trial(trial)
+
+
+def restore_tuner(exp_dir: str, trainable: Any, callbacks: Sequence[Callback]) -> Any:
+    """``Tuner.restore`` of ``exp_dir`` that runs this driver's ``callbacks``.
+
+    Unfinished and errored trials are resumed. The restored run config carries the first
+    driver's callbacks, unpickled (their clients and buffers gone); replace them.
+    """
+    from ray import tune
+
+    tuner = tune.Tuner.restore(
+        exp_dir, trainable=trainable, resume_unfinished=True, resume_errored=True
+    )
+    tuner._local_tuner.get_run_config().callbacks = list(callbacks)
+    return tuner
+
+
+class InterruptWatch(Callback):
+    """Records that Tune's run was stopped by SIGINT (Ctrl-C) or SIGTERM.
+
+    ``setup`` runs in ``Tuner.fit`` after Tune installed its SIGINT handler; the watch wraps
+    that handler (Tune still takes its graceful path: stop trials, write a final snapshot)
+    and sends SIGTERM the same way. ``interrupted`` tells the runner afterwards, since
+    ``fit()`` returns normally either way.
+    """
+
+    def __init__(self) -> None:
+        self.interrupted: int | None = None  # the signal number, once one arrived
+        self._saved: dict[int, Any] = {}
+
+    def __getstate__(self) -> dict[str, Any]:  # pickled with the experiment: keep nothing
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()
+
+    def setup(self, **info: Any) -> None:
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        tune_handler = signal.getsignal(signal.SIGINT)
+
+        def on_signal(signum: int, frame: Any) -> None:
+            first = self.interrupted is None
+            self.interrupted = signum
+            if first and callable(tune_handler):
+                tune_handler(signal.SIGINT, frame)  # Tune's graceful stop
+            elif signum == signal.SIGINT:
+                raise KeyboardInterrupt  # a second Ctrl-C: stop waiting for cleanup
+            # A second SIGTERM: Tune is already stopping; nothing more to do.
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._saved[sig] = signal.getsignal(sig)
+            signal.signal(sig, on_signal)
+
+    def restore_handlers(self) -> None:
+        """Put back the handlers that were there before ``setup``."""
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
+        self._saved.clear()

@@ -12,7 +12,7 @@ from ray.train._internal.checkpoint_manager import _CheckpointManager
 from ray.train._internal.session import _TrainingResult
 from ray.tune import Checkpoint, CheckpointConfig
 
-from sweeps.checkpoints import RepairCheckpoints, repair_trial
+from sweeps.ray_internals import RepairCheckpoints, repair_trial
 from trainers.checkpoint import load_checkpoint, save_checkpoint
 
 

@@ -1,20 +1,23 @@
 """Submit a sweep to a running Ray cluster through the Ray Jobs API, and follow it there.
 
-The job runs ``python -m sweeps run sweep.yaml --quiet [--smoke-test]`` on the head node: a
-fixed argv, so nothing from the spec reaches a shell. Its working directory is a staged copy of
-the ``trainers``, ``search_spaces`` and ``sweeps`` packages plus the spec, which Ray uploads and
-puts on the path of the driver and of every trial worker. The job's submission id is
-``flatsweep-<name>``, so one sweep is one job and submitting it again reports the existing one.
+The job runs ``python -m sweeps run sweep.yaml --quiet [--name NAME] [--smoke-test]`` on the
+head node: a fixed argv, so nothing from the spec reaches a shell (``NAME`` is checked against
+``NAME_RE``, so it is one inert word). Its working directory is a staged copy of the
+``trainers``, ``search_spaces`` and ``sweeps`` packages plus the spec, which Ray uploads and puts
+on the path of the driver and of every trial worker. The job's submission id is
+``flatsweep-<name>`` with the name the job's sweep runs under (``--name``, else the spec's,
+``-smoke`` appended for ``--smoke-test``), so one sweep is one job, submitting it again reports
+the existing one, and a finished smoke test never blocks the real sweep.
 
 Credentials never travel in the job: the Ray token only authenticates this client's HTTP
 requests (``Authorization: Bearer``, as Ray's own clients send it), and only non-secret settings
 (``MLFLOW_TRACKING_URI``, ``FLATSWEEP_STORAGE``) are forwarded as job environment variables.
+The checks of the spec against the cluster's address are in ``sweeps.preflight``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import os
 import re
 import shlex
@@ -25,14 +28,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-from sweeps.spec import NAME_RE, SpecError, SweepSpec, load_spec
+from sweeps.preflight import preflight, resolve_address, sqlite_path
+from sweeps.spec import NAME_RE, SpecError, SweepSpec, as_run, load_spec
 
 PACKAGES = ("trainers", "search_spaces", "sweeps")
 SPEC_NAME = "sweep.yaml"  # the spec's name inside the job's working directory
 FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "FLATSWEEP_STORAGE")
-SHARED_STORAGE_SCHEMES = ("s3", "gs")  # every node of a cluster reaches these
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
@@ -40,151 +43,32 @@ class JobError(SpecError):
     """A submission or job query that cannot proceed; the message is one line."""
 
 
-def submission_id(name: str) -> str:
-    """The Ray submission id of sweep ``name`` (names are already inert, see ``NAME_RE``)."""
+def _check_name(name: str) -> str:
     if not NAME_RE.match(name):
         raise JobError(
             f"name must be 1-64 characters of letters, digits, '_', '.', '-' "
             f"starting with a letter or digit, but got {name!r}"
         )
-    return f"flatsweep-{name}"
+    return name
 
 
-def entrypoint(smoke_test: bool) -> str:
-    """The job's command line: a fixed argv, whatever the spec holds."""
-    return shlex.join(
-        ["python", "-m", "sweeps", "run", SPEC_NAME, "--quiet"]
-        + (["--smoke-test"] if smoke_test else [])
-    )
+def submission_id(name: str) -> str:
+    """The Ray submission id of sweep ``name`` (names are already inert, see ``NAME_RE``)."""
+    return f"flatsweep-{_check_name(name)}"
 
 
-# --- the address and the storage preflight ---------------------------------------------------
+def entrypoint(*, smoke_test: bool = False, name: str | None = None) -> str:
+    """The job's command line: a fixed argv, whatever the spec holds.
 
-
-def resolve_address(address: str | None) -> str:
-    """``--address``, else ``$RAY_ADDRESS`` when it is a dashboard URL (http or https)."""
-    if address is None:
-        env = os.environ.get("RAY_ADDRESS", "")
-        if not env.startswith(("http://", "https://")):
-            hint = f" (RAY_ADDRESS={env!r} is not one)" if env else ""
-            raise JobError(
-                "--address: give the Ray dashboard URL, e.g. --address "
-                f"http://127.0.0.1:8265, or set RAY_ADDRESS to it{hint}"
-            )
-        address = env
-    if not address.startswith(("http://", "https://")) or not urlsplit(address).hostname:
-        raise JobError(
-            f"--address must be the Ray dashboard's http(s)://HOST:PORT URL "
-            f"(port 8265 by default), but got {address!r}"
-        )
-    return address.rstrip("/")
-
-
-def is_loopback(address: str) -> bool:
-    """Whether the dashboard URL names this machine (127.0.0.0/8, ::1, localhost)."""
-    host = urlsplit(address).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _redact(uri: str) -> str:
-    """``uri`` with any password replaced, for error messages."""
-    parts = urlsplit(uri)
-    if not parts.password:
-        return uri
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def _setting(spec: SweepSpec, field_name: str, env: str) -> tuple[str | None, str]:
-    """A setting's value and where it came from, in the order the job resolves it."""
-    value = getattr(spec, field_name)
-    if value:
-        return value, field_name
-    if os.environ.get(env):
-        return os.environ[env], env
-    return None, field_name
-
-
-def _sqlite_path(uri: str) -> str | None:
-    return uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
-
-
-def preflight(spec: SweepSpec, address: str, *, shared_storage: bool = False) -> None:
-    """Refuse storage and tracking settings that the cluster at ``address`` cannot use.
-
-    A non-loopback address is treated as a multi-node cluster: Tune's storage must be reachable
-    from every node (``s3://``, ``gs://``, or with ``shared_storage`` a path every node mounts)
-    and MLflow must be a server (``http(s)://``): a SQLite or file store on the head node has
-    more than one writer and is not reachable from the workers. On loopback local paths and
-    SQLite are fine, but not relative ones: the job runs in a temporary working directory.
+    ``name`` is the ``--name`` override, passed on so that the job's sweep runs under the name
+    its submission id was made from (the staged spec still holds its own name).
     """
-    storage, storage_from = _setting(spec, "storage_path", "FLATSWEEP_STORAGE")
-    tracking, tracking_from = _setting(spec, "tracking_uri", "MLFLOW_TRACKING_URI")
-    if is_loopback(address):
-        # Values from this shell's environment are made absolute before they are forwarded.
-        if (
-            storage_from == "storage_path"
-            and storage
-            and "://" not in storage
-            and not os.path.isabs(os.path.expanduser(storage))
-        ):
-            raise SpecError(
-                f"storage_path: {storage!r} is relative, and a submitted job runs "
-                "in a temporary working directory on the cluster; give an "
-                "absolute path or an s3:// or gs:// URI"
-            )
-        db = _sqlite_path(tracking) if tracking_from == "tracking_uri" and tracking else None
-        if db is not None and not os.path.isabs(os.path.expanduser(db)):
-            raise SpecError(
-                f"tracking_uri: {tracking!r} is a relative SQLite path, and a "
-                "submitted job runs in a temporary working directory on the "
-                "cluster; give sqlite:////absolute/path.db or an http(s):// server"
-            )
-        return
-
-    where = f"the cluster at {address} is treated as multi-node (its host is not loopback)"
-    if storage is None:
-        raise SpecError(
-            f"storage_path: not set, so Tune would write under the job's working "
-            f"directory on one node, but {where}; set storage_path (or "
-            "FLATSWEEP_STORAGE) to s3://bucket/path or gs://bucket/path, or to a "
-            "path every node mounts together with --shared-storage"
-        )
-    scheme = storage.split("://", 1)[0].lower() if "://" in storage else ""
-    if shared_storage and scheme == "" and not os.path.isabs(os.path.expanduser(storage)):
-        raise SpecError(
-            f"{storage_from}: --shared-storage needs an absolute path (or file:// URI) that "
-            f"every node mounts, but got the relative path {storage!r}"
-        )
-    if scheme not in SHARED_STORAGE_SCHEMES:
-        local = scheme == "file" or (scheme == "" and os.path.isabs(os.path.expanduser(storage)))
-        if not (local and shared_storage):
-            hint = (
-                ""
-                if scheme in ("", "file")
-                else f"; scheme {scheme!r} is not supported for multi-node sweeps"
-            )
-            raise SpecError(
-                f"{storage_from}: storage {storage!r} is local to one machine{hint}, "
-                f"but {where}; set storage_path (or FLATSWEEP_STORAGE) to "
-                "s3://bucket/path or gs://bucket/path, or pass --shared-storage "
-                "if every node mounts that absolute path"
-            )
-    if tracking is None or not tracking.lower().startswith(("http://", "https://")):
-        shown = (
-            "the default sqlite:///flatsweep.db" if tracking is None else repr(_redact(tracking))
-        )
-        raise SpecError(
-            f"{tracking_from}: {shown} is a store on one machine, but {where}: it "
-            "would have more than one writer / not be reachable from every node; "
-            "set tracking_uri (or MLFLOW_TRACKING_URI) to an http(s):// MLflow "
-            "server"
-        )
+    argv = ["python", "-m", "sweeps", "run", SPEC_NAME, "--quiet"]
+    if name is not None:
+        argv += ["--name", _check_name(name)]
+    if smoke_test:
+        argv.append("--smoke-test")
+    return shlex.join(argv)
 
 
 # --- what is submitted -------------------------------------------------------------------------
@@ -224,7 +108,7 @@ def forwarded_env() -> dict[str, str]:
                 "does not send to the cluster; drop it from the URI and give the "
                 "cluster MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD"
             )
-        db = _sqlite_path(uri)
+        db = sqlite_path(uri)
         if db is not None and not os.path.isabs(os.path.expanduser(db)):
             uri = f"sqlite:///{Path(db).expanduser().resolve()}"
         env["MLFLOW_TRACKING_URI"] = uri
@@ -249,16 +133,24 @@ class Submission:
 
 
 def build_submission(
-    spec: SweepSpec, staged: Path, *, smoke_test: bool = False, pip: bool = False
+    spec: SweepSpec,
+    staged: Path,
+    *,
+    name: str | None = None,
+    smoke_test: bool = False,
+    pip: bool = False,
 ) -> Submission:
+    """The job for ``spec`` (as its file holds it) staged in ``staged``; ``name`` and
+    ``smoke_test`` as for ``as_run``, ``pip``: Ray installs the pinned requirements."""
+    sweep = as_run(spec, name=name, smoke_test=smoke_test)
     runtime_env: dict[str, Any] = {"working_dir": str(staged), "env_vars": forwarded_env()}
     if pip:
         runtime_env["pip"] = pinned_requirements()
     return Submission(
-        submission_id(spec.name),
-        entrypoint(smoke_test),
+        submission_id(sweep.name),
+        entrypoint(smoke_test=smoke_test, name=name),
         runtime_env,
-        {"flatsweep.sweep": spec.name, "flatsweep.smoke_test": str(smoke_test)},
+        {"flatsweep.sweep": sweep.name, "flatsweep.smoke_test": str(smoke_test)},
     )
 
 
@@ -403,27 +295,32 @@ def submit(
     spec_path: Path,
     address: str | None,
     *,
+    name: str | None = None,
     smoke_test: bool = False,
     shared_storage: bool = False,
     pip: bool = False,
 ) -> SubmitResult:
     """Validate, preflight and submit the sweep at ``spec_path``; nothing is submitted on error.
 
-    A sweep already submitted (same name, any status) is not submitted again: Ray refuses a
-    duplicate submission id, and the existing job is returned instead.
+    The job is ``flatsweep-<name>`` for the name the sweep runs under (``as_run``: ``name``
+    overrides the spec's, a smoke test gets ``NAME-smoke``). A sweep already submitted under
+    that name (any status) is not submitted again: Ray refuses a duplicate submission id, and
+    the existing job is returned instead. Every local check, ``name`` included, runs before
+    the dashboard is contacted.
     """
     spec = load_spec(spec_path, check_files=False)  # data roots are checked on the cluster
+    sweep = as_run(spec, name=name, smoke_test=smoke_test)
     address = resolve_address(address)
-    preflight(spec, address, shared_storage=shared_storage)
+    preflight(sweep, address, shared_storage=shared_storage)
     forwarded_env()  # refuses a tracking URI with a password before anything is sent
     c = client(address)
-    sid = submission_id(spec.name)
-    existing = _find(c, spec.name, address)
+    sid = submission_id(sweep.name)
+    existing = _find(c, sweep.name, address)
     if existing is not None:  # checked first so that nothing is uploaded for a duplicate
-        return _existing(spec.name, existing)
+        return _existing(sweep.name, existing)
     with tempfile.TemporaryDirectory(prefix="flatsweep-submit-") as d:
         sub = build_submission(
-            spec, stage(Path(spec_path), Path(d)), smoke_test=smoke_test, pip=pip
+            spec, stage(Path(spec_path), Path(d)), name=name, smoke_test=smoke_test, pip=pip
         )
         with _dashboard(address):
             try:
@@ -442,7 +339,7 @@ def submit(
                         f"(status {_status_code(e)}): "
                         f"{_last_line(str(e))}"
                     ) from None
-                return _existing(spec.name, _info(c, spec.name, address))
+                return _existing(sweep.name, _info(c, sweep.name, address))
     return SubmitResult(job_id, "PENDING", existed=False)
 
 

@@ -1,0 +1,104 @@
+"""Seed statistics for honest sweep results: paired differences with a t-interval, and verdicts.
+
+A sweep's search stage picks its best configuration on the validation split, so the winner's
+search value is biased upwards (selection on noise). The confirmation stage re-trains the winner
+and the baseline with the **same** training seeds and compares their test metric seed by seed:
+pairing removes the seed-to-seed variation the two share (data order, initialisation), so the
+interval on the mean difference is much narrower than one built from two unpaired means.
+
+The interval is the textbook two-sided Student-t interval on the per-seed differences
+d_i = a_i - b_i: mean(d) ± t_{(1+c)/2, n-1} · sd(d) / sqrt(n), with sd the sample standard
+deviation (ddof = 1). It assumes the differences are independent and roughly normal; with the
+handful of seeds a sweep affords, it says how little the data can claim, not more.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from scipy import stats as _scipy_stats
+
+__all__ = ["Difference", "mean_std", "paired_difference", "verdict"]
+
+
+@dataclass(frozen=True)
+class Difference:
+    """The paired difference a_i - b_i over n seeds and its two-sided t-interval.
+
+    With one seed the spread is unknown, so the interval is unbounded: ``ci_low = -inf`` and
+    ``ci_high = inf`` (``std = 0.0``); no verdict other than ``no_difference`` can follow from it.
+    ``confidence`` is the interval's coverage (0.95 for a 95% interval).
+    """
+
+    mean: float
+    std: float  # sample std of the per-seed differences (ddof = 1); 0.0 when n = 1
+    ci_low: float
+    ci_high: float
+    n: int  # number of paired seeds
+    confidence: float = 0.95
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof = 1) of ``values``; the std is 0.0 for one value."""
+    x = np.asarray(values, dtype=float)
+    if x.ndim != 1 or x.size == 0:
+        raise ValueError(f"values must be a non-empty sequence of numbers, but got {len(x)} values")
+    std = float(x.std(ddof=1)) if x.size > 1 else 0.0
+    return float(x.mean()), std
+
+
+def paired_difference(
+    a: Sequence[float], b: Sequence[float], confidence: float = 0.95
+) -> Difference:
+    """The mean of a_i - b_i over paired seeds with its two-sided Student-t interval.
+
+    Args:
+        a: per-seed values of the candidate (for example the winner's test accuracy), in seed order.
+        b: per-seed values of the reference (the baseline), same seeds, same order.
+        confidence: coverage of the interval, strictly between 0 and 1.
+
+    Returns:
+        A :class:`Difference`; with one seed its interval is (-inf, inf).
+
+    Example:
+        >>> d = paired_difference([2.0, 3.0, 4.0], [1.0, 1.0, 1.0])
+        >>> d.mean, d.std, round(d.ci_low, 4), round(d.ci_high, 4)
+        (2.0, 1.0, -0.4841, 4.4841)
+    """
+    if len(a) != len(b):
+        raise ValueError(
+            f"a and b must pair one value per seed, but got {len(a)} and {len(b)} values"
+        )
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be between 0 and 1 (exclusive), but got {confidence}")
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    if d.size == 0:
+        raise ValueError("a and b must hold at least one paired seed, but got 0 values")
+    mean, std = mean_std(d)
+    n = int(d.size)
+    if n == 1:  # no spread to estimate: the interval covers everything
+        return Difference(mean, std, -math.inf, math.inf, n, confidence)
+    half = float(_scipy_stats.t.ppf((1.0 + confidence) / 2.0, df=n - 1)) * std / math.sqrt(n)
+    return Difference(mean, std, mean - half, mean + half, n, confidence)
+
+
+def verdict(
+    diff: Difference, mode: Literal["max", "min"]
+) -> Literal["better", "no_difference", "worse"]:
+    """Whether the candidate beat the reference, judged by where the whole interval lies.
+
+    For ``mode="max"`` (higher is better, e.g. accuracy) ``better`` needs ``ci_low > 0`` and
+    ``worse`` needs ``ci_high < 0``; for ``mode="min"`` (e.g. loss) the signs swap. An interval
+    that touches or straddles 0 (or is NaN) is ``no_difference``: the seeds cannot tell the two
+    apart, which is not evidence that they are equal.
+    """
+    if mode not in ("max", "min"):
+        raise ValueError(f"mode must be one of max, min, but got {mode!r}")
+    above, below = diff.ci_low > 0.0, diff.ci_high < 0.0
+    if mode == "max":
+        return "better" if above else "worse" if below else "no_difference"
+    return "better" if below else "worse" if above else "no_difference"

@@ -1,0 +1,155 @@
+"""The honest-results protocol end to end on real Ray, Optuna and MLflow: search on the
+validation split, finalists and baseline over the same fresh seeds, the verdict on the
+parent run, the report, and the export ranking."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from sweeps import tracking
+from sweeps.cli import app
+from sweeps.runner import run_sweep
+from sweeps.spec import SweepSpec
+from tests.sweeps.conftest import sweep_dict
+
+TOP_K, SEEDS = 2, 2
+
+
+@pytest.fixture(scope="module")
+def confirmed(ray_local, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("confirm")
+    d = sweep_dict("confirm", finalists={"top_k": TOP_K, "seeds": SEEDS},
+                   scheduler={"name": "fifo"})
+    d["storage_path"] = str(tmp / "ray")
+    d["tracking_uri"] = f"sqlite:///{tmp / 'mlflow.db'}"
+    spec = SweepSpec.model_validate(d)
+    result = run_sweep(spec, yaml.safe_dump(d), progress=False)
+    client = MlflowClient(result.tracking_uri)
+    sweep = tracking.find_sweep(client, "confirm")
+    return tmp, spec, result, client, sweep
+
+
+def by_stage(client, sweep) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for r in tracking.children(client, sweep):
+        out.setdefault(r.data.tags["flatsweep.stage"], []).append(r)
+    return out
+
+
+def test_stages_counts_tags_and_seeds(confirmed):
+    tmp, spec, result, client, sweep = confirmed
+    stages = by_stage(client, sweep)
+    assert len(stages["search"]) == 4
+    assert len(stages["finalist"]) == TOP_K * SEEDS
+    assert len(stages["baseline"]) == SEEDS
+    fresh = {spec.train.seed + 1 + i for i in range(SEEDS)}
+    for stage in ("finalist", "baseline"):
+        assert {int(r.data.tags["flatsweep.seed"]) for r in stages[stage]} == fresh
+        for r in stages[stage]:
+            assert r.info.status == "FINISHED"
+            assert json.loads(r.data.tags["flatsweep.train_spec"])["seed"] == int(
+                r.data.tags["flatsweep.seed"])
+            # full budget, no early stopping
+            assert len(client.get_metric_history(r.info.run_id, "val_acc")) == 3
+    assert {r.data.tags["flatsweep.config_id"] for r in stages["finalist"]} == {"f1", "f2"}
+    for r in stages["baseline"]:
+        assert json.loads(r.data.tags["flatsweep.train_spec"])["perturbation"]["kind"] == "erm"
+        assert r.info.run_name.startswith("baseline seed=")
+    # the finalists are the best distinct search configs by the validation metric
+    ranked = tracking.rank_children(stages["search"], "val_acc", "max")
+    chosen = {json.dumps(tracking.searched_values(r), sort_keys=True) for r in ranked[:TOP_K]}
+    confirmed_points = {json.dumps({k: v for k, v in tracking.searched_values(r).items()},
+                                   sort_keys=True) for r in stages["finalist"]}
+    assert confirmed_points == chosen
+
+
+def test_no_search_trial_reports_the_test_set_per_epoch(confirmed):
+    tmp, spec, result, client, sweep = confirmed
+    for r in tracking.children(client, sweep, "search"):
+        history = client.get_metric_history(r.info.run_id, "test_acc")
+        assert [m.step for m in history] in ([], [spec.train.epochs])
+        assert len(client.get_metric_history(r.info.run_id, "val_acc")) >= 1
+
+
+def test_the_verdict_on_the_parent_matches_the_child_runs(confirmed):
+    tmp, spec, result, client, sweep = confirmed
+    parent = client.get_run(sweep.parent_id)
+    m, tags = parent.data.metrics, parent.data.tags
+    assert parent.info.status == "FINISHED"
+    for key in ("winner.test_acc.mean", "winner.test_acc.std", "baseline.test_acc.mean",
+                "baseline.test_acc.std", "delta.test_acc.mean", "delta.test_acc.ci_low",
+                "delta.test_acc.ci_high", "winner.cost_ratio"):
+        assert f"final.{key}" in m, key
+    assert tags["flatsweep.verdict"] in ("better", "no_difference", "worse")
+    stages = by_stage(client, sweep)
+    winner_cfg = tags["flatsweep.winner_config_id"]
+    winners = sorted((r for r in stages["finalist"]
+                      if r.data.tags["flatsweep.config_id"] == winner_cfg),
+                     key=lambda r: int(r.data.tags["flatsweep.seed"]))
+    assert tags["flatsweep.winner_run_id"] in {r.info.run_id for r in winners}
+    # the winner has the best mean validation metric of the finalists
+    means = {}
+    for r in stages["finalist"]:
+        means.setdefault(r.data.tags["flatsweep.config_id"], []).append(r.data.metrics["val_acc"])
+    assert statistics.mean(means[winner_cfg]) == max(statistics.mean(v) for v in means.values())
+    base = sorted(stages["baseline"], key=lambda r: int(r.data.tags["flatsweep.seed"]))
+    a = [r.data.metrics["test_acc"] for r in winners]
+    b = [r.data.metrics["test_acc"] for r in base]
+    assert m["final.winner.test_acc.mean"] == pytest.approx(statistics.mean(a))
+    assert m["final.baseline.test_acc.mean"] == pytest.approx(statistics.mean(b))
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    assert m["final.delta.test_acc.mean"] == pytest.approx(statistics.mean(diffs))
+    assert m["final.delta.test_acc.ci_low"] <= m["final.delta.test_acc.mean"]
+    assert m["final.delta.test_acc.mean"] <= m["final.delta.test_acc.ci_high"]
+    # AMP costs more closure passes per step than ERM
+    assert m["final.winner.cost_ratio"] > 1.5
+    assert "Verdict:" in tags["mlflow.note.content"]
+
+
+def test_the_report_is_logged_on_the_parent(confirmed):
+    tmp, spec, result, client, sweep = confirmed
+    arts = {a.path for a in client.list_artifacts(sweep.parent_id, "report")}
+    assert "report/report.md" in arts
+    assert any(p.endswith(".png") for p in arts)
+    text = Path(client.download_artifacts(sweep.parent_id, "report/report.md", str(tmp))
+                ).read_text()
+    for line in text.splitlines():  # every image the report references was logged
+        if line.startswith("!["):
+            assert f"report/{line.split('(')[1].rstrip(')')}" in arts
+
+
+def test_export_puts_the_confirmed_winner_first(confirmed, tmp_path):
+    tmp, spec, result, client, sweep = confirmed
+    out = CliRunner().invoke(app, ["export", "confirm", "--top", "4", "--out", str(tmp_path),
+                                   "--tracking-uri", result.tracking_uri])
+    assert out.exit_code == 0, out.output
+    files = sorted(tmp_path.glob("*.yaml"), key=lambda p: p.name)
+    first = yaml.safe_load(files[0].read_text())["provenance"]
+    assert first["rank"] == 1 and first["stage"] == "finalist" and first["winner"] is True
+    stages = [yaml.safe_load(f.read_text())["provenance"]["stage"] for f in files]
+    assert stages == sorted(stages, key=lambda s: s != "finalist")  # finalists before search
+    exported = yaml.safe_load(files[0].read_text())
+    assert None not in exported["perturbation"].values()  # every default that was used
+
+
+def test_status_lists_searched_values_and_the_verdict(confirmed):
+    tmp, spec, result, client, sweep = confirmed
+    out = CliRunner().invoke(app, ["status", "confirm", "--tracking-uri", result.tracking_uri])
+    assert out.exit_code == 0, out.output
+    assert "perturbation.radius" in out.output and "verdict:" in out.output
+    js = CliRunner().invoke(app, ["status", "confirm", "--json", "--tracking-uri",
+                                  result.tracking_uri])
+    data = json.loads(js.output)
+    assert data["verdict"] in ("better", "no_difference", "worse")
+    assert data["trials"][0]["stage"] == "finalist"
+    search = [t for t in data["trials"] if t["stage"] == "search" and t["val_acc"] is not None]
+    vals = [t["val_acc"] for t in search]
+    assert vals == sorted(vals, reverse=True)  # best first
+    assert all("perturbation.radius" in t["params"] for t in search)

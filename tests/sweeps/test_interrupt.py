@@ -1,0 +1,113 @@
+"""A sweep stopped by a real signal ends KILLED with the way on; a driver killed during the
+confirmation stage resumes it without re-running finished seeds. Real processes throughout."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from sweeps import tracking
+from tests.sweeps._procs import kill_group, start_driver, wait_for, write_spec
+
+pytestmark = pytest.mark.cluster
+
+SLOW_TRAIN = {
+    "model": {"name": "cnn1d"},
+    "data": {"name": "mnist1d", "num_train": 2000, "num_test": 300},
+    "optim": {"lr": 0.1},
+    "perturbation": {"kind": "amp"},
+    "epochs": 12,
+    "batch_size": 100,
+    "device": "cpu",
+}
+
+
+def sqlite(tmp) -> str:  # noqa: ANN001
+    return f"sqlite:///{tmp / 'mlflow.db'}"
+
+
+def sweep_of(client: MlflowClient, name: str):  # noqa: ANN201
+    return tracking.find_sweep(client, name)
+
+
+def test_ctrl_c_ends_the_sweep_killed_with_exit_130_and_the_resume_hint(tmp_path):
+    spec = write_spec(tmp_path, "sigint", sqlite(tmp_path), num_samples=4, train=SLOW_TRAIN,
+                      scheduler={"name": "asha", "grace_period": 1})
+    proc = start_driver(["run", str(spec)], tmp_path)
+    client = MlflowClient(sqlite(tmp_path))
+
+    def mid_trial() -> bool:  # a trial has reported an epoch and has many left
+        s = sweep_of(client, "sigint")
+        if s is None:
+            return False
+        return any(r.info.status == "RUNNING" and r.data.metrics.get("train_loss") is not None
+                   for r in tracking.children(client, s))
+
+    try:
+        wait_for(mid_trial, 300, "a trial mid-way")
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends the driver
+        code = proc.wait(timeout=180)
+    finally:
+        if proc.poll() is None:
+            kill_group(proc)
+    log = (tmp_path / "driver.log").read_text()
+    assert code == 130, log[-3000:]
+    assert "sweeps resume sigint" in log and "Tuner.restore" not in log
+    assert "best search trial" not in log  # no "best" claimed for an interrupted sweep
+    s = sweep_of(client, "sigint")
+    assert s.parent.info.status == "KILLED"
+    runs = tracking.children(client, s)
+    killed = [r for r in runs if r.info.status == "KILLED"]
+    assert killed, [r.info.status for r in runs]
+    assert "RUNNING" not in {r.info.status for r in runs}
+    for r in killed:  # interrupted is not "stopped early by the scheduler"
+        assert r.data.tags.get("flatsweep.stopped_early") != "1"
+
+
+def test_driver_killed_in_the_confirmation_stage_resumes_without_rerunning_seeds(
+        tmp_path, ray_head):
+    train = {**SLOW_TRAIN, "epochs": 6, "data": {"name": "mnist1d", "num_train": 1500,
+                                                 "num_test": 300}}
+    spec = write_spec(tmp_path, "confirmloss", sqlite(tmp_path), num_samples=2, train=train,
+                      scheduler={"name": "fifo"}, checkpoint_every_s=0,
+                      finalists={"top_k": 1, "seeds": 3})
+    proc = start_driver(["run", str(spec)], tmp_path, env=ray_head)
+    client = MlflowClient(sqlite(tmp_path))
+
+    def confirming() -> bool:
+        s = sweep_of(client, "confirmloss")
+        if s is None:
+            return False
+        runs = tracking.children(client, s, "finalist") + tracking.children(client, s, "baseline")
+        return (any(r.info.status == "FINISHED" for r in runs)
+                and any(r.info.status == "RUNNING" for r in runs))
+
+    wait_for(confirming, 480, "a finished and a running confirmation trial")
+    time.sleep(3)  # past Tune's 2-s snapshot of the finished one
+    kill_group(proc)  # SIGKILL: no cleanup at all
+    s = sweep_of(client, "confirmloss")
+    before = {r.info.run_id: r for r in tracking.children(client, s)
+              if tracking.stage_of(r) in ("finalist", "baseline")}
+    done_before = {k: r.info.end_time for k, r in before.items() if r.info.status == "FINISHED"}
+    time.sleep(3)
+    resume = start_driver(["resume", "confirmloss", "--tracking-uri", sqlite(tmp_path)],
+                          tmp_path, env=ray_head, log_name="resume.log")
+    assert resume.wait(timeout=600) == 0, (tmp_path / "resume.log").read_text()[-3000:]
+    s = sweep_of(client, "confirmloss")
+    assert s.parent.info.status == "FINISHED"
+    assert s.stages_done == ["search", "confirm"]
+    after = [r for r in tracking.children(client, s)
+             if tracking.stage_of(r) in ("finalist", "baseline")]
+    assert len(after) == 3 + 3  # one finalist and the baseline, 3 seeds each, no duplicates
+    assert {r.info.status for r in after} == {"FINISHED"}
+    ends = {r.info.run_id: r.info.end_time for r in after}
+    for run_id, end in done_before.items():  # finished seeds were not re-run
+        assert ends[run_id] == end
+    assert len(tracking.children(client, s, "search")) == 2  # the search was not re-run
+    assert s.parent.data.tags["flatsweep.verdict"] in ("better", "no_difference", "worse")
+    plan = json.loads(s.parent.data.tags["flatsweep.finalists"])
+    assert len(plan["finalists"]) == 1

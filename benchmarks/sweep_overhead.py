@@ -870,8 +870,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, help="part 1 epochs per trial (default 120)")
     p.add_argument("--num-train", type=int, help="part 1 MNIST-1D training examples (4000)")
     p.add_argument("--keep", action="store_true", help="keep the temporary sweep directory")
-    p.add_argument("--cold-cache", action="store_true",
-                   help="an empty dataset cache: new workers generate MNIST-1D themselves")
+    p.add_argument(
+        "--cold-cache",
+        action="store_true",
+        help="an empty dataset cache: new workers generate MNIST-1D themselves",
+    )
     return p.parse_args(argv)
 
 

@@ -62,9 +62,16 @@ CHART_METRICS = ("test_acc", "test_loss", "train_loss")
 # (the trial id is also the end of each child run's name)
 TAG_COLUMNS = ("flatsweep.stopped_early", "flatsweep.best_trial")
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--hide-scrollbars", "--remote-debugging-pipe",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--remote-debugging-pipe",
 ]
 
 
@@ -73,6 +80,7 @@ def log(msg: str) -> None:
 
 
 # -- the demo sweep -------------------------------------------------------------------------------
+
 
 def run_demo_sweep(workdir: Path, name: str, timeout: float = 1200) -> str:
     """Run a 4-trial, 3-epoch copy of examples/quickstart.yaml; return its tracking URI."""
@@ -88,20 +96,31 @@ def run_demo_sweep(workdir: Path, name: str, timeout: float = 1200) -> str:
     spec["scheduler"]["grace_period"] = 1
     spec["scheduler"]["reduction_factor"] = 2
     path = workdir / "sweep.yaml"
-    path.write_text("# Written by docs/mlflow_screenshot.py: examples/quickstart.yaml, shrunk.\n"
-                    + yaml.safe_dump(spec, sort_keys=False))
+    path.write_text(
+        "# Written by docs/mlflow_screenshot.py: examples/quickstart.yaml, shrunk.\n"
+        + yaml.safe_dump(spec, sort_keys=False)
+    )
     uri = f"sqlite:///{workdir / 'flatsweep.db'}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri,
-           "FLATSWEEP_STORAGE": str(workdir / "ray_results"),
-           # A private, throw-away Ray instance: never join a cluster already running on this
-           # machine (ray.init() would), and keep its sockets and session files in workdir.
-           "RAY_ADDRESS": "local", "RAY_TMPDIR": str(workdir)}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": uri,
+        "FLATSWEEP_STORAGE": str(workdir / "ray_results"),
+        # A private, throw-away Ray instance: never join a cluster already running on this
+        # machine (ray.init() would), and keep its sockets and session files in workdir.
+        "RAY_ADDRESS": "local",
+        "RAY_TMPDIR": str(workdir),
+    }
     sweeps = str(BIN / "sweeps")
     subprocess.run([sweeps, "validate", str(path)], cwd=workdir, env=env, check=True)
     log(f"running the demo sweep {name!r} in {workdir} (a minute or two)")
     # Own process group, so a sweep that hangs is stopped with its Ray processes.
-    sweep = subprocess.Popen([sweeps, "run", str(path), "--quiet"], cwd=workdir, env=env,
-                             stdout=subprocess.DEVNULL, start_new_session=True)
+    sweep = subprocess.Popen(
+        [sweeps, "run", str(path), "--quiet"],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         rc = sweep.wait(timeout)
     finally:
@@ -115,6 +134,7 @@ def run_demo_sweep(workdir: Path, name: str, timeout: float = 1200) -> str:
 
 # -- mlflow ui ------------------------------------------------------------------------------------
 
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -127,16 +147,19 @@ def start_mlflow_ui(uri: str, port: int, logfile: Path) -> subprocess.Popen:
     cmd += ["ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
     # Own process group: the server's workers are stopped together with it.
-    return subprocess.Popen(cmd, stdout=logfile.open("wb"), stderr=subprocess.STDOUT,
-                            env=env, start_new_session=True)
+    return subprocess.Popen(
+        cmd, stdout=logfile.open("wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
 
 
 def wait_healthy(proc: subprocess.Popen, base: str, logfile: Path, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"mlflow ui exited ({proc.returncode}):\n"
-                               + logfile.read_text(errors="replace")[-2000:])
+            raise RuntimeError(
+                f"mlflow ui exited ({proc.returncode}):\n"
+                + logfile.read_text(errors="replace")[-2000:]
+            )
         with contextlib.suppress(OSError):
             with urllib.request.urlopen(f"{base}/health", timeout=5) as r:
                 if r.status == 200:
@@ -166,6 +189,7 @@ def stop(proc: subprocess.Popen | None, group: bool) -> None:
 
 # -- headless Chromium over the DevTools protocol --------------------------------------------
 
+
 class Chromium:
     """A minimal DevTools-protocol client over ``--remote-debugging-pipe``."""
 
@@ -182,10 +206,18 @@ class Chromium:
 
         # close_fds=False keeps the inheritable fds 3 and 4; Python's own fds are close-on-exec.
         self.proc = subprocess.Popen(
-            [binary, *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}",
-             f"--window-size={width},{height}", "about:blank"],
-            preexec_fn=fds_3_and_4, close_fds=False,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                binary,
+                *CHROMIUM_FLAGS,
+                f"--user-data-dir={self.profile}",
+                f"--window-size={width},{height}",
+                "about:blank",
+            ],
+            preexec_fn=fds_3_and_4,
+            close_fds=False,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         os.close(to_chrome_r)
         os.close(from_chrome_w)
         self._buf = b""
@@ -224,11 +256,15 @@ class Chromium:
             if url.startswith((self.origin + "/", "data:", "blob:")) or url == self.origin:
                 self._post("Fetch.continueRequest", {"requestId": p["requestId"]}, True)
             else:
-                self._post("Fetch.failRequest", {"requestId": p["requestId"],
-                                                 "errorReason": "BlockedByClient"}, True)
+                self._post(
+                    "Fetch.failRequest",
+                    {"requestId": p["requestId"], "errorReason": "BlockedByClient"},
+                    True,
+                )
 
-    def call(self, method: str, params: dict | None = None, session: bool = True,
-             timeout: float = 60) -> dict[str, Any]:
+    def call(
+        self, method: str, params: dict | None = None, session: bool = True, timeout: float = 60
+    ) -> dict[str, Any]:
         i = self._post(method, params, session)
         deadline = time.monotonic() + timeout
         while i not in self._replies:
@@ -255,8 +291,11 @@ class Chromium:
     # page
     def open_tab(self) -> None:
         target = self.call("Target.createTarget", {"url": "about:blank"}, session=False)
-        self.session = self.call("Target.attachToTarget", {
-            "targetId": target["targetId"], "flatten": True}, session=False)["sessionId"]
+        self.session = self.call(
+            "Target.attachToTarget",
+            {"targetId": target["targetId"], "flatten": True},
+            session=False,
+        )["sessionId"]
         self.call("Browser.setDownloadBehavior", {"behavior": "deny"}, session=False)
         self.call("Fetch.enable", {"patterns": [{"urlPattern": "*"}]})
         self.call("Page.enable")
@@ -264,16 +303,20 @@ class Chromium:
         self.resize(self.width, self.height)
 
     def resize(self, width: int, height: int) -> None:
-        self.call("Emulation.setDeviceMetricsOverride", {
-            "width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+        )
 
     def goto(self, url: str, settle: float = 1.0) -> None:
         self.call("Page.navigate", {"url": url})
         self.pump(settle)
 
     def js(self, expression: str) -> Any:
-        r = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True,
-                                           "awaitPromise": True})
+        r = self.call(
+            "Runtime.evaluate",
+            {"expression": expression, "returnByValue": True, "awaitPromise": True},
+        )
         if "exceptionDetails" in r:
             raise RuntimeError(f"JS error: {r['exceptionDetails'].get('text')} in {expression}")
         return r["result"].get("value")
@@ -321,6 +364,7 @@ def shrink(path: Path, limit: int = 450_000) -> None:
 
 # -- the screenshots ------------------------------------------------------------------------------
 
+
 def _state_key(cdp: Chromium, exp_id: str) -> str | None:
     """The localStorage key holding the experiment page's table/chart state."""
     return cdp.js(f"""Object.keys(localStorage).find(k => k.includes('ExperimentPage-')
@@ -359,24 +403,40 @@ def _type_into(cdp: Chromium, placeholder: str, text: str) -> None:
         cdp.pump(1.5)
 
 
-def take_screenshots(chromium: str, base: str, exp_id: str, parent: Any, children: list,
-                     best_id: str | None, out: Path) -> list[Path]:
+def take_screenshots(
+    chromium: str,
+    base: str,
+    exp_id: str,
+    parent: Any,
+    children: list,
+    best_id: str | None,
+    out: Path,
+) -> list[Path]:
     metric = parent.data.params.get("metric", "test_acc")
-    searched = sorted(k.removeprefix("space.") for k in parent.data.params
-                      if k.startswith("space."))
+    searched = sorted(
+        k.removeprefix("space.") for k in parent.data.params if k.startswith("space.")
+    )
     names = [c.info.run_name for c in children]
     runs_url = f"{base}/#/experiments/{exp_id}/runs"
-    all_children_shown = (f"(() => {{ const t = document.body.innerText; "
-                          f"return {json.dumps(names)}.every(n => t.includes(n)); }})()")
+    all_children_shown = (
+        f"(() => {{ const t = document.body.innerText; "
+        f"return {json.dumps(names)}.every(n => t.includes(n)); }})()"
+    )
     # The parent's range for the first searched hyperparameter (the radius, for AMP/AWP/SAM).
     shown_range = next((k for k in searched if k.endswith(".radius")), searched[:1] or None)
-    columns = ([f"metrics.`best_{metric}`", f"metrics.`{metric}`"]
-               + ([f"params.`space.{shown_range}`"] if shown_range else [])
-               + [f"params.`{k}`" for k in searched]
-               + [f"tags.`{t}`" for t in TAG_COLUMNS])
-    widths = {"attributes.`Run Name`": 265, f"metrics.`best_{metric}`": 120,
-              f"metrics.`{metric}`": 85, "tags.`flatsweep.stopped_early`": 175,
-              "tags.`flatsweep.best_trial`": 150}
+    columns = (
+        [f"metrics.`best_{metric}`", f"metrics.`{metric}`"]
+        + ([f"params.`space.{shown_range}`"] if shown_range else [])
+        + [f"params.`{k}`" for k in searched]
+        + [f"tags.`{t}`" for t in TAG_COLUMNS]
+    )
+    widths = {
+        "attributes.`Run Name`": 265,
+        f"metrics.`best_{metric}`": 120,
+        f"metrics.`{metric}`": 85,
+        "tags.`flatsweep.stopped_early`": 175,
+        "tags.`flatsweep.best_trial`": 150,
+    }
     # Wide enough for the header (about 7 px a character) and a full float value.
     widths.update({f"params.`{k}`": max(160, 12 + 7 * len(k)) for k in searched})
     widths.update({f"params.`space.{k}`": 12 + 7 * len(f"space.{k}") for k in searched})
@@ -386,14 +446,17 @@ def take_screenshots(chromium: str, base: str, exp_id: str, parent: Any, childre
         cdp.open_tab()
         # 1. Let the UI write its default state, then expand the parent and pick columns.
         cdp.goto(runs_url)
-        cdp.wait_for(f"document.body.innerText.includes({json.dumps(parent.info.run_name)})",
-                     what="the runs table")
+        cdp.wait_for(
+            f"document.body.innerText.includes({json.dumps(parent.info.run_name)})",
+            what="the runs table",
+        )
         key = None
         for _ in range(20):
             if key := _state_key(cdp, exp_id):
                 break
             cdp.pump(0.5)
         if key:
+
             def table(state: dict) -> None:
                 state["runsExpanded"] = {parent.info.run_id: True}
                 state["selectedColumns"] = columns
@@ -401,11 +464,15 @@ def take_screenshots(chromium: str, base: str, exp_id: str, parent: Any, childre
             _edit_state(cdp, key, table)
             cdp.goto(runs_url)
             # Widths apply only to columns named in columnOrder: take the order as rendered.
-            cdp.wait_for(f"document.querySelector('[col-id={json.dumps(columns[0])}]')",
-                         timeout=30, what="the selected columns")
+            cdp.wait_for(
+                f"document.querySelector('[col-id={json.dumps(columns[0])}]')",
+                timeout=30,
+                what="the selected columns",
+            )
             order = cdp.js("""[...document.querySelectorAll('.ag-header-cell[col-id]')]
                 .map(e => e.getAttribute('col-id')).filter(c => c && !/^[0-9]+$/.test(c))""")
             if order:
+
                 def sizes(state: dict) -> None:
                     state["columnOrder"] = order
                     state["columnWidths"] = {c: w for c, w in widths.items() if c in order}
@@ -433,6 +500,7 @@ def take_screenshots(chromium: str, base: str, exp_id: str, parent: Any, childre
         cdp.wait_for(f"{plots} > 0", what="the charts")
         cdp.pump(2)
         if key:
+
             def charts(state: dict) -> None:
                 cs = state.get("compareRunCharts") or []
                 keep = {m: i for i, m in enumerate(CHART_METRICS)}
@@ -461,14 +529,15 @@ def take_screenshots(chromium: str, base: str, exp_id: str, parent: Any, childre
             cdp.width, cdp.height = 1600, 1300
             cdp.resize(cdp.width, cdp.height)
             cdp.goto(f"{base}/#/experiments/{exp_id}/runs/{best_id}")
-            cdp.wait_for("document.body.innerText.includes('Parameters')",
-                         what="the run page")
+            cdp.wait_for("document.body.innerText.includes('Parameters')", what="the run page")
             cdp.pump(2)
             prefix = os.path.commonprefix(searched).rsplit(".", 1)[0] if searched else ""
             if prefix:
                 _type_into(cdp, "Search parameters", prefix)
-            cdp.js("window.scrollTo(0, 0); document.querySelectorAll('*').forEach(e => "
-                   "{ if (e.scrollTop) e.scrollTop = 0; })")
+            cdp.js(
+                "window.scrollTo(0, 0); document.querySelectorAll('*').forEach(e => "
+                "{ if (e.scrollTop) e.scrollTop = 0; })"
+            )
             cdp.pump(1)
             child_png = out.with_name(f"{out.stem}-child{out.suffix}")
             written.append(child_png)
@@ -480,13 +549,20 @@ def take_screenshots(chromium: str, base: str, exp_id: str, parent: Any, childre
 
 # -- main -----------------------------------------------------------------------------------------
 
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tracking-uri", help="an existing tracking store (default: run a demo "
-                                           "sweep in a temporary directory)")
+    ap.add_argument(
+        "--tracking-uri",
+        help="an existing tracking store (default: run a demo sweep in a temporary directory)",
+    )
     ap.add_argument("--sweep", default=DEMO_NAME, help=f"the sweep's name (default {DEMO_NAME})")
-    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "mlflow-ui.png",
-                    help="runs-table PNG; -run and -child PNGs go beside it")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "docs" / "mlflow-ui.png",
+        help="runs-table PNG; -run and -child PNGs go beside it",
+    )
     ap.add_argument("--port", type=int, default=0, help="mlflow ui port (default: a free one)")
     ap.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     args = ap.parse_args(argv)
@@ -506,12 +582,17 @@ def main(argv: list[str] | None = None) -> int:
         parent = find_parent(client, exp.experiment_id, args.sweep) if exp else None
         if parent is None:
             raise SystemExit(f"no sweep {args.sweep!r} in {uri}")
-        children = sorted(find_children(client, exp.experiment_id, parent.info.run_id),
-                          key=lambda r: r.info.start_time)
+        children = sorted(
+            find_children(client, exp.experiment_id, parent.info.run_id),
+            key=lambda r: r.info.start_time,
+        )
         best_id = parent.data.tags.get("flatsweep.best_run_id") or (
-            children[0].info.run_id if children else None)
-        log(f"experiment {exp.experiment_id}: parent {parent.info.run_id}, "
-            f"{len(children)} child runs")
+            children[0].info.run_id if children else None
+        )
+        log(
+            f"experiment {exp.experiment_id}: parent {parent.info.run_id}, "
+            f"{len(children)} child runs"
+        )
 
         port = args.port or free_port()
         base = f"http://127.0.0.1:{port}"
@@ -520,8 +601,9 @@ def main(argv: list[str] | None = None) -> int:
         wait_healthy(ui, base, logfile)
         log(f"mlflow ui up at {base}/#/experiments/{exp.experiment_id}/runs")
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        take_screenshots(args.chromium, base, exp.experiment_id, parent, children, best_id,
-                         args.out.resolve())
+        take_screenshots(
+            args.chromium, base, exp.experiment_id, parent, children, best_id, args.out.resolve()
+        )
     finally:
         stop(ui, group=True)
         shutil.rmtree(workdir, ignore_errors=True)

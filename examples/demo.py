@@ -31,12 +31,18 @@ def main() -> int:
     files = export_best(client, spec.name, top=1, out="best")
     metric = spec.primary[0]
     print()
-    print(f"sweep {spec.name!r}: {result.num_trials} trials; best {metric} = "
-          f"{result.best[metric]:.4f}" if result.best else f"sweep {spec.name!r} finished")
+    print(
+        f"sweep {spec.name!r}: {result.num_trials} trials; best {metric} = "
+        f"{result.best[metric]:.4f}"
+        if result.best
+        else f"sweep {spec.name!r} finished"
+    )
     print(f"best config exported to: {files[0]}")
     print(f"re-run it without Ray:   .venv/bin/python -m trainers {files[0]}")
-    print("open the MLflow UI:      .venv/bin/mlflow ui --backend-store-uri "
-          f"{result.tracking_uri} --host 127.0.0.1 --port 5000")
+    print(
+        "open the MLflow UI:      .venv/bin/mlflow ui --backend-store-uri "
+        f"{result.tracking_uri} --host 127.0.0.1 --port 5000"
+    )
     print(f"then browse:             {result.ui_url()}")
     return 0
 

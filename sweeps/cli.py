@@ -19,13 +19,18 @@ from sweeps._console import err, fail, out
 from sweeps.jobs_cli import register
 from sweeps.spec import SpecError, load_spec, resolve_tracking_uri
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Hyperparameter sweeps for flat-minima regularizers on Ray Tune + "
-                       "Optuna, tracked in MLflow.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Hyperparameter sweeps for flat-minima regularizers on Ray Tune + "
+    "Optuna, tracked in MLflow.",
+)
 
 SpecArg = Annotated[Path, typer.Argument(help="sweep spec YAML file")]
-NameOpt = Annotated[str | None, typer.Option(
-    "--name", help="run the sweep under this name instead of the spec's")]
+NameOpt = Annotated[
+    str | None, typer.Option("--name", help="run the sweep under this name instead of the spec's")
+]
 #: Exit code of a sweep stopped by Ctrl-C or SIGTERM (128 + SIGINT, the shell convention).
 EXIT_INTERRUPTED = 130
 
@@ -35,8 +40,10 @@ def _client(tracking_uri: str | None):  # noqa: ANN202
 
     uri = resolve_tracking_uri(tracking_uri)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
-        raise fail(f"--tracking-uri: no tracking store at {uri} (run a sweep first, or set "
-                   f"MLFLOW_TRACKING_URI)")
+        raise fail(
+            f"--tracking-uri: no tracking store at {uri} (run a sweep first, or set "
+            f"MLFLOW_TRACKING_URI)"
+        )
     return MlflowClient(uri)
 
 
@@ -59,15 +66,22 @@ def _load(spec: Path, **kw: object):  # noqa: ANN202
     return s
 
 
-AddressOpt = Annotated[str | None, typer.Option(
-    "--address", help="Ray dashboard URL (http://HOST:8265) of the cluster to check against")]
+AddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--address", help="Ray dashboard URL (http://HOST:8265) of the cluster to check against"
+    ),
+]
 
 
 @app.command()
-def validate(spec: SpecArg, address: AddressOpt = None,
-             shared_storage: Annotated[bool, typer.Option(
-                 "--shared-storage", help="storage_path is a path every node mounts")] = False
-             ) -> None:
+def validate(
+    spec: SpecArg,
+    address: AddressOpt = None,
+    shared_storage: Annotated[
+        bool, typer.Option("--shared-storage", help="storage_path is a path every node mounts")
+    ] = False,
+) -> None:
     """Check a spec completely without starting Ray or touching MLflow."""
     # Data roots are checked where the trials run: here, or on the cluster.
     s = _load(spec, check_files=address is None)
@@ -79,20 +93,27 @@ def validate(spec: SpecArg, address: AddressOpt = None,
         except SpecError as e:
             raise fail(str(e)) from None
     f = s.finalists
-    confirm = (f"then top {f.top_k} x {f.seeds} seeds" + (" vs baseline" if f.baseline else "")
-               if f.top_k else "no confirmation stage")
-    out.print(f"ok: sweep {s.name!r}: {s.num_samples} trials of space {s.space_name!r}, "
-              f"{s.metric} ({s.mode}), scheduler {s.scheduler.name} (grace period "
-              f"{s.grace_period}), {confirm}")
+    confirm = (
+        f"then top {f.top_k} x {f.seeds} seeds" + (" vs baseline" if f.baseline else "")
+        if f.top_k
+        else "no confirmation stage"
+    )
+    out.print(
+        f"ok: sweep {s.name!r}: {s.num_samples} trials of space {s.space_name!r}, "
+        f"{s.metric} ({s.mode}), scheduler {s.scheduler.name} (grace period "
+        f"{s.grace_period}), {confirm}"
+    )
 
 
 @app.command()
-def run(spec: SpecArg,
-        smoke_test: Annotated[bool, typer.Option("--smoke-test",
-                                                 help="2 trials of 1 epoch, as NAME-smoke")
-                              ] = False,
-        name: NameOpt = None,
-        quiet: Annotated[bool, typer.Option("--quiet", help="no live display")] = False) -> None:
+def run(
+    spec: SpecArg,
+    smoke_test: Annotated[
+        bool, typer.Option("--smoke-test", help="2 trials of 1 epoch, as NAME-smoke")
+    ] = False,
+    name: NameOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="no live display")] = False,
+) -> None:
     """Run a sweep on local Ray (or the cluster this driver runs in)."""
     from sweeps.spec import as_run
 
@@ -123,17 +144,28 @@ def _run(s, text: str, *, resume: bool, quiet: bool) -> None:  # noqa: ANN001
     except SpecError as e:
         raise fail(str(e)) from None
     except (Interrupted, KeyboardInterrupt):
-        err.print(f"interrupted: sweep {s.name!r} is recorded as KILLED; its finished trials "
-                  f"are kept. Continue it with: sweeps resume {s.name}", markup=False,
-                  highlight=False, soft_wrap=True)
+        err.print(
+            f"interrupted: sweep {s.name!r} is recorded as KILLED; its finished trials "
+            f"are kept. Continue it with: sweeps resume {s.name}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
         raise typer.Exit(EXIT_INTERRUPTED) from None
     best = result.best
-    out.print(f"sweep {result.name!r}: {result.num_trials} trials; MLflow experiment "
-              f"{result.experiment_id}, parent run {result.parent_run_id}", markup=False)
+    out.print(
+        f"sweep {result.name!r}: {result.num_trials} trials; MLflow experiment "
+        f"{result.experiment_id}, parent run {result.parent_run_id}",
+        markup=False,
+    )
     if best:
         metric = s.primary[0]
-        out.print(f"best search trial by {metric}: {best['run_name']} = {best[metric]:.4f} "
-                  f"(validation; not a claim: see the verdict)", markup=False, highlight=False)
+        out.print(
+            f"best search trial by {metric}: {best['run_name']} = {best[metric]:.4f} "
+            f"(validation; not a claim: see the verdict)",
+            markup=False,
+            highlight=False,
+        )
     if result.verdict is not None:
         from sweeps.report import format_verdict_table
 
@@ -141,17 +173,23 @@ def _run(s, text: str, *, resume: bool, quiet: bool) -> None:  # noqa: ANN001
     elif s.finalists.top_k:
         out.print("no verdict: the confirmation stage had nothing to confirm", markup=False)
     if result.report_dir:
-        out.print(f"report: {result.report_dir}/report.md (also the parent run's report/ "
-                  f"artifacts)", markup=False, highlight=False)
+        out.print(
+            f"report: {result.report_dir}/report.md (also the parent run's report/ artifacts)",
+            markup=False,
+            highlight=False,
+        )
     out.print(result.browse_hint(), markup=False, highlight=False)
 
 
 @app.command()
-def resume(name: Annotated[str, typer.Argument(help="the sweep's name")],
-           spec: Annotated[Path | None, typer.Option(help="spec file, else the one stored "
-                                                          "in MLflow")] = None,
-           tracking_uri: Annotated[str | None, typer.Option()] = None,
-           quiet: bool = False) -> None:
+def resume(
+    name: Annotated[str, typer.Argument(help="the sweep's name")],
+    spec: Annotated[
+        Path | None, typer.Option(help="spec file, else the one stored in MLflow")
+    ] = None,
+    tracking_uri: Annotated[str | None, typer.Option()] = None,
+    quiet: bool = False,
+) -> None:
     """Finish an interrupted sweep: finished trials and stages are kept, the study continues."""
     import tempfile
 
@@ -183,12 +221,14 @@ def resume(name: Annotated[str, typer.Argument(help="the sweep's name")],
 
 
 @app.command()
-def status(name: Annotated[str, typer.Argument(help="the sweep's name")],
-           tracking_uri: Annotated[str | None, typer.Option()] = None,
-           as_json: Annotated[bool, typer.Option("--json")] = False,
-           address: Annotated[str | None, typer.Option(
-               "--address", help="Ray dashboard URL: show the sweep's Ray job")] = None
-           ) -> None:
+def status(
+    name: Annotated[str, typer.Argument(help="the sweep's name")],
+    tracking_uri: Annotated[str | None, typer.Option()] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    address: Annotated[
+        str | None, typer.Option("--address", help="Ray dashboard URL: show the sweep's Ray job")
+    ] = None,
+) -> None:
     """Trials of a sweep, best first, with their searched values, metrics and the verdict."""
     from rich.table import Table
 
@@ -202,9 +242,12 @@ def status(name: Annotated[str, typer.Argument(help="the sweep's name")],
         if as_json:
             print(json.dumps(d))
             return
-        out.print(f"Ray job {d['submission_id']}: {d['status']} ({d['message']}); started "
-                  f"{d['start_time']}, ended {d['end_time'] or '-'}", markup=False,
-                  highlight=False)
+        out.print(
+            f"Ray job {d['submission_id']}: {d['status']} ({d['message']}); started "
+            f"{d['start_time']}, ended {d['end_time'] or '-'}",
+            markup=False,
+            highlight=False,
+        )
         return
 
     from sweeps import tracking
@@ -216,13 +259,25 @@ def status(name: Annotated[str, typer.Argument(help="the sweep's name")],
     metrics = [m for m, _ in objectives]
     test = tracking._test_metric(metrics[0])
     tags = sweep.parent.data.tags
-    verdict = {k.removeprefix("final."): v for k, v in sweep.parent.data.metrics.items()
-               if k.startswith("final.")}
+    verdict = {
+        k.removeprefix("final."): v
+        for k, v in sweep.parent.data.metrics.items()
+        if k.startswith("final.")
+    }
     if as_json:
-        print(json.dumps({"sweep": name, "status": sweep.parent.info.status,
-                          "objectives": [{"metric": m, "mode": o} for m, o in objectives],
-                          "verdict": tags.get(tracking.TAG_VERDICT), "final": verdict,
-                          "trials": rows}, default=str))
+        print(
+            json.dumps(
+                {
+                    "sweep": name,
+                    "status": sweep.parent.info.status,
+                    "objectives": [{"metric": m, "mode": o} for m, o in objectives],
+                    "verdict": tags.get(tracking.TAG_VERDICT),
+                    "final": verdict,
+                    "trials": rows,
+                },
+                default=str,
+            )
+        )
         return
     params = sorted({k for r in rows for k in r["params"] if k != "perturbation.kind"})
     table = Table(title=f"sweep {name} ({sweep.parent.info.status})")
@@ -232,33 +287,42 @@ def status(name: Annotated[str, typer.Argument(help="the sweep's name")],
     for r in rows:
         cells = ["-" if r.get(m) is None else f"{r[m]:.4f}" for m in metrics]
         t = "-" if r.get(test) is None else f"{r[test]:.4f}"
-        ps = [tracking._fmt(r["params"][k]) if r["params"].get(k) is not None else "-"
-              for k in params]
+        ps = [
+            tracking._fmt(r["params"][k]) if r["params"].get(k) is not None else "-" for k in params
+        ]
         note = "stopped early" if r["stopped_early"] else "diverged" if r["diverged"] else ""
-        table.add_row(r["stage"], r["run_name"] or r["trial"], *cells, t, *ps, r["status"],
-                      note)
+        table.add_row(r["stage"], r["run_name"] or r["trial"], *cells, t, *ps, r["status"], note)
     out.print(table)
     if params:
-        out.print("searched: " + ", ".join(f"{v} = {k}" for k, v in short.items()),
-                  markup=False, highlight=False)
+        out.print(
+            "searched: " + ", ".join(f"{v} = {k}" for k, v in short.items()),
+            markup=False,
+            highlight=False,
+        )
     if tracking.TAG_VERDICT in tags:
-        d = {k: verdict.get(f"delta.{test}.{x}") for k, x in
-             (("mean", "mean"), ("lo", "ci_low"), ("hi", "ci_high"))}
-        interval = ("" if d["lo"] is None else f", 95% interval [{d['lo']:+.4f}, {d['hi']:+.4f}]")
-        out.print(f"verdict: {tags[tracking.TAG_VERDICT]} (winner - baseline {test} "
-                  f"{d['mean']:+.4f}{interval}; cost x{verdict.get('winner.cost_ratio', 0):.2f})",
-                  markup=False, highlight=False)
+        d = {
+            k: verdict.get(f"delta.{test}.{x}")
+            for k, x in (("mean", "mean"), ("lo", "ci_low"), ("hi", "ci_high"))
+        }
+        interval = "" if d["lo"] is None else f", 95% interval [{d['lo']:+.4f}, {d['hi']:+.4f}]"
+        out.print(
+            f"verdict: {tags[tracking.TAG_VERDICT]} (winner - baseline {test} "
+            f"{d['mean']:+.4f}{interval}; cost x{verdict.get('winner.cost_ratio', 0):.2f})",
+            markup=False,
+            highlight=False,
+        )
     else:
         out.print("verdict: none yet (no finished confirmation stage)", markup=False)
 
 
 @app.command()
-def export(name: Annotated[str, typer.Argument(help="the sweep's name")],
-           top: Annotated[int, typer.Option(help="how many of the best configs")] = 1,
-           out_dir: Annotated[Path, typer.Option("--out", help="output directory")] = Path(
-               "best"),
-           fmt: Annotated[str, typer.Option("--format", help="yaml or json")] = "yaml",
-           tracking_uri: Annotated[str | None, typer.Option()] = None) -> None:
+def export(
+    name: Annotated[str, typer.Argument(help="the sweep's name")],
+    top: Annotated[int, typer.Option(help="how many of the best configs")] = 1,
+    out_dir: Annotated[Path, typer.Option("--out", help="output directory")] = Path("best"),
+    fmt: Annotated[str, typer.Option("--format", help="yaml or json")] = "yaml",
+    tracking_uri: Annotated[str | None, typer.Option()] = None,
+) -> None:
     """Write the best configs (the verdict's winner first), re-runnable with
     `python -m trainers FILE`."""
     from sweeps.export import export_best
@@ -276,10 +340,11 @@ def export(name: Annotated[str, typer.Argument(help="the sweep's name")],
 
 
 @app.command()
-def report(name: Annotated[str, typer.Argument(help="the sweep's name")],
-           out_dir: Annotated[Path, typer.Option("--out", help="output directory")] = Path(
-               "report"),
-           tracking_uri: Annotated[str | None, typer.Option()] = None) -> None:
+def report(
+    name: Annotated[str, typer.Argument(help="the sweep's name")],
+    out_dir: Annotated[Path, typer.Option("--out", help="output directory")] = Path("report"),
+    tracking_uri: Annotated[str | None, typer.Option()] = None,
+) -> None:
     """Write report.md and its figures for a sweep (also done when a sweep ends)."""
     from sweeps import tracking
     from sweeps.report import write_report

@@ -26,8 +26,9 @@ def _safe(part: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", part)[:80]
 
 
-def export_best(client: MlflowClient, name: str, *, top: int = 1, out: str | Path = "best",
-                fmt: str = "yaml") -> list[Path]:
+def export_best(
+    client: MlflowClient, name: str, *, top: int = 1, out: str | Path = "best", fmt: str = "yaml"
+) -> list[Path]:
     """Write the ``top`` best trials of sweep ``name`` into ``out``; return the files."""
     if fmt not in ("yaml", "json"):
         raise SpecError(f"--format must be one of yaml, json, but got {fmt!r}")
@@ -46,14 +47,21 @@ def export_best(client: MlflowClient, name: str, *, top: int = 1, out: str | Pat
         spec: dict[str, Any] = json.loads(run.data.tags[TAG_SPEC])
         trial = run.data.tags.get(TAG_TRIAL, run.info.run_id)
         spec["provenance"] = {
-            "sweep": name, "rank": rank, "trial_id": trial, "run_id": run.info.run_id,
-            "run_name": run.info.run_name, **facts,
+            "sweep": name,
+            "rank": rank,
+            "trial_id": trial,
+            "run_id": run.info.run_id,
+            "run_name": run.info.run_name,
+            **facts,
             "git_revision": run.data.tags.get(TAG_GIT, "unknown"),
             "tracking_uri": redact(client.tracking_uri),
         }
         path = out_dir / f"{_safe(name)}-rank{rank}-{_safe(trial)}.{fmt}"
-        text = (yaml.safe_dump(spec, sort_keys=False) if fmt == "yaml"
-                else json.dumps(spec, indent=2) + "\n")
+        text = (
+            yaml.safe_dump(spec, sort_keys=False)
+            if fmt == "yaml"
+            else json.dumps(spec, indent=2) + "\n"
+        )
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         tmp.write_text(text)
         os.replace(tmp, path)

@@ -16,8 +16,14 @@ from sweeps.tracking import final_flags
 class Progress(Callback):
     """Redraws a small table on every Tune step; a plain line per finished trial off a TTY."""
 
-    def __init__(self, spec: Any, slots: int, enabled: bool = True, stage: str = "search",
-                 total: int | None = None) -> None:
+    def __init__(
+        self,
+        spec: Any,
+        slots: int,
+        enabled: bool = True,
+        stage: str = "search",
+        total: int | None = None,
+    ) -> None:
         self.name, self.slots, self.stage = spec.name, slots, stage
         self.total = spec.num_samples if total is None else total
         self.metric, self.mode = spec.primary
@@ -33,8 +39,10 @@ class Progress(Callback):
         self._console = Console(stderr=True)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: self.__dict__[k] for k in ("name", "total", "slots", "metric", "mode",
-                                              "epochs", "enabled", "stage")}
+        return {
+            k: self.__dict__[k]
+            for k in ("name", "total", "slots", "metric", "mode", "epochs", "enabled", "stage")
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -46,8 +54,11 @@ class Progress(Callback):
         its last epoch's value. An epoch of a trial ASHA stopped later does not count."""
         last = trial.last_result or {}
         v = last.get(self.metric)
-        if (not isinstance(v, int | float) or not math.isfinite(v)
-                or any(final_flags(last, self.epochs).values())):
+        if (
+            not isinstance(v, int | float)
+            or not math.isfinite(v)
+            or any(final_flags(last, self.epochs).values())
+        ):
             return
         better = self._best is None or (v > self._best if self.mode == "max" else v < self._best)
         if better:
@@ -61,16 +72,23 @@ class Progress(Callback):
         for col in ("done", "running", "errors", "slots", f"best {self.metric}", "trial"):
             t.add_column(col)
         best = "-" if self._best is None else f"{self._best:.4f}"
-        t.add_row(f"{done}/{self.total}", str(running), str(errors), str(self.slots), best,
-                  self._best_trial or "-")
+        t.add_row(
+            f"{done}/{self.total}",
+            str(running),
+            str(errors),
+            str(self.slots),
+            best,
+            self._best_trial or "-",
+        )
         return t
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         if not self.enabled or not self._console.is_terminal:
             return
         if self._live is None:
-            self._live = Live(self._table(trials), console=self._console,
-                              refresh_per_second=2, transient=False)
+            self._live = Live(
+                self._table(trials), console=self._console, refresh_per_second=2, transient=False
+            )
             self._live.start()
         else:
             self._live.update(self._table(trials))
@@ -80,8 +98,10 @@ class Progress(Callback):
         if self.enabled and not self._console.is_terminal:
             self._done += 1
             best = "-" if self._best is None else f"{self._best:.4f}"
-            self._console.print(f"[{self.name} {self.stage}] trial {trial.trial_id} done "
-                                f"({self._done}/{self.total}); best {self.metric} {best}")
+            self._console.print(
+                f"[{self.name} {self.stage}] trial {trial.trial_id} done "
+                f"({self._done}/{self.total}); best {self.metric} {best}"
+            )
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         if self._live is not None:

@@ -85,8 +85,9 @@ def repair_trial(trial: Any) -> bool:
     latest = manager.latest_checkpoint_result
     if latest is None or latest.checkpoint is None:
         return False
-    manager._checkpoint_results = [r for r in manager._checkpoint_results
-                                   if r.checkpoint is not None and _exists(r.checkpoint)]
+    manager._checkpoint_results = [
+        r for r in manager._checkpoint_results if r.checkpoint is not None and _exists(r.checkpoint)
+    ]
     if _exists(latest.checkpoint):
         return False
     left = checkpoints_beside(latest.checkpoint)
@@ -94,24 +95,36 @@ def repair_trial(trial: Any) -> bool:
     # Every other directory left goes into Tune's list as an older checkpoint, so Tune's
     # own retention deletes it as the trial goes on instead of leaving it behind for good.
     listed = {r.checkpoint.path for r in manager._checkpoint_results}
-    manager._checkpoint_results += [type(latest)(checkpoint=c, metrics={}) for _, c in left
-                                    if c is not chosen and c.path not in listed]
+    manager._checkpoint_results += [
+        type(latest)(checkpoint=c, metrics={})
+        for _, c in left
+        if c is not chosen and c.path not in listed
+    ]
     if left:
         # New checkpoints go to fresh directories: the snapshot's index would overwrite the
         # ones the killed driver left, and Tune would later delete a live one by its path.
-        trial.storage.current_checkpoint_index = max(trial.storage.current_checkpoint_index,
-                                                     left[-1][0] + 1)
+        trial.storage.current_checkpoint_index = max(
+            trial.storage.current_checkpoint_index, left[-1][0] + 1
+        )
     gone = posixpath.basename(latest.checkpoint.path)
     if chosen is None:
-        log.warning("trial %s: %s is gone and no whole checkpoint is left beside it; "
-                    "it restarts from scratch", trial.trial_id, gone)
+        log.warning(
+            "trial %s: %s is gone and no whole checkpoint is left beside it; "
+            "it restarts from scratch",
+            trial.trial_id,
+            gone,
+        )
         manager._latest_checkpoint_result = None
         return True
     replacement = type(latest)(checkpoint=chosen, metrics=dict(latest.metrics))
     manager._checkpoint_results.append(replacement)
     manager._latest_checkpoint_result = replacement
-    log.warning("trial %s: %s was deleted before the killed driver's last snapshot; "
-                "resuming from %s", trial.trial_id, gone, posixpath.basename(chosen.path))
+    log.warning(
+        "trial %s: %s was deleted before the killed driver's last snapshot; resuming from %s",
+        trial.trial_id,
+        gone,
+        posixpath.basename(chosen.path),
+    )
     return True
 
 

@@ -75,16 +75,15 @@ class _OptunaSearch(OptunaSearch):
             return
         super().on_trial_result(trial_id, result)
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None,
-                          error: bool = False) -> None:
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
         # With several objectives the stock code tells Optuna [None, ...] for a result without
         # them, which Optuna refuses, leaving the trial RUNNING; no result means PRUNED (FAIL
         # on error), as with one objective.
-        if (isinstance(self.metric, list) and result
-                and any(m not in result for m in self.metric)):
+        if isinstance(self.metric, list) and result and any(m not in result for m in self.metric):
             result = None
         super().on_trial_complete(trial_id, result, error)
-
 
 
 class Interrupted(Exception):
@@ -108,16 +107,21 @@ class SweepResult:
         """The runs table of the sweep's experiment (MLflow 3.17's UI otherwise opens on the
         GenAI overview). ``base``: the UI's address; an HTTP tracking server is its own UI."""
         if base is None:
-            base = (self.tracking_uri.rstrip("/") if self.tracking_uri.startswith("http")
-                    else "http://127.0.0.1:5000")
+            base = (
+                self.tracking_uri.rstrip("/")
+                if self.tracking_uri.startswith("http")
+                else "http://127.0.0.1:5000"
+            )
         return f"{base}/#/experiments/{self.experiment_id}/runs"
 
     def browse_hint(self) -> str:
         """How to look at the sweep: the server's own URL, or the ``mlflow ui`` to start."""
         if self.tracking_uri.startswith("http"):
             return f"browse: {self.ui_url()}"
-        return (f"browse: mlflow ui --backend-store-uri {self.tracking_uri} --host 127.0.0.1 "
-                f"--port 5000  ->  {self.ui_url()}")
+        return (
+            f"browse: mlflow ui --backend-store-uri {self.tracking_uri} --host 127.0.0.1 "
+            f"--port 5000  ->  {self.ui_url()}"
+        )
 
 
 def _slots(spec: SweepSpec, num_trials: int) -> int:
@@ -145,10 +149,12 @@ def _init_ray() -> None:
         address = ""
     # "local": start our own Ray rather than joining whatever cluster this machine last ran
     # (ray.init(address=None) does that); inside a Ray job RAY_ADDRESS names its cluster.
-    ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
-
-
+    ray.init(
+        address=address or "local",
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
 
 
 @dataclass
@@ -177,8 +183,9 @@ def _base(spec: SweepSpec) -> dict[str, Any]:
     return base
 
 
-def _run_stage(spec: SweepSpec, sweep: Sweep, stage: _Stage, tracking_uri: str, *,
-               resume: bool, progress: bool) -> int:
+def _run_stage(
+    spec: SweepSpec, sweep: Sweep, stage: _Stage, tracking_uri: str, *, resume: bool, progress: bool
+) -> int:
     """Run (or restore) one stage's Tune experiment; return its number of trials.
 
     Raises ``Interrupted`` when Ctrl-C or SIGTERM stopped it.
@@ -195,19 +202,33 @@ def _run_stage(spec: SweepSpec, sweep: Sweep, stage: _Stage, tracking_uri: str, 
     confirm = stage.rows is not None
     num_trials = len(stage.rows) if confirm else spec.num_samples
     slots = _slots(spec, num_trials)
-    worst = {m: spec.diverged_value if mode == spec.primary[1] else
-             (0.0 if mode == "max" else 1e9) for m, mode in zip(spec.metrics, spec.modes,
-                                                               strict=True)}
+    worst = {
+        m: spec.diverged_value if mode == spec.primary[1] else (0.0 if mode == "max" else 1e9)
+        for m, mode in zip(spec.metrics, spec.modes, strict=True)
+    }
     trainable = tune.with_resources(
-        tune.with_parameters(train_trial, base=stage.base, worst=worst,
-                             checkpoint_every_s=spec.checkpoint_every_s),
-        {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
-    tracker = MLflowTracker(tracking_uri, sweep.experiment_id, sweep.parent_id, spec.name,
-                            stage.base, spec.train.epochs, stage=stage.stage_tag)
+        tune.with_parameters(
+            train_trial, base=stage.base, worst=worst, checkpoint_every_s=spec.checkpoint_every_s
+        ),
+        {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
+    )
+    tracker = MLflowTracker(
+        tracking_uri,
+        sweep.experiment_id,
+        sweep.parent_id,
+        spec.name,
+        stage.base,
+        spec.train.epochs,
+        stage=stage.stage_tag,
+    )
     watch = InterruptWatch()
-    callbacks = [watch, RepairCheckpoints(), tracker,
-                 Progress(spec, slots, enabled=progress, stage=stage.name, total=num_trials),
-                 JsonLoggerCallback()]
+    callbacks = [
+        watch,
+        RepairCheckpoints(),
+        tracker,
+        Progress(spec, slots, enabled=progress, stage=stage.name, total=num_trials),
+        JsonLoggerCallback(),
+    ]
     storage = spec.resolved_storage()
     exp_dir = f"{storage.rstrip('/')}/{stage.experiment}"
     try:
@@ -225,27 +246,36 @@ def _run_stage(spec: SweepSpec, sweep: Sweep, stage: _Stage, tracking_uri: str, 
                 modes = spec.mode if len(spec.metrics) > 1 else spec.primary[1]
                 searcher = _OptunaSearch(
                     space=search_spaces.define_by_run(stage.space, stage.ranges),
-                    metric=metrics, mode=modes,
-                    sampler=SAMPLERS.get(spec.searcher.sampler).build(spec))
+                    metric=metrics,
+                    mode=modes,
+                    sampler=SAMPLERS.get(spec.searcher.sampler).build(spec),
+                )
                 # With a ConcurrencyLimiter Tune keeps `slots` trials pending instead of 1,
                 # which is what lets a model-based searcher fill every slot.
                 search_alg = ConcurrencyLimiter(searcher, max_concurrent=slots)
                 scheduler = SCHEDULERS.get(spec.scheduler.name).build(
-                    spec, spec.scheduler.max_t or spec.train.epochs)
+                    spec, spec.scheduler.max_t or spec.train.epochs
+                )
             tuner = tune.Tuner(
                 trainable,
                 param_space=param_space,
-                tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler,
-                                            num_samples=1 if confirm else num_trials,
-                                            reuse_actors=True,
-                                            max_concurrent_trials=slots if confirm else None),
+                tune_config=tune.TuneConfig(
+                    search_alg=search_alg,
+                    scheduler=scheduler,
+                    num_samples=1 if confirm else num_trials,
+                    reuse_actors=True,
+                    max_concurrent_trials=slots if confirm else None,
+                ),
                 run_config=tune.RunConfig(
-                    name=stage.experiment, storage_path=storage, callbacks=callbacks,
+                    name=stage.experiment,
+                    storage_path=storage,
+                    callbacks=callbacks,
                     verbose=0,
                     failure_config=tune.FailureConfig(
-                        max_failures=spec.failure.max_failures,
-                        fail_fast=spec.failure.fail_fast),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
+                        max_failures=spec.failure.max_failures, fail_fast=spec.failure.fail_fast
+                    ),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                ),
             )
         grid = tuner.fit()
     finally:
@@ -264,10 +294,17 @@ def _baseline_search_stage(spec: SweepSpec) -> _Stage:
     import search_spaces
 
     base = {**_base(spec), "perturbation": _baseline_perturbation(spec)}
-    ranges = search_spaces.resolve("erm", {k: v for k, v in spec.space.ranges.items()
-                                           if k.startswith("optim.")}, True)
-    return _Stage("baseline_search", f"{spec.name}-baseline-search", base, space="erm",
-                  ranges=ranges, stage_tag="baseline_search")
+    ranges = search_spaces.resolve(
+        "erm", {k: v for k, v in spec.space.ranges.items() if k.startswith("optim.")}, True
+    )
+    return _Stage(
+        "baseline_search",
+        f"{spec.name}-baseline-search",
+        base,
+        space="erm",
+        ranges=ranges,
+        stage_tag="baseline_search",
+    )
 
 
 def _seeds(spec: SweepSpec) -> list[int]:
@@ -275,8 +312,9 @@ def _seeds(spec: SweepSpec) -> list[int]:
     return [spec.train.seed + 1 + i for i in range(spec.finalists.seeds)]
 
 
-def _choose(client: MlflowClient, sweep: Sweep, spec: SweepSpec, stage: str, top_k: int
-            ) -> list[dict[str, Any]]:
+def _choose(
+    client: MlflowClient, sweep: Sweep, spec: SweepSpec, stage: str, top_k: int
+) -> list[dict[str, Any]]:
     """The ``top_k`` best distinct configs of ``stage`` by the search metric, best first."""
     metric, mode = spec.primary
     ranked = tracking.rank_children(tracking.children(client, sweep, stage), metric, mode)
@@ -284,8 +322,9 @@ def _choose(client: MlflowClient, sweep: Sweep, spec: SweepSpec, stage: str, top
     for run in ranked:
         point = tracking.searched_values(run)
         if point not in [c["point"] for c in chosen]:
-            chosen.append({"point": point, "run_id": run.info.run_id,
-                           metric: run.data.metrics[metric]})
+            chosen.append(
+                {"point": point, "run_id": run.info.run_id, metric: run.data.metrics[metric]}
+            )
         if len(chosen) == top_k:
             break
     return chosen
@@ -312,18 +351,32 @@ def _confirm_stage(client: MlflowClient, sweep: Sweep, spec: SweepSpec) -> _Stag
     rows = []
     for seed in _seeds(spec):
         for i, f in enumerate(plan["finalists"], start=1):
-            rows.append({**f["point"], "seed": seed, META_STAGE: "finalist",
-                         META_CONFIG: f"f{i}"})
+            rows.append(
+                {
+                    **f["point"],
+                    "seed": seed,
+                    "hessian_lmax": True,
+                    META_STAGE: "finalist",
+                    META_CONFIG: f"f{i}",
+                }
+            )
         if plan["baseline"] is not None:
-            rows.append({**plan["baseline"]["point"], "perturbation":
-                         _baseline_perturbation(spec), "seed": seed, META_STAGE: "baseline",
-                         META_CONFIG: "baseline"})
-    return _Stage("confirm", f"{spec.name}-confirm", _base(spec), rows=rows,
-                  stage_tag="finalist")
+            rows.append(
+                {
+                    **plan["baseline"]["point"],
+                    "perturbation": _baseline_perturbation(spec),
+                    "seed": seed,
+                    "hessian_lmax": True,
+                    META_STAGE: "baseline",
+                    META_CONFIG: "baseline",
+                }
+            )
+    return _Stage("confirm", f"{spec.name}-confirm", _base(spec), rows=rows, stage_tag="finalist")
 
 
-def run_sweep(spec: SweepSpec, spec_text: str, *, resume: bool = False,
-              progress: bool = True) -> SweepResult:
+def run_sweep(
+    spec: SweepSpec, spec_text: str, *, resume: bool = False, progress: bool = True
+) -> SweepResult:
     """Run (or resume) a validated sweep through all its stages on the current Ray cluster.
 
     Args:
@@ -352,21 +405,26 @@ def run_sweep(spec: SweepSpec, spec_text: str, *, resume: bool = False,
             stages.append(_baseline_search_stage(spec))
         for stage in stages:
             if stage.name not in sweep.stages_done:
-                num_trials += _run_stage(spec, sweep, stage, tracking_uri, resume=resume,
-                                         progress=progress)
+                num_trials += _run_stage(
+                    spec, sweep, stage, tracking_uri, resume=resume, progress=progress
+                )
                 tracking.mark_stage_done(client, sweep, stage.name)
         if confirm:
             stage = _confirm_stage(client, sweep, spec)
             if stage is None:
-                log.warning("no search trial finished its full epoch budget: nothing to "
-                            "confirm, so no verdict")
+                log.warning(
+                    "no search trial finished its full epoch budget: nothing to "
+                    "confirm, so no verdict"
+                )
             else:
                 if stage.name not in sweep.stages_done:
-                    num_trials += _run_stage(spec, sweep, stage, tracking_uri,
-                                             resume=resume, progress=progress)
+                    num_trials += _run_stage(
+                        spec, sweep, stage, tracking_uri, resume=resume, progress=progress
+                    )
                     tracking.mark_stage_done(client, sweep, stage.name)
                 result.verdict = tracking.retrying(
-                    lambda: tracking.log_verdict(client, sweep, spec))
+                    lambda: tracking.log_verdict(client, sweep, spec)
+                )
         status = "FINISHED"
     except (Interrupted, KeyboardInterrupt):
         status = "KILLED"
@@ -376,10 +434,13 @@ def run_sweep(spec: SweepSpec, spec_text: str, *, resume: bool = False,
         best = tracking.retrying(lambda: tracking.best_run(client, sweep))
         if best is not None:
             metric = sweep.objectives[0][0]
-            result.best = {"trial_id": best.data.tags.get(tracking.TAG_TRIAL),
-                           "run_id": best.info.run_id, "run_name": best.info.run_name,
-                           metric: best.data.metrics[metric],
-                           "stage": tracking.stage_of(best)}
+            result.best = {
+                "trial_id": best.data.tags.get(tracking.TAG_TRIAL),
+                "run_id": best.info.run_id,
+                "run_name": best.info.run_name,
+                metric: best.data.metrics[metric],
+                "stage": tracking.stage_of(best),
+            }
         if status == "FINISHED":
             result.report_dir = _report(client, sweep)
         note = tracking.parent_note(sweep, status, best, result.verdict)
@@ -400,6 +461,5 @@ def _report(client: MlflowClient, sweep: Sweep) -> str | None:
         client.log_artifacts(sweep.parent_id, str(out), "report")
         return str(out)
     except Exception:  # noqa: BLE001 - a failed picture must not fail a finished sweep
-        log.exception("writing the sweep report failed; `sweeps report %s` retries it",
-                      sweep.name)
+        log.exception("writing the sweep report failed; `sweeps report %s` retries it", sweep.name)
         return None

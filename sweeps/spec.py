@@ -312,8 +312,9 @@ def _corners(ranges: search_spaces.Ranges) -> list[dict[str, Any]]:
     keys = list(ranges)
     out = []
     for combo in itertools.product(*[(r.low, r.high) for r in ranges.values()]):
-        out.append({k: (int(v) if ranges[k].integer else v) for k, v in zip(keys, combo,
-                                                                               strict=True)})
+        out.append(
+            {k: (int(v) if ranges[k].integer else v) for k, v in zip(keys, combo, strict=True)}
+        )
     return out[:64]
 
 
@@ -335,10 +336,14 @@ def check_space(spec: SweepSpec, samples: int = 64) -> None:
         try:
             train_spec_for(spec, point)
         except (ValidationError, ValueError) as e:
-            where = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                              for k, v in sorted(point.items()))
-            raise SpecError(f"space: a sampled point is not a valid TrainSpec ({where}): "
-                            f"{format_validation_error(e, TrainSpec)}") from None
+            where = ", ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                for k, v in sorted(point.items())
+            )
+            raise SpecError(
+                f"space: a sampled point is not a valid TrainSpec ({where}): "
+                f"{format_validation_error(e, TrainSpec)}"
+            ) from None
 
 
 def load_spec(path: str | Path, *, check_files: bool = True) -> SweepSpec:
@@ -372,8 +377,9 @@ def with_name(spec: SweepSpec, name: str) -> SweepSpec:
     try:
         return SweepSpec.model_validate({**spec.model_dump(mode="json"), "name": name})
     except ValidationError as e:
-        raise SpecError(f"--name: {format_validation_error(e, SweepSpec).removeprefix('name: ')}"
-                        ) from None
+        raise SpecError(
+            f"--name: {format_validation_error(e, SweepSpec).removeprefix('name: ')}"
+        ) from None
 
 
 def smoke_name(name: str) -> str:
@@ -386,10 +392,10 @@ def smoke(spec: SweepSpec) -> SweepSpec:
     under its own name ``NAME-smoke``, so the real sweep can run afterwards."""
     train = spec.train.model_copy(update={"epochs": 1})
     if train.schedule.name == "multistep":
-        train = train.model_copy(update={"schedule": train.schedule.model_copy(
-            update={"milestones": []})})
-    return spec.model_copy(update={"num_samples": 2, "train": train,
-                                   "name": smoke_name(spec.name)})
+        train = train.model_copy(
+            update={"schedule": train.schedule.model_copy(update={"milestones": []})}
+        )
+    return spec.model_copy(update={"num_samples": 2, "train": train, "name": smoke_name(spec.name)})
 
 
 def as_run(spec: SweepSpec, *, name: str | None = None, smoke_test: bool = False) -> SweepSpec:

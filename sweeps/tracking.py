@@ -67,11 +67,28 @@ TAG_ALLOW_TEST = "flatsweep.allow_test_selection"
 #: Keys of a trial's Tune config that describe it rather than set a TrainSpec field.
 META_STAGE, META_CONFIG = "_stage", "_config_id"
 STAGES = ("search", "baseline_search", "finalist", "baseline")
+#: Keys of a confirmation trial's config that are not searched values.
+_NOT_SEARCHED = frozenset({"seed", "perturbation", "hessian_lmax", "perturbation.kind"})
 # Tune bookkeeping keys that are not training metrics.
-_SKIP_METRICS = {"epoch", "training_iteration", "timestamp", "time_this_iter_s", "pid",
-                 "time_total_s", "time_since_restore", "iterations_since_restore", "done",
-                 "trial_id", "experiment_tag", "date", "hostname", "node_ip", "config",
-                 "checkpoint_dir_name", "should_checkpoint"}
+_SKIP_METRICS = {
+    "epoch",
+    "training_iteration",
+    "timestamp",
+    "time_this_iter_s",
+    "pid",
+    "time_total_s",
+    "time_since_restore",
+    "iterations_since_restore",
+    "done",
+    "trial_id",
+    "experiment_tag",
+    "date",
+    "hostname",
+    "node_ip",
+    "config",
+    "checkpoint_dir_name",
+    "should_checkpoint",
+}
 TERMINAL = {"FINISHED", "FAILED", "KILLED"}
 
 
@@ -92,14 +109,25 @@ def rank_children(runs: Iterable[Run], metric: str, mode: str) -> list[Run]:
     eligible = []
     for r in runs:
         value = r.data.metrics.get(metric)
-        if (r.info.status != "FINISHED" or value is None or not math.isfinite(value)
-                or r.data.tags.get(TAG_DIVERGED) == "1" or r.data.tags.get(TAG_OOM) == "1"
-                or r.data.tags.get(TAG_STOPPED_EARLY) == "1"):
+        if (
+            r.info.status != "FINISHED"
+            or value is None
+            or not math.isfinite(value)
+            or r.data.tags.get(TAG_DIVERGED) == "1"
+            or r.data.tags.get(TAG_OOM) == "1"
+            or r.data.tags.get(TAG_STOPPED_EARLY) == "1"
+        ):
             continue
         eligible.append(r)
     sign = -1.0 if mode == "max" else 1.0
-    return sorted(eligible, key=lambda r: (sign * r.data.metrics[metric],
-                                           r.data.tags.get(TAG_TRIAL, ""), r.info.run_id))
+    return sorted(
+        eligible,
+        key=lambda r: (
+            sign * r.data.metrics[metric],
+            r.data.tags.get(TAG_TRIAL, ""),
+            r.info.run_id,
+        ),
+    )
 
 
 def final_flags(last: dict[str, Any], max_epochs: int) -> dict[str, bool]:
@@ -121,8 +149,11 @@ def result_step(result: dict[str, Any]) -> int:
 
 def _log_retry(state: tenacity.RetryCallState) -> None:
     e = state.outcome.exception() if state.outcome else None
-    log.warning("MLflow unreachable (%s); retrying in %.0f s", str(e).splitlines()[0][:200],
-                state.next_action.sleep if state.next_action else 0)
+    log.warning(
+        "MLflow unreachable (%s); retrying in %.0f s",
+        str(e).splitlines()[0][:200],
+        state.next_action.sleep if state.next_action else 0,
+    )
 
 
 def retrying(fn: Callable[[], Any], *, timeout_s: float = 300.0) -> Any:
@@ -138,9 +169,14 @@ def retrying(fn: Callable[[], Any], *, timeout_s: float = 300.0) -> Any:
 
 # -- names and descriptions a fresh UI shows ---------------------------------------------------
 
-_SHORT = {"perturbation.radius": "r", "perturbation.inner_steps": "K",
-          "perturbation.inner_lr": "ilr", "perturbation.adaptive": "adaptive",
-          "optim.lr": "lr", "optim.weight_decay": "wd"}
+_SHORT = {
+    "perturbation.radius": "r",
+    "perturbation.inner_steps": "K",
+    "perturbation.inner_lr": "ilr",
+    "perturbation.adaptive": "adaptive",
+    "optim.lr": "lr",
+    "optim.weight_decay": "wd",
+}
 
 
 def _fmt(v: Any) -> str:
@@ -151,7 +187,7 @@ def describe_point(kind: str, point: dict[str, Any]) -> str:
     """``amp r=0.0039 K=2 ilr=0.39``: the regularizer and its searched values, short."""
     parts = [kind]
     for key in sorted(point):
-        if key.startswith("_") or key in ("perturbation.kind", "seed"):
+        if key.startswith("_") or key in _NOT_SEARCHED:
             continue
         parts.append(f"{_SHORT.get(key, key.rsplit('.', 1)[-1])}={_fmt(point[key])}")
     return " ".join(parts)
@@ -173,8 +209,14 @@ def run_name(spec: dict[str, Any], config: dict[str, Any]) -> str:
 def git_revision() -> str:
     """The project's git commit, or ``unknown`` outside a checkout."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parent, timeout=10, check=True)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent,
+            timeout=10,
+            check=True,
+        )
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -234,20 +276,28 @@ def experiment_for(client: MlflowClient, name: str, tracking_uri: str) -> str:
         return exp.experiment_id
     location = None
     if tracking_uri.startswith("sqlite:///"):
-        location = (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts"
-                    / name).resolve().as_uri()
+        location = (
+            (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts" / name)
+            .resolve()
+            .as_uri()
+        )
     return client.create_experiment(name, artifact_location=location)
 
 
 def _describe_sweep(spec: Any) -> str:
     f = spec.finalists
-    confirm = (f"then the top {f.top_k} configs are re-trained with {f.seeds} fresh seeds"
-               + (" against the baseline (perturbation off) with the same seeds" if f.baseline
-                  else "") if f.top_k else "no confirmation stage (finalists.top_k: 0)")
-    return (f"Sweep {spec.name}: {spec.num_samples} trials of {spec.space_name} "
-            f"({', '.join(spec.ranges()) or 'no searched values'}), selecting on "
-            f"{', '.join(spec.metrics)} ({', '.join(spec.modes)}); {confirm}. "
-            f"Running; the verdict appears here when the sweep ends.")
+    confirm = (
+        f"then the top {f.top_k} configs are re-trained with {f.seeds} fresh seeds"
+        + (" against the baseline (perturbation off) with the same seeds" if f.baseline else "")
+        if f.top_k
+        else "no confirmation stage (finalists.top_k: 0)"
+    )
+    return (
+        f"Sweep {spec.name}: {spec.num_samples} trials of {spec.space_name} "
+        f"({', '.join(spec.ranges()) or 'no searched values'}), selecting on "
+        f"{', '.join(spec.metrics)} ({', '.join(spec.modes)}); {confirm}. "
+        f"Running; the verdict appears here when the sweep ends."
+    )
 
 
 def _dataset_inputs(spec: Any) -> list[Any]:
@@ -258,8 +308,9 @@ def _dataset_inputs(spec: Any) -> list[Any]:
 
     d = spec.train.data
     facts = {k: v for k, v in d.model_dump(mode="json").items() if v is not None}
-    ds = MetaDataset(CodeDatasetSource(tags={k: str(v) for k, v in facts.items()}),
-                     name=f"{d.name}-seed{d.seed}")
+    ds = MetaDataset(
+        CodeDatasetSource(tags={k: str(v) for k, v in facts.items()}), name=f"{d.name}-seed{d.seed}"
+    )
     return [DatasetInput(ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "train")])]
 
 
@@ -270,22 +321,31 @@ def open_parent(client: MlflowClient, spec: Any, spec_text: str, resume: bool) -
     exp_id = experiment_for(client, spec.name, spec.resolved_tracking_uri())
     parent = find_parent(client, exp_id, spec.name)
     if parent is not None and not resume:
-        raise SpecError(f"name: sweep {spec.name!r} already exists in MLflow; "
-                        f"run 'sweeps resume {spec.name}' or choose another name (--name)")
+        raise SpecError(
+            f"name: sweep {spec.name!r} already exists in MLflow; "
+            f"run 'sweeps resume {spec.name}' or choose another name (--name)"
+        )
     if parent is None and resume:
         raise SpecError(f"name: no sweep {spec.name!r} to resume in {client.tracking_uri}")
     if parent is not None:
         client.update_run(parent.info.run_id, status="RUNNING")
         return Sweep(spec.name, exp_id, client.get_run(parent.info.run_id))
     ranges = spec.ranges()
-    space = {"name": spec.space_name,
-             "ranges": {k: {"low": r.low, "high": r.high, "log": r.log, "integer": r.integer}
-                        for k, r in ranges.items()}}
+    space = {
+        "name": spec.space_name,
+        "ranges": {
+            k: {"low": r.low, "high": r.high, "log": r.log, "integer": r.integer}
+            for k, r in ranges.items()
+        },
+    }
     tags = {
-        TAG_SWEEP: spec.name, TAG_ROLE: "parent", TAG_GIT: git_revision(),
+        TAG_SWEEP: spec.name,
+        TAG_ROLE: "parent",
+        TAG_GIT: git_revision(),
         TAG_NOTE: _describe_sweep(spec),
-        TAG_OBJECTIVES: json.dumps([{"metric": m, "mode": o}
-                                    for m, o in zip(spec.metrics, spec.modes, strict=True)]),
+        TAG_OBJECTIVES: json.dumps(
+            [{"metric": m, "mode": o} for m, o in zip(spec.metrics, spec.modes, strict=True)]
+        ),
         TAG_SPACE: json.dumps(space, sort_keys=True),
         TAG_STAGES_DONE: "[]",
     }
@@ -294,27 +354,36 @@ def open_parent(client: MlflowClient, spec: Any, spec_text: str, resume: bool) -
     run = client.create_run(exp_id, run_name=spec.name, tags=tags)
     run_id = run.info.run_id
     params = {
-        "space": spec.space_name, "searcher.sampler": spec.searcher.sampler,
-        "searcher.seed": spec.searcher.seed, "scheduler": spec.scheduler.name,
-        "scheduler.grace_period": spec.grace_period, "num_samples": spec.num_samples,
-        "metric": json.dumps(spec.metric), "mode": json.dumps(spec.mode),
-        "finalists.top_k": spec.finalists.top_k, "finalists.seeds": spec.finalists.seeds,
+        "space": spec.space_name,
+        "searcher.sampler": spec.searcher.sampler,
+        "searcher.seed": spec.searcher.seed,
+        "scheduler": spec.scheduler.name,
+        "scheduler.grace_period": spec.grace_period,
+        "num_samples": spec.num_samples,
+        "metric": json.dumps(spec.metric),
+        "mode": json.dumps(spec.mode),
+        "finalists.top_k": spec.finalists.top_k,
+        "finalists.seeds": spec.finalists.seeds,
         "finalists.baseline": spec.finalists.baseline,
-        "resources.cpu": spec.resources.cpu, "resources.gpu": spec.resources.gpu,
-        "train.model.name": spec.train.model.name, "train.data.name": spec.train.data.name,
+        "resources.cpu": spec.resources.cpu,
+        "resources.gpu": spec.resources.gpu,
+        "train.model.name": spec.train.model.name,
+        "train.data.name": spec.train.data.name,
         "train.epochs": spec.train.epochs,
     }
     for key, r in ranges.items():
         params[f"space.{key}"] = f"[{r.low:g}, {r.high:g}]{' log' if r.log else ''}" + (
-            " int" if r.integer else "")
+            " int" if r.integer else ""
+        )
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
     client.log_inputs(run_id, datasets=_dataset_inputs(spec))
     client.log_text(run_id, spec_text, "sweep.yaml")
     # The validated spec with every default that was actually used.
     import yaml
 
-    client.log_text(run_id, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False),
-                    "sweep_resolved.yaml")
+    client.log_text(
+        run_id, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), "sweep_resolved.yaml"
+    )
     client.log_dict(run_id, space, "search_space.json")
     return Sweep(spec.name, exp_id, client.get_run(run_id))
 
@@ -328,8 +397,9 @@ def mark_stage_done(client: MlflowClient, sweep: Sweep, stage: str) -> None:
     sweep.parent = client.get_run(sweep.parent_id)
 
 
-def close_parent(client: MlflowClient, sweep: Sweep, status: str,
-                 best: Run | None, note: str) -> None:
+def close_parent(
+    client: MlflowClient, sweep: Sweep, status: str, best: Run | None, note: str
+) -> None:
     """End the parent run: leftover RUNNING children become KILLED, the best trial and the
     description are recorded, then the parent's own ``status``."""
     for child in children(client, sweep):
@@ -340,15 +410,27 @@ def close_parent(client: MlflowClient, sweep: Sweep, status: str,
     tags = [RunTag(TAG_NOTE, note)]
     if best is not None:
         metric, _ = sweep.objectives[0]
-        tags += [RunTag("flatsweep.best_trial", best.data.tags.get(TAG_TRIAL, "")),
-                 RunTag("flatsweep.best_run_id", best.info.run_id)]
-        client.log_batch(sweep.parent_id, metrics=[Metric(
-            f"best_{metric}", best.data.metrics[metric], int(time.time() * 1000), 0)],
-            tags=tags)
-        client.log_dict(sweep.parent_id, {
-            "trial_id": best.data.tags.get(TAG_TRIAL), "run_id": best.info.run_id,
-            metric: best.data.metrics[metric],
-            "train_spec": json.loads(best.data.tags[TAG_SPEC])}, "best_config.json")
+        tags += [
+            RunTag("flatsweep.best_trial", best.data.tags.get(TAG_TRIAL, "")),
+            RunTag("flatsweep.best_run_id", best.info.run_id),
+        ]
+        client.log_batch(
+            sweep.parent_id,
+            metrics=[
+                Metric(f"best_{metric}", best.data.metrics[metric], int(time.time() * 1000), 0)
+            ],
+            tags=tags,
+        )
+        client.log_dict(
+            sweep.parent_id,
+            {
+                "trial_id": best.data.tags.get(TAG_TRIAL),
+                "run_id": best.info.run_id,
+                metric: best.data.metrics[metric],
+                "train_spec": json.loads(best.data.tags[TAG_SPEC]),
+            },
+            "best_config.json",
+        )
     else:
         client.log_batch(sweep.parent_id, tags=tags)
     client.set_terminated(sweep.parent_id, status)
@@ -362,8 +444,9 @@ def children(client: MlflowClient, sweep: Sweep, stage: str | None = None) -> li
     out: list[Run] = []
     token = None
     while True:
-        page = client.search_runs([sweep.experiment_id], filter_string=flt, max_results=1000,
-                                  page_token=token)
+        page = client.search_runs(
+            [sweep.experiment_id], filter_string=flt, max_results=1000, page_token=token
+        )
         out.extend(page)
         token = page.token
         if not token:
@@ -375,9 +458,12 @@ def find_children(client: MlflowClient, experiment_id: str, parent_id: str) -> l
     out: list[Run] = []
     token = None
     while True:
-        page = client.search_runs([experiment_id],
-                                  filter_string=f"tags.`{TAG_PARENT}` = '{parent_id}'",
-                                  max_results=1000, page_token=token)
+        page = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{TAG_PARENT}` = '{parent_id}'",
+            max_results=1000,
+            page_token=token,
+        )
         out.extend(page)
         token = page.token
         if not token:
@@ -422,8 +508,9 @@ class _Outbox:
     trials for the same cores). Order within a run is kept; runs are independent.
     """
 
-    def __init__(self, deliver_metrics: Callable[[str, list[_Item]], None],
-                 interval_s: float = 1.0) -> None:
+    def __init__(
+        self, deliver_metrics: Callable[[str, list[_Item]], None], interval_s: float = 1.0
+    ) -> None:
         self.pending: deque[_Item] = deque()
         self.interval_s = interval_s
         self._deliver_metrics = deliver_metrics
@@ -437,8 +524,7 @@ class _Outbox:
             self.pending.append(item)
             self._cv.notify_all()
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="mlflow-writer",
-                                                daemon=True)
+                self._thread = threading.Thread(target=self._run, name="mlflow-writer", daemon=True)
                 self._thread.start()
 
     def _take(self) -> list[_Item]:
@@ -468,14 +554,20 @@ class _Outbox:
             nonlocal failing
             if not failing:
                 e = state.outcome.exception() if state.outcome else None
-                log.warning("MLflow write failed (%s: %s); buffering and retrying",
-                            batch[0].what, str(e).splitlines()[0][:200])
+                log.warning(
+                    "MLflow write failed (%s: %s); buffering and retrying",
+                    batch[0].what,
+                    str(e).splitlines()[0][:200],
+                )
                 failing = True
 
         # Any transport error: retry the head of the queue until it lands (the same policy as
         # ``retrying``, without a deadline: the records must not be dropped while we live).
-        retry = tenacity.Retrying(wait=tenacity.wait_exponential(multiplier=0.5, max=10),
-                                  before_sleep=note_failure, reraise=True)
+        retry = tenacity.Retrying(
+            wait=tenacity.wait_exponential(multiplier=0.5, max=10),
+            before_sleep=note_failure,
+            reraise=True,
+        )
         while True:
             with self._cv:
                 self._cv.wait_for(lambda: bool(self.pending))
@@ -490,8 +582,9 @@ class _Outbox:
                     batch = self._take()
                 retry(self._deliver, batch)
                 if failing:
-                    log.warning("MLflow reachable again; delivering %d buffered writes",
-                                len(self.pending))
+                    log.warning(
+                        "MLflow reachable again; delivering %d buffered writes", len(self.pending)
+                    )
                     failing = False
                 with self._cv:
                     done = {id(item) for item in batch}
@@ -515,9 +608,17 @@ class _Outbox:
 class MLflowTracker(Callback):
     """Tune callback writing child runs under an existing parent run."""
 
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, sweep: str,
-                 base_spec: dict[str, Any], max_epochs: int, drain_timeout_s: float = 300.0,
-                 stage: str = "search") -> None:
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment_id: str,
+        parent_run_id: str,
+        sweep: str,
+        base_spec: dict[str, Any],
+        max_epochs: int,
+        drain_timeout_s: float = 300.0,
+        stage: str = "search",
+    ) -> None:
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -541,8 +642,16 @@ class MLflowTracker(Callback):
 
     # Tune pickles its callbacks with the experiment; clients and buffers are per process.
     def __getstate__(self) -> dict[str, Any]:
-        keep = ("tracking_uri", "experiment_id", "parent_run_id", "sweep", "base_spec",
-                "max_epochs", "drain_timeout_s", "stage")
+        keep = (
+            "tracking_uri",
+            "experiment_id",
+            "parent_run_id",
+            "sweep",
+            "base_spec",
+            "max_epochs",
+            "drain_timeout_s",
+            "stage",
+        )
         return {k: self.__dict__[k] for k in keep}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -563,9 +672,11 @@ class MLflowTracker(Callback):
             return self._runs[tid]
         existing = self.client.search_runs(
             [self.experiment_id],
-            filter_string=(f"tags.`{TAG_PARENT}` = '{self.parent_run_id}' and "
-                           f"tags.`{TAG_TRIAL}` = '{tid}'"),
-            max_results=1)
+            filter_string=(
+                f"tags.`{TAG_PARENT}` = '{self.parent_run_id}' and tags.`{TAG_TRIAL}` = '{tid}'"
+            ),
+            max_results=1,
+        )
         spec = None
         if existing:
             run_id = existing[0].info.run_id
@@ -575,15 +686,25 @@ class MLflowTracker(Callback):
         else:
             point = {k: v for k, v in config.items() if not k.startswith("_")}
             # The validated spec with every default the trial actually uses.
-            spec = TrainSpec.model_validate(self.base_spec).with_overrides(point).model_dump(
-                mode="json")
+            spec = (
+                TrainSpec.model_validate(self.base_spec)
+                .with_overrides(point)
+                .model_dump(mode="json")
+            )
             stage = config.get(META_STAGE, self.stage)
             config = {**config, META_STAGE: stage}
-            tags = {TAG_PARENT: self.parent_run_id, TAG_SWEEP: self.sweep, TAG_ROLE: "child",
-                    TAG_TRIAL: tid, TAG_SPEC: json.dumps(spec, sort_keys=True),
-                    TAG_STAGE: stage, TAG_GIT: git_revision(),
-                    "flatsweep.searched": ",".join(sorted(k for k in point
-                                                          if k not in ("seed", "perturbation")))}
+            tags = {
+                TAG_PARENT: self.parent_run_id,
+                TAG_SWEEP: self.sweep,
+                TAG_ROLE: "child",
+                TAG_TRIAL: tid,
+                TAG_SPEC: json.dumps(spec, sort_keys=True),
+                TAG_STAGE: stage,
+                TAG_GIT: git_revision(),
+                "flatsweep.searched": ",".join(
+                    sorted(k for k in point if k not in _NOT_SEARCHED - {"perturbation.kind"})
+                ),
+            }
             if META_CONFIG in config:
                 tags[TAG_CONFIG] = str(config[META_CONFIG])
             if stage in ("finalist", "baseline"):
@@ -591,27 +712,36 @@ class MLflowTracker(Callback):
             name = run_name(spec, config)
             tags[TAG_NOTE] = f"{stage} trial {tid} of sweep {self.sweep}: {name}"
             # Writes are delivered in rounds: date the run from Tune's event, not the write.
-            run_id = self.client.create_run(self.experiment_id, tags=tags,
-                                            start_time=self._start_ms.get(tid),
-                                            run_name=name).info.run_id
+            run_id = self.client.create_run(
+                self.experiment_id, tags=tags, start_time=self._start_ms.get(tid), run_name=name
+            ).info.run_id
             self._last_step[tid] = 0
         if spec is None:
             spec = json.loads(existing[0].data.tags[TAG_SPEC])
-        params = [Param(k, str(v)[:6000]) for k, v in sorted(flatten(
-            {k: v for k, v in spec.items() if k != "provenance"}).items())]
+        params = [
+            Param(k, str(v)[:6000])
+            for k, v in sorted(
+                flatten({k: v for k, v in spec.items() if k != "provenance"}).items()
+            )
+        ]
         # Also for a found run whose params write failed midway (server went down): MLflow
         # accepts a param logged again with the same value.
         if not existing or len(existing[0].data.params) < len(params):
             for i in range(0, len(params), 100):
-                self.client.log_batch(run_id, params=params[i:i + 100])
+                self.client.log_batch(run_id, params=params[i : i + 100])
         self._runs[tid] = run_id
         return run_id
 
     def _write(self, trial: Any, what: str, fn: Callable[[MlflowClient, str], Any]) -> None:
         """Queue ``fn(client, run_id)`` for the trial's run, in order, retried when down."""
         tid, config = trial.trial_id, trial_config(trial.config)
-        self._outbox.put(_Item(f"{what} of trial {tid}", tid,
-                               call=lambda: fn(self.client, self._resolve(tid, config))))
+        self._outbox.put(
+            _Item(
+                f"{what} of trial {tid}",
+                tid,
+                call=lambda: fn(self.client, self._resolve(tid, config)),
+            )
+        )
 
     def _deliver_metrics(self, tid: str, items: list[_Item]) -> None:
         """Several epochs' metrics in as few ``log_batch`` calls as MLflow's limits allow."""
@@ -657,18 +787,29 @@ class MLflowTracker(Callback):
 
     @staticmethod
     def _metrics(result: dict[str, Any], step: int, ts: int) -> list[Metric]:
-        return [Metric(k, float(v), ts, step) for k, v in sorted(result.items())
-                if k not in _SKIP_METRICS and isinstance(v, int | float)
-                and not isinstance(v, bool) and math.isfinite(v)]
+        return [
+            Metric(k, float(v), ts, step)
+            for k, v in sorted(result.items())
+            if k not in _SKIP_METRICS
+            and isinstance(v, int | float)
+            and not isinstance(v, bool)
+            and math.isfinite(v)
+        ]
 
     def _final_tags(self, last: dict[str, Any]) -> list[RunTag]:
         flags = final_flags(last, self.max_epochs)
-        return [RunTag(tag, str(int(flags[k]))) for k, tag in
-                (("diverged", TAG_DIVERGED), ("oom", TAG_OOM),
-                 ("stopped_early", TAG_STOPPED_EARLY))]
+        return [
+            RunTag(tag, str(int(flags[k])))
+            for k, tag in (
+                ("diverged", TAG_DIVERGED),
+                ("oom", TAG_OOM),
+                ("stopped_early", TAG_STOPPED_EARLY),
+            )
+        ]
 
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
-                        **info: Any) -> None:
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
         tid = trial.trial_id
         if tid not in self._configs:  # a trial's config never changes: copy it once
             self._configs[tid] = trial_config(trial.config)
@@ -676,8 +817,15 @@ class MLflowTracker(Callback):
         metrics = self._metrics(result, step, int(time.time() * 1000))
         # A diverged or OOM report may repeat an epoch already logged; it must still land.
         replay_ok = bool(result.get("diverged")) or bool(result.get("oom"))
-        self._outbox.put(_Item(f"metrics of epoch {step} of trial {tid}", tid, step=step,
-                               metrics=metrics, replay_ok=replay_ok))
+        self._outbox.put(
+            _Item(
+                f"metrics of epoch {step} of trial {tid}",
+                tid,
+                step=step,
+                metrics=metrics,
+                replay_ok=replay_ok,
+            )
+        )
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._closed.add(trial.trial_id)
@@ -696,9 +844,12 @@ class MLflowTracker(Callback):
         final metrics and status from there instead of being closed as KILLED later. One
         search finds the runs that need it.
         """
+
         def write() -> None:
-            runs = {r.data.tags.get(TAG_TRIAL): r for r in
-                    find_children(self.client, self.experiment_id, self.parent_run_id)}
+            runs = {
+                r.data.tags.get(TAG_TRIAL): r
+                for r in find_children(self.client, self.experiment_id, self.parent_run_id)
+            }
             for trial, status in ended:
                 tid = trial.trial_id
                 run = runs.get(tid)
@@ -709,35 +860,52 @@ class MLflowTracker(Callback):
                 last = dict(trial.last_result or {})
                 if last:  # logged unless the old driver's write of it did land
                     step = result_step(last)
-                    self._deliver_metrics(tid, [_Item("final metrics", tid, step=step,
-                                                      metrics=self._metrics(
-                                                          last, step, int(time.time() * 1000)))])
+                    self._deliver_metrics(
+                        tid,
+                        [
+                            _Item(
+                                "final metrics",
+                                tid,
+                                step=step,
+                                metrics=self._metrics(last, step, int(time.time() * 1000)),
+                            )
+                        ],
+                    )
                 if status == "FINISHED":
                     self.client.log_batch(run_id, tags=self._final_tags(last))
                 # Tune's result timestamp (seconds) is when the trial last reported.
                 ended_ms = int(last["timestamp"] * 1000) if "timestamp" in last else None
                 self.client.set_terminated(run_id, status, end_time=ended_ms)
 
-        self._outbox.put(_Item(f"reconciling {len(ended)} trials ended before a restart",
-                               "", call=write))
+        self._outbox.put(
+            _Item(f"reconciling {len(ended)} trials ended before a restart", "", call=write)
+        )
 
     def drain(self) -> bool:
         """Wait for every buffered write (bounded by ``drain_timeout_s``)."""
         ok = self._outbox.drain(self.drain_timeout_s)
         if not ok:
-            log.error("MLflow still unreachable after %.0f s: %d writes not delivered",
-                      self.drain_timeout_s, len(self._outbox.pending))
+            log.error(
+                "MLflow still unreachable after %.0f s: %d writes not delivered",
+                self.drain_timeout_s,
+                len(self._outbox.pending),
+            )
         return ok
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         # Trials this driver started that never completed were stopped by an interrupt: Tune's
         # cleanup sets them TERMINATED in memory (after its final snapshot, so a resume runs
         # them again). They are KILLED, never "finished" or "stopped early".
-        open_here = [t for t in trials
-                     if t.trial_id in self._started and t.trial_id not in self._closed]
-        ended = [(t, "FINISHED" if t.status == "TERMINATED" else "FAILED") for t in trials
-                 if t.status in ("TERMINATED", "ERROR") and t.trial_id not in self._closed
-                 and t.trial_id not in self._started]
+        open_here = [
+            t for t in trials if t.trial_id in self._started and t.trial_id not in self._closed
+        ]
+        ended = [
+            (t, "FINISHED" if t.status == "TERMINATED" else "FAILED")
+            for t in trials
+            if t.status in ("TERMINATED", "ERROR")
+            and t.trial_id not in self._closed
+            and t.trial_id not in self._started
+        ]
         if ended:  # trials that ended before a driver restart
             self._reconcile(ended)
         for trial in open_here:
@@ -785,9 +953,14 @@ def compute_verdict(client: MlflowClient, sweep: Sweep) -> Any:
     sign = 1.0 if mode == "max" else -1.0
     candidates = []
     for cid, seeds in groups.items():
-        common = sorted(s for s in seeds if s in baseline
-                        and metric in seeds[s].data.metrics and test in seeds[s].data.metrics
-                        and test in baseline[s].data.metrics)
+        common = sorted(
+            s
+            for s in seeds
+            if s in baseline
+            and metric in seeds[s].data.metrics
+            and test in seeds[s].data.metrics
+            and test in baseline[s].data.metrics
+        )
         if common:
             val, _ = mean_std([seeds[s].data.metrics[metric] for s in common])
             candidates.append((sign * val, cid, common))
@@ -804,11 +977,19 @@ def compute_verdict(client: MlflowClient, sweep: Sweep) -> Any:
         z = mean_std([baseline[s].data.metrics.get(key, math.nan) for s in common])[0]
         return w / z if z and math.isfinite(z) else math.nan
 
-    return Verdict(metric=test, mode=mode, winner_config_id=cid,
-                   winner_run_ids=[win[s].info.run_id for s in common], winner_values=a,
-                   baseline_values=b, seeds=common, diff=diff, verdict=verdict(diff, mode),
-                   cost_ratio_passes=cost("closure_passes_total"),
-                   cost_ratio_seconds=cost("train_seconds_total"))
+    return Verdict(
+        metric=test,
+        mode=mode,
+        winner_config_id=cid,
+        winner_run_ids=[win[s].info.run_id for s in common],
+        winner_values=a,
+        baseline_values=b,
+        seeds=common,
+        diff=diff,
+        verdict=verdict(diff, mode),
+        cost_ratio_passes=cost("closure_passes_total"),
+        cost_ratio_seconds=cost("train_seconds_total"),
+    )
 
 
 def log_verdict(client: MlflowClient, sweep: Sweep, spec: Any = None) -> Any:
@@ -819,11 +1000,18 @@ def log_verdict(client: MlflowClient, sweep: Sweep, spec: Any = None) -> Any:
     if v is None:
         return None
     ts = int(time.time() * 1000)
-    metrics = [Metric(k, float(x), ts, 0) for k, x in verdict_metrics(v).items()
-               if math.isfinite(x)]
-    client.log_batch(sweep.parent_id, metrics=metrics, tags=[
-        RunTag(TAG_VERDICT, v.verdict), RunTag(TAG_WINNER, v.winner_run_ids[0]),
-        RunTag("flatsweep.winner_config_id", v.winner_config_id)])
+    metrics = [
+        Metric(k, float(x), ts, 0) for k, x in verdict_metrics(v).items() if math.isfinite(x)
+    ]
+    client.log_batch(
+        sweep.parent_id,
+        metrics=metrics,
+        tags=[
+            RunTag(TAG_VERDICT, v.verdict),
+            RunTag(TAG_WINNER, v.winner_run_ids[0]),
+            RunTag("flatsweep.winner_config_id", v.winner_config_id),
+        ],
+    )
     return v
 
 
@@ -832,8 +1020,10 @@ def parent_note(sweep: Sweep, status: str, best: Run | None, v: Any) -> str:
     metric, mode = sweep.objectives[0]
     lines = [f"Sweep {sweep.name} ({status})."]
     if best is not None:
-        lines.append(f"Best search trial by {metric} ({mode}): {best.info.run_name} "
-                     f"= {best.data.metrics[metric]:.4f}.")
+        lines.append(
+            f"Best search trial by {metric} ({mode}): {best.info.run_name} "
+            f"= {best.data.metrics[metric]:.4f}."
+        )
     if v is not None:
         d = v.diff
         lines.append(
@@ -842,7 +1032,8 @@ def parent_note(sweep: Sweep, status: str, best: Run | None, v: Any) -> str:
             f"{sum(v.baseline_values) / len(v.baseline_values):.4f} over seeds {v.seeds}: "
             f"difference {d.mean:+.4f}, 95% interval [{d.ci_low:+.4f}, {d.ci_high:+.4f}]; "
             f"compute {v.cost_ratio_passes:.2f}x the baseline's (closure passes), "
-            f"{v.cost_ratio_seconds:.2f}x (seconds).")
+            f"{v.cost_ratio_seconds:.2f}x (seconds)."
+        )
     elif status == "FINISHED":
         lines.append("No confirmation stage result: no claim against the baseline is made.")
     if status == "KILLED":
@@ -855,11 +1046,15 @@ def status_rows(client: MlflowClient, sweep: Sweep) -> list[dict[str, Any]]:
     objectives = sweep.objectives
     rows = []
     for c in children(client, sweep):
-        row = {"trial": c.data.tags.get(TAG_TRIAL, ""), "run_name": c.info.run_name,
-               "stage": stage_of(c), "status": c.info.status,
-               "params": searched_values(c),
-               "stopped_early": c.data.tags.get(TAG_STOPPED_EARLY) == "1",
-               "diverged": c.data.tags.get(TAG_DIVERGED) == "1"}
+        row = {
+            "trial": c.data.tags.get(TAG_TRIAL, ""),
+            "run_name": c.info.run_name,
+            "stage": stage_of(c),
+            "status": c.info.status,
+            "params": searched_values(c),
+            "stopped_early": c.data.tags.get(TAG_STOPPED_EARLY) == "1",
+            "diverged": c.data.tags.get(TAG_DIVERGED) == "1",
+        }
         for m, _ in objectives:
             row[m] = c.data.metrics.get(m)
         test = _test_metric(objectives[0][0])
@@ -894,12 +1089,33 @@ def export_ranking(client: MlflowClient, sweep: Sweep) -> list[tuple[Run, dict[s
             scored.append((cid != winner, -sign * sum(vals) / len(vals), cid, seeds))
     for _, neg, cid, seeds in sorted(scored, key=lambda t: (t[0], t[1], t[2])):
         run = seeds[min(seeds)]
-        out.append((run, {"stage": "finalist", "config_id": cid, "winner": cid == winner,
-                          "metric": metric, "mode": mode, "value": -neg * sign,
-                          "value_is": f"mean over seeds {sorted(seeds)}"}))
+        out.append(
+            (
+                run,
+                {
+                    "stage": "finalist",
+                    "config_id": cid,
+                    "winner": cid == winner,
+                    "metric": metric,
+                    "mode": mode,
+                    "value": -neg * sign,
+                    "value_is": f"mean over seeds {sorted(seeds)}",
+                },
+            )
+        )
     for run in rank_children(children(client, sweep, "search"), metric, mode):
-        out.append((run, {"stage": "search", "metric": metric, "mode": mode,
-                          "value": run.data.metrics[metric], "value_is": "one search trial"}))
+        out.append(
+            (
+                run,
+                {
+                    "stage": "search",
+                    "metric": metric,
+                    "mode": mode,
+                    "value": run.data.metrics[metric],
+                    "value_is": "one search trial",
+                },
+            )
+        )
     return out
 
 
@@ -911,8 +1127,9 @@ def sweep_record(client: MlflowClient, sweep: Sweep) -> Any:
     trials = []
     for c in children(client, sweep):
         stage = stage_of(c)
-        if stage == "search" and (c.data.tags.get(TAG_STOPPED_EARLY) == "1"
-                                  or c.data.tags.get(TAG_DIVERGED) == "1"):
+        if stage == "search" and (
+            c.data.tags.get(TAG_STOPPED_EARLY) == "1" or c.data.tags.get(TAG_DIVERGED) == "1"
+        ):
             # An early-stopped trial's value is an earlier epoch's: it would bias the
             # importance and radius figures, which are drawn from full-length trials.
             continue
@@ -920,14 +1137,28 @@ def sweep_record(client: MlflowClient, sweep: Sweep) -> Any:
         if stage in ("finalist", "baseline"):
             for key in ("val_acc", "val_loss", metric):
                 if key in c.data.metrics and key not in history:
-                    history[key] = sorted((m.step, m.value)
-                                          for m in client.get_metric_history(c.info.run_id, key))
+                    history[key] = sorted(
+                        (m.step, m.value) for m in client.get_metric_history(c.info.run_id, key)
+                    )
         seed = c.data.tags.get(TAG_SEED)
-        trials.append(TrialRecord(
-            run_id=c.info.run_id, run_name=c.info.run_name or "", stage=stage,
-            status=c.info.status, params=searched_values(c), metrics=dict(c.data.metrics),
-            history=history, config_id=c.data.tags.get(TAG_CONFIG),
-            seed=int(seed) if seed is not None else None))
-    return SweepRecord(name=sweep.name, search_metric=metric, mode=mode,
-                       searched=sweep.space.get("ranges", {}), trials=trials,
-                       verdict=compute_verdict(client, sweep))
+        trials.append(
+            TrialRecord(
+                run_id=c.info.run_id,
+                run_name=c.info.run_name or "",
+                stage=stage,
+                status=c.info.status,
+                params=searched_values(c),
+                metrics=dict(c.data.metrics),
+                history=history,
+                config_id=c.data.tags.get(TAG_CONFIG),
+                seed=int(seed) if seed is not None else None,
+            )
+        )
+    return SweepRecord(
+        name=sweep.name,
+        search_metric=metric,
+        mode=mode,
+        searched=sweep.space.get("ranges", {}),
+        trials=trials,
+        verdict=compute_verdict(client, sweep),
+    )

@@ -44,8 +44,13 @@ def is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e)
 
 
-def train_trial(config: dict[str, Any], *, base: dict[str, Any],
-                worst: dict[str, float], checkpoint_every_s: float = 0.0) -> None:
+def train_trial(
+    config: dict[str, Any],
+    *,
+    base: dict[str, Any],
+    worst: dict[str, float],
+    checkpoint_every_s: float = 0.0,
+) -> None:
     """Run the TrainSpec ``base`` with the searched values in ``config`` merged in.
 
     A run whose loss turns NaN/Inf reports the finite ``worst`` values with ``diverged=1`` and
@@ -90,6 +95,7 @@ def train_trial(config: dict[str, Any], *, base: dict[str, Any],
         tune.report({"oom": 1.0, "diverged": 0.0, "error": str(e).splitlines()[0][:200]})
         return
     if result.status == "diverged":
-        last = {k: v for k, v in result.final.items()
-                if isinstance(v, int | float) and math.isfinite(v)}
+        last = {
+            k: v for k, v in result.final.items() if isinstance(v, int | float) and math.isfinite(v)
+        }
         tune.report({**last, **worst, "diverged": 1.0, "oom": 0.0})

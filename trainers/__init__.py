@@ -6,7 +6,22 @@ every epoch reports (validation included), ``FINAL_METRICS`` what only the last 
 (the test set), and ``test_metric_for`` maps a validation metric to its test counterpart.
 """
 
-from trainers.loop import EPOCH_METRICS, FINAL_METRICS, FitResult, fit, test_metric_for
+from trainers.loop import (
+    DIAGNOSTIC_METRICS,
+    EPOCH_METRICS,
+    FINAL_METRICS,
+    FitResult,
+    fit,
+    test_metric_for,
+)
 from trainers.spec import TrainSpec
 
-__all__ = ["EPOCH_METRICS", "FINAL_METRICS", "FitResult", "TrainSpec", "fit", "test_metric_for"]
+__all__ = [
+    "DIAGNOSTIC_METRICS",
+    "EPOCH_METRICS",
+    "FINAL_METRICS",
+    "FitResult",
+    "TrainSpec",
+    "fit",
+    "test_metric_for",
+]

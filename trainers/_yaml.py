@@ -54,6 +54,9 @@ def _at(mark: yaml.Mark | None) -> str:
 
 
 class _StrictSafeLoader(yaml.SafeLoader):
+    """``SafeLoader`` with YAML 1.2 floats, duplicate keys refused, and the depth and node
+    limits enforced while composing (one instance per document)."""
+
     def __init__(self, stream: Any) -> None:
         super().__init__(stream)
         self._nodes = 0  # nodes composed so far, each alias counted as its expanded size
@@ -168,9 +171,10 @@ def load_yaml(source: str | Path) -> Any:
         text: str | bytes = _read_bounded(source)
     else:
         text = source
-        # Characters first: a huge string is refused without encoding a copy of it.
-        if len(text) > MAX_BYTES or len(text.encode()) > MAX_BYTES:
-            raise _too_big(len(text.encode()) if len(text) <= 4 * MAX_BYTES else len(text))
+        # Too many characters is too many bytes: refused without encoding a copy first.
+        size = len(text) if len(text) > MAX_BYTES else len(text.encode())
+        if size > MAX_BYTES:
+            raise _too_big(size)
     try:
         return yaml.load(text, Loader=_StrictSafeLoader)  # noqa: S506 - a SafeLoader subclass
     except YAMLError:

@@ -72,6 +72,17 @@ FINAL_METRICS = frozenset(
         "closure_passes_total",  # sum of closure_passes: the run's compute in passes
     }
 )
+#: Diagnostics of the final weights: labelled as such, never objectives of a sweep.
+DIAGNOSTIC_METRICS = frozenset(
+    {
+        # top Hessian eigenvalue of the loss on a fixed validation batch (BatchNorm in eval
+        # mode), with ``hessian_lmax: true``; see ``trainers.diagnostics``
+        "diag.hessian_lmax",
+    }
+)
+#: Examples in the fixed batch the Hessian diagnostic is measured on.
+HESSIAN_BATCH = 256
+
 _TEST_FOR_VAL = {
     "val_loss": "test_loss",
     "val_acc": "test_acc",
@@ -372,6 +383,8 @@ def fit(
             metrics["closure_passes_total"] = passes + sum(
                 m.get("closure_passes", 0) for m in history
             )
+            if spec.hessian_lmax:
+                metrics["diag.hessian_lmax"] = _hessian_lmax(model, bundle, memory_format)
         metrics["epoch_seconds"] = time.perf_counter() - t0
         history.append(metrics)
         if on_epoch_end is not None and on_epoch_end(
@@ -446,3 +459,21 @@ def robust_accuracy(
                 correct += int((model(x_adv).argmax(1) == y).sum())
         n += len(y)
     return correct / max(n, 1)
+
+
+def _hessian_lmax(model: nn.Module, bundle: Any, memory_format: torch.memory_format) -> float:
+    """The top Hessian eigenvalue at the final weights on the first ``HESSIAN_BATCH``
+    validation examples (the test set when there is no validation split), in fp32."""
+    from trainers.diagnostics import hessian_top_eigenvalue
+
+    loader = bundle.val if bundle.val is not None else bundle.test
+    xs, ys, n = [], [], 0
+    for x, y in loader:  # fixed order: the same batch for every run of the same data
+        xs.append(x)
+        ys.append(y)
+        n += len(y)
+        if n >= HESSIAN_BATCH:
+            break
+    x = torch.cat(xs)[:HESSIAN_BATCH].float().contiguous(memory_format=memory_format)
+    y = torch.cat(ys)[:HESSIAN_BATCH]
+    return hessian_top_eigenvalue(model, x, y)

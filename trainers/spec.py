@@ -201,6 +201,9 @@ class TrainSpec(_Strict):
     # Keep the weights of the best val_acc epoch and also report their test metrics
     # (test_acc_at_best_val, ...) after the last epoch; needs a validation split.
     test_at_best_val: bool = False
+    # Diagnostic: measure the top Hessian eigenvalue of the final weights on a fixed batch of
+    # the validation split (``diag.hessian_lmax``, after the last epoch). Never an objective.
+    hessian_lmax: bool = False
 
     @model_validator(mode="after")
     def _cross_checks(self) -> TrainSpec:

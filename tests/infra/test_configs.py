@@ -483,8 +483,10 @@ def test_trials_get_only_what_the_code_reads():
 
 
 def test_every_variable_the_code_reads_is_listed():
-    read = re.compile(r"""os\.(?:environ\.get|getenv)\(\s*["']([A-Z][A-Z0-9_]*)["']"""
-                      r"""|os\.environ\[\s*["']([A-Z][A-Z0-9_]*)["']\s*\]""")
+    read = re.compile(
+        r"""os\.(?:environ\.get|getenv)\(\s*["']([A-Z][A-Z0-9_]*)["']"""
+        r"""|os\.environ\[\s*["']([A-Z][A-Z0-9_]*)["']\s*\]"""
+    )
     found = set()
     for package in ("trainers", "search_spaces", "sweeps"):
         for path in (ROOT / package).rglob("*.py"):

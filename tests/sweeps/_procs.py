@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -79,6 +80,40 @@ def wait_for(pred: Any, timeout_s: float, what: str, interval: float = 0.5) -> A
             return value
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def tune_results(exp_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """Every result each trial of a Tune experiment reported, by Tune's trial id.
+
+    Read from the ``result.json`` that Tune's ``JsonLoggerCallback`` (which the runner keeps)
+    writes per trial on the driver and syncs to ``<storage>/<experiment>/<trial>/`` with each
+    experiment snapshot. Each result carries Tune's auto-filled ``trial_id``, ``pid`` (the
+    process running the trial) and ``training_iteration``.
+    """
+    out: dict[str, list[dict[str, Any]]] = {}
+    for path in exp_dir.glob("*/result.json"):
+        rows = []
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # the line being written
+        if rows:
+            out[rows[0]["trial_id"]] = rows
+    return out
+
+
+def descends_from(pid: int, ancestor: int) -> bool:
+    """Whether process ``pid`` is ``ancestor`` or one of its descendants (Linux /proc)."""
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        try:
+            stat = (Path("/proc") / str(pid) / "stat").read_text()
+        except OSError:
+            return False
+        pid = int(stat.rsplit(")", 1)[1].split()[1])  # the field after the command is ppid
+    return False
 
 
 def children(client: MlflowClient, name: str) -> list:

@@ -61,12 +61,26 @@ def ray_head(tmp_path):
     token.write_text(os.urandom(32).hex())
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
     temp = Path("/tmp") / f"rh{port}"  # Ray's socket paths must stay short
-    cmd = [str(bin_dir / "ray"), "start", "--head", "--block", f"--port={port}",
-           "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
-           "--include-dashboard=false", f"--temp-dir={temp}"]
+    cmd = [
+        str(bin_dir / "ray"),
+        "start",
+        "--head",
+        "--block",
+        f"--port={port}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash}",
+        "--num-cpus=2",
+        "--include-dashboard=false",
+        f"--temp-dir={temp}",
+    ]
     log = open(tmp_path / "ray_head.log", "ab")  # noqa: SIM115 - closed below
-    head = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, **auth})
+    head = subprocess.Popen(
+        cmd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, **auth},
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # the GCS port answers once the head is up
         if head.poll() is not None:

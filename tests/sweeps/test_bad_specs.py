@@ -30,8 +30,10 @@ BAD = [
     (with_("num_sample", 3), "num_sample: unknown key; did you mean 'num_samples'?"),
     (with_("train.optim.lrr", 0.1), "train.optim.lrr: unknown key; did you mean 'lr'?"),
     (with_("space.name", "amq"), "unknown search space 'amq'"),
-    (with_("scheduler.name", "asah"), "unknown scheduler.name 'asah'; allowed: asha, fifo, "
-     "hyperband; did you mean 'asha'?"),
+    (
+        with_("scheduler.name", "asah"),
+        "unknown scheduler.name 'asah'; allowed: asha, fifo, hyperband; did you mean 'asha'?",
+    ),
     (with_("searcher.sampler", "bayes"), "unknown searcher.sampler 'bayes'; allowed: cmaes, gp"),
     (with_("mode", "maximize"), "mode"),
     (with_("metric", "accuracy"), "metric 'accuracy' is not reported by trials; allowed:"),
@@ -42,8 +44,10 @@ BAD = [
     (with_("metric", "test_loss"), "use 'val_loss' (or set allow_test_selection: true)"),
     (with_("train.data", {"name": "mnist1d", "val_fraction": 0}), "needs a validation split"),
     # the regularizer is stated once: a space that contradicts it is refused
-    (with_("train.perturbation", {"kind": "sam"}), "space.name 'amp' searches perturbation "
-     "kind 'amp', but train.perturbation.kind is 'sam'"),
+    (
+        with_("train.perturbation", {"kind": "sam"}),
+        "space.name 'amp' searches perturbation kind 'amp', but train.perturbation.kind is 'sam'",
+    ),
     # counts that reach a cluster are bounded
     (with_("num_samples", 10**9), "num_samples: Input should be less than or equal to 10000"),
     (with_("max_concurrent", 10**6), "max_concurrent: Input should be less than or equal to"),
@@ -55,15 +59,21 @@ BAD = [
     (with_("name", "../../etc"), "name must be 1-64 characters"),
     (with_("resources.gpu", 1.5), "gpu above 1 must be a whole number"),
     (with_("num_samples", 0), "num_samples: Input should be greater than or equal to 1"),
-    (with_("space.ranges", {"perturbation.radiu": [0.1, 0.2]}),
-     "did you mean 'perturbation.radius'"),
+    (
+        with_("space.ranges", {"perturbation.radiu": [0.1, 0.2]}),
+        "did you mean 'perturbation.radius'",
+    ),
     (with_("space.ranges", {"perturbation.radius": [0.5, 0.1]}), "low must be <= high"),
-    (with_("train.data", {"name": "cifar10", "root": "/nonexistent/cifar"}),
-     "'/nonexistent/cifar' does not exist"),
+    (
+        with_("train.data", {"name": "cifar10", "root": "/nonexistent/cifar"}),
+        "'/nonexistent/cifar' does not exist",
+    ),
     (with_("train.model.name", "resnet50"), "unknown model 'resnet50'"),
     (with_("train.perturbation", {"kind": "amp", "inner_steps": 0}), "inner_steps"),
-    (with_("space.ranges", {"perturbation.inner_steps": [0, 2]}),
-     "space: a sampled point is not a valid TrainSpec"),
+    (
+        with_("space.ranges", {"perturbation.inner_steps": [0, 2]}),
+        "space: a sampled point is not a valid TrainSpec",
+    ),
     (with_("mode", ["max", "min"]), "metric and mode must have the same length"),
     ("name: t\ntrain: [unclosed\n", "invalid YAML"),
     ("- just\n- a list\n", "a sweep spec is a mapping"),
@@ -73,8 +83,9 @@ BAD = [
 
 @pytest.mark.parametrize("command", ["validate", "run"])
 @pytest.mark.parametrize(("text", "expected"), BAD, ids=[f"bad{i}" for i in range(len(BAD))])
-def test_bad_spec_is_one_line_exit_2_and_creates_nothing(text, expected, command, tmp_path,
-                                                          monkeypatch):
+def test_bad_spec_is_one_line_exit_2_and_creates_nothing(
+    text, expected, command, tmp_path, monkeypatch
+):
     import ray
 
     monkeypatch.chdir(tmp_path)
@@ -124,9 +135,16 @@ def spec_of(**over):  # noqa: ANN003, ANN201
     return SweepSpec.model_validate(sweep_dict(**over))
 
 
-@pytest.mark.parametrize(("kind", "extra", "space"), [
-    ("sam", {}, "sam"), ("sam", {"adaptive": True}, "asam"), ("amp", {}, "amp"),
-    ("awp", {}, "awp"), ("erm", {}, "erm")])
+@pytest.mark.parametrize(
+    ("kind", "extra", "space"),
+    [
+        ("sam", {}, "sam"),
+        ("sam", {"adaptive": True}, "asam"),
+        ("amp", {}, "amp"),
+        ("awp", {}, "awp"),
+        ("erm", {}, "erm"),
+    ],
+)
 def test_the_space_follows_the_perturbation_kind(kind, extra, space):
     d = sweep_dict()
     d.pop("space")
@@ -142,8 +160,11 @@ def test_the_space_follows_the_perturbation_kind(kind, extra, space):
 
 
 def test_grace_period_defaults_to_the_first_lr_decay_and_warns_when_earlier():
-    train = {**sweep_dict()["train"], "epochs": 10,
-             "schedule": {"name": "multistep", "milestones": [6, 8]}}
+    train = {
+        **sweep_dict()["train"],
+        "epochs": 10,
+        "schedule": {"name": "multistep", "milestones": [6, 8]},
+    }
     s = spec_of(train=train, scheduler={"name": "asha"})
     assert s.grace_period == 6 and s.warnings() == []
     early = spec_of(train=train, scheduler={"name": "asha", "grace_period": 2})
@@ -193,6 +214,7 @@ def test_the_resolved_spec_carries_every_default_that_is_used():
     dumped = s.model_dump(mode="json")
     assert dumped["space"]["name"] == "amp"
     assert None not in dumped["train"]["perturbation"].values()
-    sam = spec_of(train={**sweep_dict()["train"], "perturbation": {"kind": "sam"}},
-                  space={"name": "sam"})
+    sam = spec_of(
+        train={**sweep_dict()["train"], "perturbation": {"kind": "sam"}}, space={"name": "sam"}
+    )
     assert sam.model_dump(mode="json")["train"]["perturbation"]["adaptive"] is False

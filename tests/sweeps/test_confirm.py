@@ -25,8 +25,9 @@ TOP_K, SEEDS = 2, 2
 @pytest.fixture(scope="module")
 def confirmed(ray_local, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("confirm")
-    d = sweep_dict("confirm", finalists={"top_k": TOP_K, "seeds": SEEDS},
-                   scheduler={"name": "fifo"})
+    d = sweep_dict(
+        "confirm", finalists={"top_k": TOP_K, "seeds": SEEDS}, scheduler={"name": "fifo"}
+    )
     d["storage_path"] = str(tmp / "ray")
     d["tracking_uri"] = f"sqlite:///{tmp / 'mlflow.db'}"
     spec = SweepSpec.model_validate(d)
@@ -55,7 +56,10 @@ def test_stages_counts_tags_and_seeds(confirmed):
         for r in stages[stage]:
             assert r.info.status == "FINISHED"
             assert json.loads(r.data.tags["flatsweep.train_spec"])["seed"] == int(
-                r.data.tags["flatsweep.seed"])
+                r.data.tags["flatsweep.seed"]
+            )
+            # a labelled flatness diagnostic of the final weights
+            assert r.data.metrics["diag.hessian_lmax"] > 0
             # full budget, no early stopping
             assert len(client.get_metric_history(r.info.run_id, "val_acc")) == 3
     assert {r.data.tags["flatsweep.config_id"] for r in stages["finalist"]} == {"f1", "f2"}
@@ -65,8 +69,10 @@ def test_stages_counts_tags_and_seeds(confirmed):
     # the finalists are the best distinct search configs by the validation metric
     ranked = tracking.rank_children(stages["search"], "val_acc", "max")
     chosen = {json.dumps(tracking.searched_values(r), sort_keys=True) for r in ranked[:TOP_K]}
-    confirmed_points = {json.dumps({k: v for k, v in tracking.searched_values(r).items()},
-                                   sort_keys=True) for r in stages["finalist"]}
+    confirmed_points = {
+        json.dumps({k: v for k, v in tracking.searched_values(r).items()}, sort_keys=True)
+        for r in stages["finalist"]
+    }
     assert confirmed_points == chosen
 
 
@@ -83,16 +89,24 @@ def test_the_verdict_on_the_parent_matches_the_child_runs(confirmed):
     parent = client.get_run(sweep.parent_id)
     m, tags = parent.data.metrics, parent.data.tags
     assert parent.info.status == "FINISHED"
-    for key in ("winner.test_acc.mean", "winner.test_acc.std", "baseline.test_acc.mean",
-                "baseline.test_acc.std", "delta.test_acc.mean", "delta.test_acc.ci_low",
-                "delta.test_acc.ci_high", "winner.cost_ratio"):
+    for key in (
+        "winner.test_acc.mean",
+        "winner.test_acc.std",
+        "baseline.test_acc.mean",
+        "baseline.test_acc.std",
+        "delta.test_acc.mean",
+        "delta.test_acc.ci_low",
+        "delta.test_acc.ci_high",
+        "winner.cost_ratio",
+    ):
         assert f"final.{key}" in m, key
     assert tags["flatsweep.verdict"] in ("better", "no_difference", "worse")
     stages = by_stage(client, sweep)
     winner_cfg = tags["flatsweep.winner_config_id"]
-    winners = sorted((r for r in stages["finalist"]
-                      if r.data.tags["flatsweep.config_id"] == winner_cfg),
-                     key=lambda r: int(r.data.tags["flatsweep.seed"]))
+    winners = sorted(
+        (r for r in stages["finalist"] if r.data.tags["flatsweep.config_id"] == winner_cfg),
+        key=lambda r: int(r.data.tags["flatsweep.seed"]),
+    )
     assert tags["flatsweep.winner_run_id"] in {r.info.run_id for r in winners}
     # the winner has the best mean validation metric of the finalists
     means = {}
@@ -118,8 +132,9 @@ def test_the_report_is_logged_on_the_parent(confirmed):
     arts = {a.path for a in client.list_artifacts(sweep.parent_id, "report")}
     assert "report/report.md" in arts
     assert any(p.endswith(".png") for p in arts)
-    text = Path(client.download_artifacts(sweep.parent_id, "report/report.md", str(tmp))
-                ).read_text()
+    text = Path(
+        client.download_artifacts(sweep.parent_id, "report/report.md", str(tmp))
+    ).read_text()
     for line in text.splitlines():  # every image the report references was logged
         if line.startswith("!["):
             assert f"report/{line.split('(')[1].rstrip(')')}" in arts
@@ -127,8 +142,19 @@ def test_the_report_is_logged_on_the_parent(confirmed):
 
 def test_export_puts_the_confirmed_winner_first(confirmed, tmp_path):
     tmp, spec, result, client, sweep = confirmed
-    out = CliRunner().invoke(app, ["export", "confirm", "--top", "4", "--out", str(tmp_path),
-                                   "--tracking-uri", result.tracking_uri])
+    out = CliRunner().invoke(
+        app,
+        [
+            "export",
+            "confirm",
+            "--top",
+            "4",
+            "--out",
+            str(tmp_path),
+            "--tracking-uri",
+            result.tracking_uri,
+        ],
+    )
     assert out.exit_code == 0, out.output
     files = sorted(tmp_path.glob("*.yaml"), key=lambda p: p.name)
     first = yaml.safe_load(files[0].read_text())["provenance"]
@@ -144,8 +170,9 @@ def test_status_lists_searched_values_and_the_verdict(confirmed):
     out = CliRunner().invoke(app, ["status", "confirm", "--tracking-uri", result.tracking_uri])
     assert out.exit_code == 0, out.output
     assert "perturbation.radius" in out.output and "verdict:" in out.output
-    js = CliRunner().invoke(app, ["status", "confirm", "--json", "--tracking-uri",
-                                  result.tracking_uri])
+    js = CliRunner().invoke(
+        app, ["status", "confirm", "--json", "--tracking-uri", result.tracking_uri]
+    )
     data = json.loads(js.output)
     assert data["verdict"] in ("better", "no_difference", "worse")
     assert data["trials"][0]["stage"] == "finalist"

@@ -20,8 +20,11 @@ from tests.sweeps.conftest import sweep_dict
 
 
 def run(tmp_path: Path, d: dict, resume: bool = False):
-    d = {**d, "storage_path": str(tmp_path / "ray"),
-         "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    d = {
+        **d,
+        "storage_path": str(tmp_path / "ray"),
+        "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    }
     spec = SweepSpec.model_validate(d)
     return spec, run_sweep(spec, yaml.safe_dump(d), resume=resume, progress=False)
 
@@ -50,7 +53,7 @@ def test_one_parent_and_one_child_per_trial(finished):
     assert parent.data.params["space.perturbation.radius"] == "[0.005, 0.05] log"
     assert parent.data.tags["mlflow.source.git.commit"]
     assert parent.data.tags["flatsweep.best_trial"] == result.best["trial_id"]
-    assert parent.data.metrics["best_test_acc"] == result.best["test_acc"]
+    assert parent.data.metrics["best_val_acc"] == result.best["val_acc"]
 
 
 def test_children_have_params_metrics_and_statuses(finished):
@@ -67,7 +70,7 @@ def test_children_have_params_metrics_and_statuses(finished):
         assert 0.1 <= float(p["perturbation.inner_lr"]) <= 2.0
         spec_tag = json.loads(c.data.tags[TAG_SPEC])
         assert spec_tag["perturbation"]["radius"] == float(p["perturbation.radius"])
-        history = client.get_metric_history(c.info.run_id, "test_acc")
+        history = client.get_metric_history(c.info.run_id, "val_acc")
         steps = sorted(m.step for m in history)
         assert steps == list(range(1, len(steps) + 1))  # one point per epoch, step=epoch
         stopped = c.data.tags["flatsweep.stopped_early"] == "1"
@@ -80,27 +83,34 @@ def test_children_have_params_metrics_and_statuses(finished):
 def test_export_writes_files_that_rerun_to_the_same_metric(finished, tmp_path):
     tmp, spec, result, client = finished
     out = tmp_path / "best"
-    res = CliRunner().invoke(app, ["export", "e2e", "--top", "2", "--out", str(out),
-                                   "--tracking-uri", result.tracking_uri])
+    res = CliRunner().invoke(
+        app,
+        ["export", "e2e", "--top", "2", "--out", str(out), "--tracking-uri", result.tracking_uri],
+    )
     assert res.exit_code == 0, res.output
     files = sorted(out.glob("*.yaml"))
     assert 1 <= len(files) <= 2
     exported = yaml.safe_load(files[0].read_text())
     prov = exported["provenance"]
-    assert prov["sweep"] == "e2e" and prov["rank"] == 1 and prov["metric"] == "test_acc"
+    assert prov["sweep"] == "e2e" and prov["rank"] == 1 and prov["metric"] == "val_acc"
     assert prov["run_id"] == result.best["run_id"]
-    assert prov["value"] == result.best["test_acc"]
+    assert prov["value"] == result.best["val_acc"]
     # re-run without Ray or MLflow: same seed, same threads, same metric
-    proc = subprocess.run([sys.executable, "-m", "trainers", str(files[0])],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainers", str(files[0])],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["test_acc"] == prov["value"]
+    assert json.loads(proc.stdout)["val_acc"] == prov["value"]
 
 
 def test_status_lists_every_trial(finished):
     tmp, spec, result, client = finished
-    res = CliRunner().invoke(app, ["status", "e2e", "--json", "--tracking-uri",
-                                   result.tracking_uri])
+    res = CliRunner().invoke(
+        app, ["status", "e2e", "--json", "--tracking-uri", result.tracking_uri]
+    )
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
     assert data["status"] == "FINISHED" and len(data["trials"]) == 4
@@ -135,7 +145,7 @@ def test_diverging_trials_end_finished_with_a_finite_worst_value(ray_local, tmp_
     for c in children:
         assert c.info.status == "FINISHED"
         assert c.data.tags["flatsweep.diverged"] == "1"
-        assert c.data.metrics["test_acc"] == 0.0  # the worst value told to Optuna
+        assert c.data.metrics["val_acc"] == 0.0  # the worst value told to Optuna
         assert c.data.metrics["diverged"] == 1.0
     assert result.best is None  # nothing worth exporting
 
@@ -144,8 +154,9 @@ def test_every_slot_is_used(finished):
     """OptunaSearch alone keeps one pending trial; the sweep must run 2 at once on 2 CPUs."""
     tmp, spec, result, client = finished
     children = find_children(client, result.experiment_id, result.parent_run_id)
-    events = sorted([(c.info.start_time, 1) for c in children]
-                    + [(c.info.end_time, -1) for c in children])
+    events = sorted(
+        [(c.info.start_time, 1) for c in children] + [(c.info.end_time, -1) for c in children]
+    )
     running, most = 0, 0
     for _, delta in events:
         running += delta
@@ -163,8 +174,12 @@ def _study(exp_dir: Path):  # noqa: ANN202
 
 
 def test_a_multi_objective_sweep_tells_optuna_every_objective(ray_local, tmp_path):
-    objectives = {"metric": ["test_acc", "train_loss"], "mode": ["max", "min"],
-                  "scheduler": {"name": "fifo"}, "searcher": {"sampler": "nsga2", "seed": 0}}
+    objectives = {
+        "metric": ["val_acc", "train_loss"],
+        "mode": ["max", "min"],
+        "scheduler": {"name": "fifo"},
+        "searcher": {"sampler": "nsga2", "seed": 0},
+    }
     d = sweep_dict("pareto", num_samples=3, **objectives)
     d["train"]["epochs"] = 2
     spec, result = run(tmp_path, d)
@@ -175,14 +190,54 @@ def test_a_multi_objective_sweep_tells_optuna_every_objective(ray_local, tmp_pat
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
     assert sorted(tuple(t.values) for t in study.trials) == sorted(
-        (c.data.metrics["test_acc"], c.data.metrics["train_loss"]) for c in children)
+        (c.data.metrics["val_acc"], c.data.metrics["train_loss"]) for c in children
+    )
     # The parent's best is ranked by the first objective.
-    assert result.best["test_acc"] == max(c.data.metrics["test_acc"] for c in children)
+    assert result.best["val_acc"] == max(c.data.metrics["val_acc"] for c in children)
+    # objectives are stored as JSON and `sweeps status` shows every one of them
+    res = CliRunner().invoke(
+        app, ["status", "pareto", "--json", "--tracking-uri", result.tracking_uri]
+    )
+    data = json.loads(res.output)
+    assert data["objectives"] == [
+        {"metric": "val_acc", "mode": "max"},
+        {"metric": "train_loss", "mode": "min"},
+    ]
+    for t in data["trials"]:
+        assert isinstance(t["val_acc"], float) and isinstance(t["train_loss"], float)
 
     # Out of memory (a 320 GB first layer the CPU allocator refuses): no objective reported,
     # so every Optuna trial is PRUNED, none left RUNNING.
     d = sweep_dict("pareto-oom", num_samples=2, **objectives)
     d["train"]["model"] = {"name": "mlp", "args": {"hidden": 2_000_000_000}}
     run(tmp_path, d)
-    assert [t.state.name for t in _study(tmp_path / "ray" / "pareto-oom").trials] == \
-        ["PRUNED"] * 2
+    assert [t.state.name for t in _study(tmp_path / "ray" / "pareto-oom").trials] == ["PRUNED"] * 2
+
+
+def test_a_fresh_ui_sees_names_descriptions_and_the_dataset(finished):
+    tmp, spec, result, client = finished
+    parent = client.get_run(result.parent_run_id)
+    note = parent.data.tags["mlflow.note.content"]
+    assert "Best search trial by val_acc" in note and result.best["run_name"] in note
+    assert [d.dataset.name for d in parent.inputs.dataset_inputs] == ["mnist1d-seed0"]
+    for c in find_children(client, result.experiment_id, result.parent_run_id):
+        # "amp r=0.012 K=2 ilr=0.39": the regularizer and its searched values
+        name = c.info.run_name
+        assert name.startswith("amp r=") and " K=" in name and " ilr=" in name, name
+        assert float(name.split("r=")[1].split()[0]) == pytest.approx(
+            float(c.data.params["perturbation.radius"]), rel=0.05
+        )
+        assert c.data.tags["flatsweep.stage"] == "search"
+    # every default that was used is recorded, never None
+    for c in find_children(client, result.experiment_id, result.parent_run_id):
+        assert "None" not in c.data.params.values()
+
+
+def test_the_browse_hint_points_at_the_server_or_the_ui_to_start():
+    from sweeps.runner import SweepResult
+
+    server = SweepResult("s", "7", "r", "http://mlflow.internal:8080/", 1, None)
+    assert server.browse_hint() == "browse: http://mlflow.internal:8080/#/experiments/7/runs"
+    local = SweepResult("s", "7", "r", "sqlite:////tmp/x.db", 1, None)
+    assert local.browse_hint().startswith("browse: mlflow ui --backend-store-uri sqlite:///")
+    assert local.browse_hint().endswith("http://127.0.0.1:5000/#/experiments/7/runs")

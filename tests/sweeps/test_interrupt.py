@@ -35,8 +35,14 @@ def sweep_of(client: MlflowClient, name: str):  # noqa: ANN201
 
 
 def test_ctrl_c_ends_the_sweep_killed_with_exit_130_and_the_resume_hint(tmp_path):
-    spec = write_spec(tmp_path, "sigint", sqlite(tmp_path), num_samples=4, train=SLOW_TRAIN,
-                      scheduler={"name": "asha", "grace_period": 1})
+    spec = write_spec(
+        tmp_path,
+        "sigint",
+        sqlite(tmp_path),
+        num_samples=4,
+        train=SLOW_TRAIN,
+        scheduler={"name": "asha", "grace_period": 1},
+    )
     proc = start_driver(["run", str(spec)], tmp_path)
     client = MlflowClient(sqlite(tmp_path))
 
@@ -44,8 +50,10 @@ def test_ctrl_c_ends_the_sweep_killed_with_exit_130_and_the_resume_hint(tmp_path
         s = sweep_of(client, "sigint")
         if s is None:
             return False
-        return any(r.info.status == "RUNNING" and r.data.metrics.get("train_loss") is not None
-                   for r in tracking.children(client, s))
+        return any(
+            r.info.status == "RUNNING" and r.data.metrics.get("train_loss") is not None
+            for r in tracking.children(client, s)
+        )
 
     try:
         wait_for(mid_trial, 300, "a trial mid-way")
@@ -69,12 +77,23 @@ def test_ctrl_c_ends_the_sweep_killed_with_exit_130_and_the_resume_hint(tmp_path
 
 
 def test_driver_killed_in_the_confirmation_stage_resumes_without_rerunning_seeds(
-        tmp_path, ray_head):
-    train = {**SLOW_TRAIN, "epochs": 6, "data": {"name": "mnist1d", "num_train": 1500,
-                                                 "num_test": 300}}
-    spec = write_spec(tmp_path, "confirmloss", sqlite(tmp_path), num_samples=2, train=train,
-                      scheduler={"name": "fifo"}, checkpoint_every_s=0,
-                      finalists={"top_k": 1, "seeds": 3})
+    tmp_path, ray_head
+):
+    train = {
+        **SLOW_TRAIN,
+        "epochs": 6,
+        "data": {"name": "mnist1d", "num_train": 1500, "num_test": 300},
+    }
+    spec = write_spec(
+        tmp_path,
+        "confirmloss",
+        sqlite(tmp_path),
+        num_samples=2,
+        train=train,
+        scheduler={"name": "fifo"},
+        checkpoint_every_s=0,
+        finalists={"top_k": 1, "seeds": 3},
+    )
     proc = start_driver(["run", str(spec)], tmp_path, env=ray_head)
     client = MlflowClient(sqlite(tmp_path))
 
@@ -83,25 +102,34 @@ def test_driver_killed_in_the_confirmation_stage_resumes_without_rerunning_seeds
         if s is None:
             return False
         runs = tracking.children(client, s, "finalist") + tracking.children(client, s, "baseline")
-        return (any(r.info.status == "FINISHED" for r in runs)
-                and any(r.info.status == "RUNNING" for r in runs))
+        return any(r.info.status == "FINISHED" for r in runs) and any(
+            r.info.status == "RUNNING" for r in runs
+        )
 
     wait_for(confirming, 480, "a finished and a running confirmation trial")
     time.sleep(3)  # past Tune's 2-s snapshot of the finished one
     kill_group(proc)  # SIGKILL: no cleanup at all
     s = sweep_of(client, "confirmloss")
-    before = {r.info.run_id: r for r in tracking.children(client, s)
-              if tracking.stage_of(r) in ("finalist", "baseline")}
+    before = {
+        r.info.run_id: r
+        for r in tracking.children(client, s)
+        if tracking.stage_of(r) in ("finalist", "baseline")
+    }
     done_before = {k: r.info.end_time for k, r in before.items() if r.info.status == "FINISHED"}
     time.sleep(3)
-    resume = start_driver(["resume", "confirmloss", "--tracking-uri", sqlite(tmp_path)],
-                          tmp_path, env=ray_head, log_name="resume.log")
+    resume = start_driver(
+        ["resume", "confirmloss", "--tracking-uri", sqlite(tmp_path)],
+        tmp_path,
+        env=ray_head,
+        log_name="resume.log",
+    )
     assert resume.wait(timeout=600) == 0, (tmp_path / "resume.log").read_text()[-3000:]
     s = sweep_of(client, "confirmloss")
     assert s.parent.info.status == "FINISHED"
     assert s.stages_done == ["search", "confirm"]
-    after = [r for r in tracking.children(client, s)
-             if tracking.stage_of(r) in ("finalist", "baseline")]
+    after = [
+        r for r in tracking.children(client, s) if tracking.stage_of(r) in ("finalist", "baseline")
+    ]
     assert len(after) == 3 + 3  # one finalist and the baseline, 3 seeds each, no duplicates
     assert {r.info.status for r in after} == {"FINISHED"}
     ends = {r.info.run_id: r.info.end_time for r in after}

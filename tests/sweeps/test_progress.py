@@ -20,11 +20,11 @@ def test_best_counts_only_finished_full_length_trials():
     spec = SweepSpec.model_validate(sweep_dict("p"))  # 3 epochs, test_acc, max
     progress = Progress(spec, slots=2, enabled=False)
     trials = [
-        _Trial("full", {"epoch": 3, "test_acc": 0.90}),
-        _Trial("asha-stopped", {"epoch": 1, "test_acc": 0.95}),
-        _Trial("diverged", {"epoch": 3, "test_acc": 0.99, "diverged": 1.0}),
+        _Trial("full", {"epoch": 3, "val_acc": 0.90}),
+        _Trial("asha-stopped", {"epoch": 1, "val_acc": 0.95}),
+        _Trial("diverged", {"epoch": 3, "val_acc": 0.99, "diverged": 1.0}),
         _Trial("oom", {"oom": 1.0}),
-        _Trial("worse", {"epoch": 3, "test_acc": 0.80}),
+        _Trial("worse", {"epoch": 3, "val_acc": 0.80}),
     ]
     for trial in trials:
         progress.on_trial_result(0, trials, trial, trial.last_result)

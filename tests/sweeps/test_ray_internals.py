@@ -26,12 +26,16 @@ def trial_with(trial_dir: Path, *epochs_by_index: tuple[int, int], next_index: i
     manager = _CheckpointManager(CheckpointConfig(num_to_keep=2))
     for index, epoch in epochs_by_index:
         path = trial_dir / f"checkpoint_{index:06d}"
-        manager._checkpoint_results.append(_TrainingResult(
-            Checkpoint(str(path)), {"epoch": epoch, "training_iteration": epoch}))
+        manager._checkpoint_results.append(
+            _TrainingResult(Checkpoint(str(path)), {"epoch": epoch, "training_iteration": epoch})
+        )
         manager._latest_checkpoint_result = manager._checkpoint_results[-1]
-    return SimpleNamespace(trial_id="t1", status="PENDING",
-                           run_metadata=SimpleNamespace(checkpoint_manager=manager),
-                           storage=SimpleNamespace(current_checkpoint_index=next_index))
+    return SimpleNamespace(
+        trial_id="t1",
+        status="PENDING",
+        run_metadata=SimpleNamespace(checkpoint_manager=manager),
+        storage=SimpleNamespace(current_checkpoint_index=next_index),
+    )
 
 
 def epoch_of(checkpoint: Checkpoint) -> int:
@@ -67,10 +71,10 @@ def test_deleted_checkpoints_are_dropped_and_the_newest_left_is_restored(tmp_pat
     # new checkpoints go past every directory the killed driver left
     assert trial.storage.current_checkpoint_index == 8
     write(tmp_path, 8, 8)
-    manager.register_checkpoint(_TrainingResult(Checkpoint(str(tmp_path / "checkpoint_000008")),
-                                                {"epoch": 8}))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_000006",
-                                                          "checkpoint_000008"]
+    manager.register_checkpoint(
+        _TrainingResult(Checkpoint(str(tmp_path / "checkpoint_000008")), {"epoch": 8})
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_000006", "checkpoint_000008"]
 
 
 def test_nothing_whole_left_restarts_the_trial_from_scratch(tmp_path):
@@ -89,11 +93,13 @@ def test_the_callback_repairs_unfinished_trials_once_before_the_first_step(tmp_p
     resumed = trial_with(pending, (7, 8), next_index=8)
     callback = RepairCheckpoints()
     callback.on_step_begin(0, [finished, resumed])
-    assert epoch_of(resumed.run_metadata.checkpoint_manager.latest_checkpoint_result
-                    .checkpoint) == 10
+    assert (
+        epoch_of(resumed.run_metadata.checkpoint_manager.latest_checkpoint_result.checkpoint) == 10
+    )
     # a finished trial is not touched even though its checkpoint is gone
     assert finished.run_metadata.checkpoint_manager._checkpoint_results
     write(pending, 10, 11)
     callback.on_step_begin(1, [resumed])  # later steps: Tune's own bookkeeping is right
-    assert epoch_of(resumed.run_metadata.checkpoint_manager.latest_checkpoint_result
-                    .checkpoint) == 10
+    assert (
+        epoch_of(resumed.run_metadata.checkpoint_manager.latest_checkpoint_result.checkpoint) == 10
+    )

@@ -34,8 +34,14 @@ def _report(tracker: MLflowTracker, trial: _Trial, result: dict[str, Any]) -> No
 
 
 def _result(epoch: int, **extra: float) -> dict[str, Any]:
-    return {"epoch": epoch, "test_acc": 0.5 + epoch / 1000, "test_loss": 1.0 / epoch,
-            "training_iteration": epoch, **extra}
+    return {
+        "epoch": epoch,
+        "val_acc": 0.5 + epoch / 1000,
+        "val_loss": 1.0 / epoch,
+        "train_loss": 2.0 / epoch,
+        "training_iteration": epoch,
+        **extra,
+    }
 
 
 @pytest.fixture()
@@ -86,13 +92,13 @@ def test_epochs_reported_close_together_land_in_few_batches(store):
     assert tracker.drain()
 
     run = _child(client, exp, parent)
-    history = client.get_metric_history(run.info.run_id, "test_acc")
+    history = client.get_metric_history(run.info.run_id, "val_acc")
     assert sorted(m.step for m in history) == list(range(1, 151))
     assert run.info.status == "FINISHED"
     assert run.data.tags[TAG_STOPPED_EARLY] == "1"  # 150 of max_epochs 200
     batches = tracker._client.batches  # type: ignore[union-attr]
-    # 150 epochs x 2 metrics: far fewer calls than epochs, none above MLflow's 1000 limit.
-    assert sum(batches) == 300
+    # 150 epochs x 3 metrics: far fewer calls than epochs, none above MLflow's 1000 limit.
+    assert sum(batches) == 450
     assert len(batches) < 20
     assert max(batches) <= 1000
 
@@ -109,7 +115,7 @@ def test_a_restart_after_finish_keeps_status_order_and_every_epoch(store):
     assert tracker.drain()
     run = _child(client, exp, parent)
     assert run.info.status == "RUNNING"  # the restore's status came after FINISHED
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "test_acc")] == [1, 2]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")] == [1, 2]
 
 
 def test_replayed_epochs_are_skipped_but_a_final_diverged_report_lands(store):
@@ -124,12 +130,12 @@ def test_replayed_epochs_are_skipped_but_a_final_diverged_report_lands(store):
     # and the trial reports epoch 4 twice (the last time with the worst value).
     for epoch in (2, 3, 4):
         _report(tracker, trial, _result(epoch))
-    _report(tracker, trial, {**_result(4, diverged=1.0), "test_acc": 0.0})
+    _report(tracker, trial, {**_result(4, diverged=1.0), "val_acc": 0.0})
     assert tracker.drain()
     run = _child(client, exp, parent)
-    steps = [m.step for m in client.get_metric_history(run.info.run_id, "test_acc")]
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
     assert sorted(steps) == [1, 2, 3, 4, 4]
-    assert min(m.value for m in client.get_metric_history(run.info.run_id, "test_acc")) == 0.0
+    assert min(m.value for m in client.get_metric_history(run.info.run_id, "val_acc")) == 0.0
     assert [m.step for m in client.get_metric_history(run.info.run_id, "diverged")] == [4]
 
 
@@ -153,8 +159,9 @@ def test_writes_are_retried_until_the_store_is_back(store, tmp_path):
     tracker.on_trial_complete(0, [], trial)
     assert tracker.drain()
     run = _child(client, exp, parent)
-    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "test_acc")) == \
-        list(range(1, 11))
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_acc")) == list(
+        range(1, 11)
+    )
     assert run.info.status == "FINISHED"
     assert run.data.params["perturbation.radius"] == "0.01"  # the params write was retried too
 
@@ -173,7 +180,7 @@ def test_one_round_delivers_every_trial_queued(store):
         time.sleep(0.05)
     assert not tracker._outbox.pending
     assert tracker._outbox.rounds == 1  # not one run per round: the queue cannot fall behind
-    assert tracker._client.batches == [10] * 10  # type: ignore[union-attr]  # 5 epochs x 2
+    assert tracker._client.batches == [15] * 10  # type: ignore[union-attr]  # 5 epochs x 3
     runs = client.search_runs([exp], filter_string=f"tags.`{TAG_PARENT}` = '{parent}'")
     assert len(runs) == 10
 
@@ -203,15 +210,17 @@ def test_a_restarted_driver_closes_runs_whose_last_writes_died_with_the_old_one(
 
     run = _child_of(client, exp, parent, "done")
     assert run.info.status == "FINISHED"
-    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "test_acc")) == [1, 2]
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_acc")) == [1, 2]
     assert run.data.tags[TAG_STOPPED_EARLY] == "1"
     assert _child_of(client, exp, parent, "failed").info.status == "FAILED"
     assert _child_of(client, exp, parent, "landed").info.end_time == landed_end  # untouched
 
 
 def _child_of(client: MlflowClient, exp: str, parent: str, tid: str) -> Any:
-    (run,) = client.search_runs([exp], filter_string=(
-        f"tags.`{TAG_PARENT}` = '{parent}' and tags.`flatsweep.trial_id` = '{tid}'"))
+    (run,) = client.search_runs(
+        [exp],
+        filter_string=(f"tags.`{TAG_PARENT}` = '{parent}' and tags.`flatsweep.trial_id` = '{tid}'"),
+    )
     return run
 
 

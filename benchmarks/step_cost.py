@@ -56,7 +56,7 @@ from trainers.precision import autocast
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
-# (label, perturbation kind, hyperparameters): the paper defaults named in ALGORITHMS.md.
+# (label, perturbation kind, hyperparameters): the paper defaults named in docs/algorithms.md.
 METHODS: list[tuple[str, str, dict[str, Any]]] = [
     ("ERM", "erm", {}),
     ("SAM", "sam", {"radius": 0.05}),

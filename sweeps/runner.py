@@ -35,9 +35,9 @@ import mlflow
 from mlflow.tracking import MlflowClient
 from ray.tune.search.optuna import OptunaSearch
 
-from sweeps import tracking
+from sweeps import studies, tracking
 from sweeps.searchers import SAMPLERS, SCHEDULERS
-from sweeps.spec import SweepSpec
+from sweeps.spec import SpecError, SweepSpec
 from sweeps.tracking import META_CONFIG, META_STAGE, MLflowTracker, Sweep
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,14 @@ class _OptunaSearch(OptunaSearch):
     which the stock ``on_trial_result`` would turn into a KeyError in the driver and the stock
     ``on_trial_complete`` of a multi-objective study into a trial left RUNNING.
     """
+
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        ot_trial = self._ot_trials.get(trial_id)
+        if config is not None and ot_trial is not None:
+            # So a stored study's trial can be matched to its Tune trial and MLflow run.
+            ot_trial.set_user_attr(studies.ATTR_TRIAL, trial_id)
+        return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if isinstance(self.metric, str) and self.metric not in result:
@@ -168,6 +176,7 @@ class _Stage:
     ranges: Any = None
     rows: list[dict[str, Any]] | None = None  # confirm: the exact trial configs
     stage_tag: str = "search"
+    warm_start: list[Any] | None = None  # finished Optuna trials of earlier sweeps
 
 
 def _baseline_perturbation(spec: SweepSpec) -> dict[str, Any]:
@@ -244,7 +253,13 @@ def _run_stage(
             else:
                 metrics = spec.metric if len(spec.metrics) > 1 else spec.primary[0]
                 modes = spec.mode if len(spec.metrics) > 1 else spec.primary[1]
+                url = spec.optuna_storage_url()
+                name = studies.study_name(spec.name, stage.name)
+                if stage.warm_start:
+                    studies.seed_study(url, name, spec.modes, stage.warm_start)
                 searcher = _OptunaSearch(
+                    storage=studies.storage(url),
+                    study_name=name,
                     space=search_spaces.define_by_run(stage.space, stage.ranges),
                     metric=metrics,
                     mode=modes,
@@ -283,11 +298,26 @@ def _run_stage(
         tracker.drain()
     if watch.interrupted is not None or tracker.killed:
         raise Interrupted(stage.name)
+    if not confirm:
+        client = MlflowClient(tracking_uri)
+        runs = tracking.children(client, sweep, stage.stage_tag)
+        studies.reconcile(
+            spec.optuna_storage_url(),
+            studies.study_name(spec.name, stage.name),
+            {r.data.tags[tracking.TAG_TRIAL]: r.info.run_id for r in runs},
+        )
     return len(grid)
 
 
-def _search_stage(spec: SweepSpec) -> _Stage:
-    return _Stage("search", spec.name, _base(spec), space=spec.space_name, ranges=spec.ranges())
+def _search_stage(spec: SweepSpec, warm_start: list[Any] | None = None) -> _Stage:
+    return _Stage(
+        "search",
+        spec.name,
+        _base(spec),
+        space=spec.space_name,
+        ranges=spec.ranges(),
+        warm_start=warm_start,
+    )
 
 
 def _baseline_search_stage(spec: SweepSpec) -> _Stage:
@@ -330,14 +360,21 @@ def _choose(
     return chosen
 
 
-def _confirm_stage(client: MlflowClient, sweep: Sweep, spec: SweepSpec) -> _Stage | None:
+def _confirm_stage(
+    client: MlflowClient, sweep: Sweep, spec: SweepSpec, *, search: bool = True
+) -> _Stage | None:
     """The finalist and baseline seeds; the choice is stored on the parent run first, so a
-    resumed sweep confirms exactly the same configs."""
+    resumed sweep confirms exactly the same configs. Without a search the base spec itself
+    is the one finalist (``sweeps reproduce``)."""
     stored = sweep.parent.data.tags.get(tracking.TAG_FINALISTS)
     if stored is not None:
         plan = json.loads(stored)
     else:
-        finalists = _choose(client, sweep, spec, "search", spec.finalists.top_k)
+        finalists = (
+            _choose(client, sweep, spec, "search", spec.finalists.top_k)
+            if search
+            else [{"point": {}, "run_id": None}]
+        )
         if not finalists:
             return None
         baseline: dict[str, Any] | None = None
@@ -375,7 +412,12 @@ def _confirm_stage(client: MlflowClient, sweep: Sweep, spec: SweepSpec) -> _Stag
 
 
 def run_sweep(
-    spec: SweepSpec, spec_text: str, *, resume: bool = False, progress: bool = True
+    spec: SweepSpec,
+    spec_text: str,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    search: bool = True,
 ) -> SweepResult:
     """Run (or resume) a validated sweep through all its stages on the current Ray cluster.
 
@@ -385,6 +427,8 @@ def run_sweep(
         resume: continue the sweep of this name: finished stages are skipped, the running
             one is restored from its Tune snapshot, finished trials are not re-run.
         progress: a live table on a terminal (one line per finished trial otherwise).
+        search: False skips the search: the spec's own config is the one finalist, trained
+            with ``finalists.seeds`` seeds against the baseline (``sweeps reproduce``).
 
     Raises ``Interrupted`` after Ctrl-C/SIGTERM (the parent and unfinished runs end KILLED)
     and ``SpecError`` when the name is taken (or, to resume, unknown).
@@ -394,14 +438,31 @@ def run_sweep(
     tracking_uri = spec.resolved_tracking_uri()
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
+    # Checked before anything is written: a refused warm start leaves no stray run.
+    try:
+        if not resume and search and tracking.find_sweep(client, spec.name) is None:
+            studies.check_new(spec.optuna_storage_url(), studies.study_name(spec.name, "search"))
+        warm = studies.check_warm_start(
+            spec.optuna_storage_url(), spec.searcher.warm_start, spec.ranges(), spec.modes
+        )
+    except ValueError as e:
+        raise SpecError(str(e)) from None
     sweep = tracking.retrying(lambda: tracking.open_parent(client, spec, spec_text, resume))
+    url = spec.optuna_storage_url()
+    if url is not None and search:
+        from sweeps.preflight import redact
+
+        client.set_tag(sweep.parent_id, tracking.TAG_OPTUNA_STORAGE, redact(url))
+        client.set_tag(
+            sweep.parent_id, tracking.TAG_OPTUNA_STUDY, studies.study_name(spec.name, "search")
+        )
     status, num_trials = "FAILED", 0
     result = SweepResult(spec.name, sweep.experiment_id, sweep.parent_id, tracking_uri, 0, None)
     try:
         _init_ray()
-        stages = [_search_stage(spec)]
-        confirm = spec.finalists.top_k > 0
-        if confirm and spec.finalists.baseline and spec.space.optimizer:
+        stages = [_search_stage(spec, warm)] if search else []
+        confirm = spec.finalists.top_k > 0 or not search
+        if search and confirm and spec.finalists.baseline and spec.space.optimizer:
             stages.append(_baseline_search_stage(spec))
         for stage in stages:
             if stage.name not in sweep.stages_done:
@@ -410,7 +471,7 @@ def run_sweep(
                 )
                 tracking.mark_stage_done(client, sweep, stage.name)
         if confirm:
-            stage = _confirm_stage(client, sweep, spec)
+            stage = _confirm_stage(client, sweep, spec, search=search)
             if stage is None:
                 log.warning(
                     "no search trial finished its full epoch budget: nothing to "

@@ -71,6 +71,22 @@ class SearcherSpec(_Strict):
     sampler: str = "tpe"
     seed: int | None = 0
     n_startup_trials: int = Field(4, ge=0)  # TPE/GP: random trials before the model kicks in
+    # Optuna RDB storage for the sweep's study (a SQLAlchemy URL). None: a SQLite file beside
+    # a SQLite tracking store (``flatsweep.optuna.db``), else $FLATSWEEP_OPTUNA_STORAGE, else
+    # the study lives only in Tune's experiment state. Not the tracking DB itself: MLflow and
+    # Optuna both keep their schema version in a table named ``alembic_version``.
+    storage: str | None = None
+    # Earlier sweeps (names) over the same search space whose finished trials seed this
+    # sweep's study, so a re-run with a bigger budget starts from what was learned.
+    warm_start: list[str] = Field(default_factory=list, max_length=32)
+
+    @field_validator("warm_start")
+    @classmethod
+    def _names(cls, v: list[str]) -> list[str]:
+        bad = [n for n in v if not NAME_RE.match(n)]
+        if bad:
+            raise ValueError(f"warm_start names sweeps (1-64 safe characters), but got {bad[0]!r}")
+        return v
 
     @field_validator("sampler")
     @classmethod
@@ -292,6 +308,18 @@ class SweepSpec(_Strict):
 
     def resolved_tracking_uri(self) -> str:
         return resolve_tracking_uri(self.tracking_uri)
+
+    def optuna_storage_url(self) -> str | None:
+        """Where the Optuna study is stored (see ``SearcherSpec.storage``), or None."""
+        if self.searcher.storage:
+            return self.searcher.storage
+        if os.environ.get("FLATSWEEP_OPTUNA_STORAGE"):
+            return os.environ["FLATSWEEP_OPTUNA_STORAGE"]
+        uri = self.resolved_tracking_uri()
+        if uri.startswith("sqlite:///"):
+            db = Path(uri.removeprefix("sqlite:///"))
+            return f"sqlite:///{db.with_name(db.stem + '.optuna.db')}"
+        return None
 
     def ranges(self) -> search_spaces.Ranges:
         return search_spaces.resolve(self.space_name, self.space.ranges, self.space.optimizer)

@@ -64,6 +64,8 @@ TAG_FINALISTS = "flatsweep.finalists"  # parent: JSON list of the chosen finalis
 TAG_VERDICT = "flatsweep.verdict"  # parent: better | no_difference | worse
 TAG_WINNER = "flatsweep.winner_run_id"
 TAG_ALLOW_TEST = "flatsweep.allow_test_selection"
+TAG_OPTUNA_STORAGE = "flatsweep.optuna_storage"  # parent: the study's storage, no credentials
+TAG_OPTUNA_STUDY = "flatsweep.optuna_study"
 #: Keys of a trial's Tune config that describe it rather than set a TrainSpec field.
 META_STAGE, META_CONFIG = "_stage", "_config_id"
 STAGES = ("search", "baseline_search", "finalist", "baseline")
@@ -158,8 +160,13 @@ def _log_retry(state: tenacity.RetryCallState) -> None:
 
 def retrying(fn: Callable[[], Any], *, timeout_s: float = 300.0) -> Any:
     """Call ``fn`` until it succeeds or ``timeout_s`` passes (a tracking server restarting);
-    exponential backoff from 1 s to 15 s. The last error is re-raised."""
+    exponential backoff from 1 s to 15 s. The last error is re-raised; user errors and bugs
+    are raised at once."""
     return tenacity.Retrying(
+        # A refusal (SpecError is a ValueError) or a bug is not an outage: raise it at once.
+        retry=tenacity.retry_if_not_exception_type(
+            (ValueError, TypeError, KeyError, AttributeError)
+        ),
         stop=tenacity.stop_after_delay(timeout_s),
         wait=tenacity.wait_exponential(multiplier=1, min=1, max=15),
         before_sleep=_log_retry,
@@ -186,7 +193,8 @@ def _fmt(v: Any) -> str:
 def describe_point(kind: str, point: dict[str, Any]) -> str:
     """``amp r=0.0039 K=2 ilr=0.39``: the regularizer and its searched values, short."""
     parts = [kind]
-    for key in sorted(point):
+    order = list(_SHORT)
+    for key in sorted(point, key=lambda k: (order.index(k) if k in order else len(order), k)):
         if key.startswith("_") or key in _NOT_SEARCHED:
             continue
         parts.append(f"{_SHORT.get(key, key.rsplit('.', 1)[-1])}={_fmt(point[key])}")

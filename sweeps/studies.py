@@ -1,0 +1,162 @@
+"""Optuna studies that outlive a sweep: stored in an Optuna RDB storage, named after the sweep.
+
+Ray's ``OptunaSearch`` keeps the study inside Tune's pickled searcher, where no Optuna tool
+sees it and nothing learned helps the next sweep. Here the searcher is given an
+``RDBStorage`` and the study name, so ``optuna-dashboard <url>`` shows the study live, and
+``searcher.warm_start`` seeds a new sweep's study with the finished trials of earlier sweeps
+over the same search space.
+
+After each searched stage, :func:`reconcile` makes the stored study and MLflow agree: each
+Optuna trial gets the MLflow run id of its Tune trial as a user attribute, and a trial left
+RUNNING in the storage by a killed driver (its suggestion was stored after Tune's last
+snapshot, so the resumed searcher never reports it) is marked FAIL.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import optuna
+
+from search_spaces import Ranges
+
+log = logging.getLogger(__name__)
+
+#: User attribute holding the Tune trial id of an Optuna trial (set by the searcher).
+ATTR_TRIAL = "flatsweep.trial_id"
+#: User attribute holding the MLflow run id of the trial's child run.
+ATTR_RUN = "mlflow_run_id"
+
+
+def study_name(sweep: str, stage: str) -> str:
+    """The study of a sweep's searched stage: the sweep's name for the search itself."""
+    return sweep if stage == "search" else f"{sweep}-{stage.replace('_', '-')}"
+
+
+def storage(url: str | None) -> optuna.storages.BaseStorage | None:
+    """An RDB storage for ``url`` (its tables created on first use), or None."""
+    if url is None:
+        return None
+    # SQLite allows one writer at a time: wait for the lock instead of failing at once.
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else {}
+    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+
+
+def distributions(ranges: Ranges) -> dict[str, optuna.distributions.BaseDistribution]:
+    """Optuna's distributions for a sweep's ranges, as ``Range.suggest`` asks for them."""
+    out: dict[str, optuna.distributions.BaseDistribution] = {}
+    for name, r in ranges.items():
+        if r.integer:
+            out[name] = optuna.distributions.IntDistribution(int(r.low), int(r.high), log=r.log)
+        else:
+            out[name] = optuna.distributions.FloatDistribution(r.low, r.high, log=r.log)
+    return out
+
+
+def _same_space(trial: optuna.trial.FrozenTrial, space: dict[str, Any]) -> bool:
+    return all(space.get(k) == d for k, d in trial.distributions.items())
+
+
+def check_warm_start(
+    url: str | None, names: list[str], ranges: Ranges, directions: list[str]
+) -> list[optuna.trial.FrozenTrial]:
+    """The finished trials of the earlier sweeps ``names``; raises a one-line ValueError when
+    a study is missing, optimises other directions or searched another space."""
+    if not names:
+        return []
+    if url is None:
+        raise ValueError(
+            "searcher.warm_start needs a stored study: set searcher.storage (or use a SQLite "
+            "tracking store, whose study file sits beside it)"
+        )
+    st = storage(url)
+    space = distributions(ranges)
+    out: list[optuna.trial.FrozenTrial] = []
+    for name in names:
+        try:
+            study = optuna.load_study(study_name=name, storage=st)
+        except KeyError:
+            raise ValueError(
+                f"searcher.warm_start: no stored study {name!r} in {_redact(url)}"
+            ) from None
+        got = [d.name.lower() for d in study.directions]
+        if got != directions:
+            raise ValueError(
+                f"searcher.warm_start: study {name!r} optimises {got}, this sweep {directions}"
+            )
+        done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        other = [t for t in done if not _same_space(t, space)]
+        if other or (done and set(done[0].distributions) != set(space)):
+            theirs = sorted(done[0].distributions) if done else []
+            raise ValueError(
+                f"searcher.warm_start: sweep {name!r} searched another space "
+                f"({', '.join(theirs)} with other ranges), not this one's "
+                f"({', '.join(sorted(space))})"
+            )
+        out.extend(done)
+    return out
+
+
+def check_new(url: str | None, name: str) -> None:
+    """Refuse to start a new sweep over a study of the same name left in the storage (the
+    sweep's MLflow record was deleted, its study was not): its trials would be mixed in."""
+    if url is None:
+        return
+    names = {s.study_name for s in optuna.get_all_study_summaries(storage(url))}
+    if name in names:
+        raise ValueError(
+            f"name: an Optuna study {name!r} already exists in {_redact(url)}; choose another "
+            f"name (--name) or delete it (optuna delete-study --study-name {name})"
+        )
+
+
+def seed_study(
+    url: str, name: str, directions: list[str], trials: list[optuna.trial.FrozenTrial]
+) -> None:
+    """Create study ``name`` holding ``trials`` (before the searcher opens it)."""
+    study = optuna.create_study(
+        storage=storage(url),
+        study_name=name,
+        directions=["minimize" if d == "min" else "maximize" for d in directions],
+        load_if_exists=True,
+    )
+    if not study.trials:
+        study.add_trials(trials)
+        log.warning("warm start: study %s seeded with %d finished trials", name, len(trials))
+
+
+def reconcile(url: str | None, name: str, run_ids: dict[str, str]) -> None:
+    """Give each stored trial its MLflow run id; mark trials a killed driver left RUNNING as
+    FAIL (their Tune trial was never started, or is re-run under another Optuna trial)."""
+    if url is None:
+        return
+    st = storage(url)
+    try:
+        study = optuna.load_study(study_name=name, storage=st)
+    except KeyError:
+        return
+    for t in study.get_trials(deepcopy=False):
+        tid = t.user_attrs.get(ATTR_TRIAL)
+        if tid in run_ids and t.user_attrs.get(ATTR_RUN) != run_ids[tid]:
+            st.set_trial_user_attr(t._trial_id, ATTR_RUN, run_ids[tid])
+        if t.state == optuna.trial.TrialState.RUNNING:
+            st.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+
+
+def _redact(url: str) -> str:
+    from sweeps.preflight import redact
+
+    return redact(url)
+
+
+__all__ = [
+    "ATTR_RUN",
+    "ATTR_TRIAL",
+    "check_warm_start",
+    "distributions",
+    "reconcile",
+    "seed_study",
+    "storage",
+    "study_name",
+]

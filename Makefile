@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-cluster lint bench clean
+.PHONY: setup demo test test-cluster browser lint bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -23,8 +23,12 @@ test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -m "not cluster and not gpu" -q
 
-test-cluster: $(STAMP)
+test-cluster: $(STAMP) browser
 	$(BIN)/python -m pytest -m cluster -q
+
+# Headless Chromium for the UI tests (Debian's package; installed once, as root).
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

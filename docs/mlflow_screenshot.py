@@ -1,39 +1,45 @@
-"""Screenshot a sweep in the MLflow UI: the parent run with its child runs, and their curves.
+"""Photograph a finished sweep in the MLflow UI, as a fresh browser shows it.
 
 Usage (from the repository root)::
 
-    .venv/bin/python docs/mlflow_screenshot.py                     # runs a tiny demo sweep
+    .venv/bin/python docs/mlflow_screenshot.py                     # runs a small demo sweep
     .venv/bin/python docs/mlflow_screenshot.py \\
         --tracking-uri sqlite:///$(pwd)/flatsweep.db --sweep quickstart  # an existing sweep
 
-Without ``--tracking-uri`` it writes a 4-trial, 3-epoch spec named ``screenshot-demo`` (the
-base spec copied from ``examples/quickstart.yaml``) into a temporary directory, checks it with
-``sweeps validate`` and runs it with ``sweeps run --quiet`` against a SQLite store in that
-directory (one trial at a time: a minute or two on 2 CPUs). Nothing is written to the
-project's own ``flatsweep.db``.
+Without ``--tracking-uri`` it writes a shrunk copy of ``examples/quickstart.yaml`` named
+``screenshot-demo`` (6 search trials of 6 epochs, ASHA after epoch 2, then the top 2 configs and
+ERM on 2 seeds; 1500 MNIST-1D training samples) into a temporary directory, checks it with
+``sweeps validate`` and runs it with ``sweeps run --quiet`` on a private local Ray instance and a
+throw-away SQLite store (about a minute on 2 CPUs). The project's ``flatsweep.db`` is not touched.
 
-It then starts ``mlflow ui`` on a free localhost port (waiting for ``/health``), and drives
-headless Chromium (``chromium`` on PATH, the Debian package) to take three PNGs:
+It then starts ``mlflow ui`` on a free localhost port and drives headless Chromium (the Debian
+``chromium`` package) with a new, empty profile, so the UI starts from its defaults exactly as in
+a browser that never saw it. Each step is a real mouse click or drag on what a user would click;
+a control that cannot be found stops the script, so the docs never describe clicks that no longer
+work. It writes six 1280x800 PNGs into ``--out-dir`` (default ``docs/``):
 
-``--out`` (default ``docs/mlflow-ui.png``)
-    ``#/experiments/<id>/runs``, the runs table, with the sweep's parent run expanded to show
-    its child runs (one per trial) and columns for the objective, the searched parameters and
-    the ``flatsweep.*`` tags;
-``<out>-run.png``
-    the same page in chart mode, with the per-epoch ``test_acc`` / ``test_loss`` / ``train_loss``
-    curves of every trial (x axis: step = epoch);
-``<out>-child.png``
-    the best trial's run page: parent link, ``flatsweep.*`` tags, metrics and params.
+``mlflow-ui.png``
+    ``#/experiments/<id>/runs`` before any click: the runs table, parent collapsed.
+``mlflow-ui-children.png``
+    after closing the assistant panel, clicking the parent's **[+]** and dragging the *Run Name*
+    column wider: the child runs by name.
+``mlflow-ui-compare.png``
+    after the second click, the chart-view button: every visible run's metrics, one line per run,
+    filtered to the sweep's objective by typing it into *Search metric charts*.
+``mlflow-ui-run.png``
+    the parent run's page (a click on its name): the description with the verdict, ``final.*``.
+``mlflow-ui-report.png``
+    the parent's *Artifacts* tab with ``report/report.md`` selected, as MLflow renders it.
+``mlflow-ui-report-images.png``
+    the same report scrolled to its first figure, to show how the artifact view treats it.
 
-How the browser is driven: Chromium's ``--screenshot`` flag can only photograph a page as it
-loads, and MLflow 3.17 opens the runs table with parent runs collapsed (and its assistant panel
-open). The table's state (expanded parents, selected columns, charts) lives in the page's
-``localStorage``, so the script speaks the DevTools protocol over ``--remote-debugging-pipe``
-(NUL-separated JSON on file descriptors 3 and 4: no websocket package needed), lets the UI
-write its default state once, edits that state from an inert same-origin page (``/health``),
-and reloads. If the state format ever changes it falls back to clicking the parent's expand
-button. Every request to anything but the local MLflow server is failed, and downloads are
-denied. The ``mlflow ui`` process group and Chromium are always stopped at the end.
+It also logs what it found (columns of the fresh table, how many of the report's images the
+artifact view displayed), which is how ``docs/mlflow-ui.md`` is kept honest.
+
+The browser is driven over the DevTools protocol on ``--remote-debugging-pipe`` (NUL-separated
+JSON on file descriptors 3 and 4: no websocket package needed). Every request to anything but the
+local MLflow server is failed and downloads are denied. The ``mlflow ui`` process group and
+Chromium are always stopped, and the temporary directory removed, at the end.
 """
 
 from __future__ import annotations
@@ -58,9 +64,17 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 DEMO_NAME = "screenshot-demo"
-CHART_METRICS = ("test_acc", "test_loss", "train_loss")
-# (the trial id is also the end of each child run's name)
-TAG_COLUMNS = ("flatsweep.stopped_early", "flatsweep.best_trial")
+WIDTH, HEIGHT = 1280, 800  # px; a common laptop viewport, and small PNGs
+PNG_LIMIT = 400_000  # bytes per PNG in docs/
+RUN_NAME_WIDTH = 400  # px the *Run Name* column is dragged to (MLflow's default is 190)
+SHOTS = (
+    "mlflow-ui.png",
+    "mlflow-ui-children.png",
+    "mlflow-ui-compare.png",
+    "mlflow-ui-run.png",
+    "mlflow-ui-report.png",
+    "mlflow-ui-report-images.png",
+)
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -82,23 +96,30 @@ def log(msg: str) -> None:
 # -- the demo sweep -------------------------------------------------------------------------------
 
 
-def run_demo_sweep(workdir: Path, name: str, timeout: float = 1200) -> str:
-    """Run a 4-trial, 3-epoch copy of examples/quickstart.yaml; return its tracking URI."""
+def demo_spec(name: str) -> dict[str, Any]:
+    """``examples/quickstart.yaml`` shrunk to about a minute on 2 CPUs, every stage kept."""
     import yaml
 
     spec = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
     spec["name"] = name
-    spec["train"]["epochs"] = 3
-    spec["num_samples"] = 4
-    spec["max_concurrent"] = 1  # one trial at a time: one CPU
-    # Let ASHA stop weak trials after their first epoch (it keeps about the better half), so
-    # the demo has stopped_early=1 children beside a full 3-epoch curve.
-    spec["scheduler"]["grace_period"] = 1
+    spec["num_samples"] = 6
+    spec["train"]["epochs"] = 6
+    spec["train"]["data"]["num_train"] = 1500
+    # ASHA may stop trials after epoch 2, so the demo has stopped_early=1 children too.
+    spec["scheduler"]["grace_period"] = 2
     spec["scheduler"]["reduction_factor"] = 2
+    spec["finalists"] = {"top_k": 2, "seeds": 2}
+    return spec
+
+
+def run_demo_sweep(workdir: Path, name: str, timeout: float = 1200) -> str:
+    """Run :func:`demo_spec` in ``workdir``; return its tracking URI."""
+    import yaml
+
     path = workdir / "sweep.yaml"
     path.write_text(
         "# Written by docs/mlflow_screenshot.py: examples/quickstart.yaml, shrunk.\n"
-        + yaml.safe_dump(spec, sort_keys=False)
+        + yaml.safe_dump(demo_spec(name), sort_keys=False)
     )
     uri = f"sqlite:///{workdir / 'flatsweep.db'}"
     env = {
@@ -109,10 +130,13 @@ def run_demo_sweep(workdir: Path, name: str, timeout: float = 1200) -> str:
         # machine (ray.init() would), and keep its sockets and session files in workdir.
         "RAY_ADDRESS": "local",
         "RAY_TMPDIR": str(workdir),
+        "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+        # The report's scratch directory (tempfile) lands in workdir and goes with it.
+        "TMPDIR": str(workdir),
     }
     sweeps = str(BIN / "sweeps")
     subprocess.run([sweeps, "validate", str(path)], cwd=workdir, env=env, check=True)
-    log(f"running the demo sweep {name!r} in {workdir} (a minute or two)")
+    log(f"running the demo sweep {name!r} in {workdir} (about a minute)")
     # Own process group, so a sweep that hangs is stopped with its Ray processes.
     sweep = subprocess.Popen(
         [sweeps, "run", str(path), "--quiet"],
@@ -191,7 +215,7 @@ def stop(proc: subprocess.Popen | None, group: bool) -> None:
 
 
 class Chromium:
-    """A minimal DevTools-protocol client over ``--remote-debugging-pipe``."""
+    """A minimal DevTools-protocol client over ``--remote-debugging-pipe``, new empty profile."""
 
     def __init__(self, binary: str, origin: str, width: int, height: int) -> None:
         self.origin, self.width, self.height = origin, width, height
@@ -300,12 +324,9 @@ class Chromium:
         self.call("Fetch.enable", {"patterns": [{"urlPattern": "*"}]})
         self.call("Page.enable")
         self.call("Runtime.enable")
-        self.resize(self.width, self.height)
-
-    def resize(self, width: int, height: int) -> None:
         self.call(
             "Emulation.setDeviceMetricsOverride",
-            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+            {"width": self.width, "height": self.height, "deviceScaleFactor": 1, "mobile": False},
         )
 
     def goto(self, url: str, settle: float = 1.0) -> None:
@@ -321,23 +342,62 @@ class Chromium:
             raise RuntimeError(f"JS error: {r['exceptionDetails'].get('text')} in {expression}")
         return r["result"].get("value")
 
-    def wait_for(self, expression: str, timeout: float = 60, what: str = "") -> bool:
+    def wait_for(self, expression: str, what: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with contextlib.suppress(RuntimeError):
                 if self.js(f"!!({expression})"):
-                    return True
+                    return
             self.pump(0.5)
-        log(f"timed out waiting for {what or expression}")
-        return False
+        raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
 
-    def screenshot(self, path: Path, height: int | None = None) -> None:
-        params: dict[str, Any] = {"format": "png"}
-        if height:
-            params["clip"] = {"x": 0, "y": 0, "width": self.width, "height": height, "scale": 1}
-        data = self.call("Page.captureScreenshot", params)["data"]
+    # input: real mouse events, so a click lands only where a user's click would
+    def _center(self, element: str) -> list[float] | None:
+        return self.js(f"""(() => {{ const e = {element}; if (!e) return null;
+            e.scrollIntoView({{block: 'nearest', inline: 'nearest'}});
+            const r = e.getBoundingClientRect();
+            return r.width ? [r.x + r.width / 2, r.y + r.height / 2] : null; }})()""")
+
+    def _mouse(self, kind: str, x: float, y: float) -> None:
+        self.call(
+            "Input.dispatchMouseEvent",
+            {"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1},
+        )
+
+    def click(self, element: str, what: str, settle: float = 1.5, required: bool = True) -> bool:
+        """Click the middle of ``element`` (a JS expression for one element)."""
+        xy = self._center(element)
+        if xy is None:
+            if required:
+                raise RuntimeError(f"cannot find {what} to click")
+            log(f"no {what} to click")
+            return False
+        for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
+            self._mouse(kind, *xy)
+        self.pump(settle)
+        return True
+
+    def drag(self, element: str, dx: float, what: str) -> None:
+        xy = self._center(element)
+        if xy is None:
+            raise RuntimeError(f"cannot find {what} to drag")
+        x, y = xy
+        self._mouse("mouseMoved", x, y)
+        self._mouse("mousePressed", x, y)
+        for i in range(1, 11):  # in steps, as a hand would: the grid follows mousemove
+            self._mouse("mouseMoved", x + dx * i / 10, y)
+        self._mouse("mouseReleased", x + dx, y)
+        self.pump(1)
+
+    def type_text(self, element: str, text: str, what: str) -> None:
+        self.click(element, what, settle=0.3)
+        self.call("Input.insertText", {"text": text})
+        self.pump(2)
+
+    def screenshot(self, path: Path) -> None:
+        data = self.call("Page.captureScreenshot", {"format": "png"})["data"]
         path.write_bytes(base64.b64decode(data))
-        shrink(path)
+        optimise(path)
         log(f"wrote {path} ({path.stat().st_size // 1024} KB)")
 
     def close(self) -> None:
@@ -350,201 +410,118 @@ class Chromium:
         shutil.rmtree(self.profile, ignore_errors=True)
 
 
-def shrink(path: Path, limit: int = 450_000) -> None:
-    """Keep a PNG under ``limit`` bytes (palette PNG via Pillow, if installed)."""
-    if path.stat().st_size <= limit:
-        return
+def optimise(path: Path, limit: int = PNG_LIMIT) -> None:
+    """Re-save as a 256-colour palette PNG (UI screenshots have few colours) if Pillow is there."""
     try:
         from PIL import Image
     except ImportError:
         return
     with Image.open(path) as im:
-        im.convert("RGB").quantize(256).save(path, optimize=True)
+        small = im.convert("RGB").quantize(256)
+    small.save(path, optimize=True)
+    if path.stat().st_size > limit:
+        log(f"warning: {path.name} is {path.stat().st_size // 1024} KB, over {limit // 1000} KB")
 
 
 # -- the screenshots ------------------------------------------------------------------------------
 
 
-def _state_key(cdp: Chromium, exp_id: str) -> str | None:
-    """The localStorage key holding the experiment page's table/chart state."""
-    return cdp.js(f"""Object.keys(localStorage).find(k => k.includes('ExperimentPage-')
-        && k.includes({json.dumps(json.dumps([exp_id]))}) && k.endsWith('ReactComponentState'))
-        || null""")
+def q(css: str) -> str:
+    """A JS expression for the first element matching ``css``."""
+    return f"document.querySelector({json.dumps(css)})"
 
 
-def _edit_state(cdp: Chromium, key: str, edit) -> None:  # noqa: ANN001
-    """Apply ``edit(state)`` to the UI's stored state, from /health (no app there to undo it)."""
-    cdp.goto(f"{cdp.origin}/health", settle=0.5)
-    state = json.loads(cdp.js(f"localStorage.getItem({json.dumps(key)})") or "{}")
-    edit(state)
-    cdp.js(f"localStorage.setItem({json.dumps(key)}, {json.dumps(json.dumps(state))})")
-    cdp.js("localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false')")
-    cdp.js("localStorage.setItem('mlflow.workflowType_v1', '\"machine_learning\"')")
+def by_text(text: str, within: str = "document") -> str:
+    """A JS expression for the innermost visible element whose whole text is ``text``."""
+    return f"""[...{within}.querySelectorAll('*')].reverse().find(e =>
+        e.children.length <= 2 && e.innerText && e.innerText.trim() === {json.dumps(text)}
+        && e.getBoundingClientRect().width > 0)"""
 
 
-def _bottom(cdp: Chromium, selector: str, pad: int = 24) -> int | None:
-    b = cdp.js(f"""Math.max(0, ...[...document.querySelectorAll({json.dumps(selector)})]
-        .map(e => e.getBoundingClientRect().bottom))""")
-    return min(cdp.height, int(b) + pad) if b else None
-
-
-def _collapse_sidebar(cdp: Chromium) -> None:
-    cdp.js("document.querySelector('button[aria-label=\"Toggle sidebar\"]')?.click()")
-    cdp.pump(1)
-
-
-def _type_into(cdp: Chromium, placeholder: str, text: str) -> None:
-    """Type ``text`` into the input with this placeholder, as a user would."""
-    if cdp.js(f"""(() => {{ const i = document.querySelector(
-            'input[placeholder={json.dumps(placeholder)}]');
-            if (!i) return false; i.scrollIntoView({{block: 'center'}}); i.focus();
-            return true; }})()"""):
-        cdp.call("Input.insertText", {"text": text})
-        cdp.pump(1.5)
+RUN_NAME = '[col-id="attributes.`Run Name`"]'
+EXPAND = q(f".ag-pinned-left-cols-container {RUN_NAME} button")
+PARENT_LINK = q(f".ag-pinned-left-cols-container {RUN_NAME} a")
+RESIZE = q(f".ag-header-cell{RUN_NAME} .ag-header-cell-resize")
+# The assistant panel opens by itself on a first visit; its close button is the only
+# "Close" in the right-hand part of the window.
+# A markdown image, ``![alt](x.png)``, that the viewer left as text (it drops the "!").
+RAW_IMAGE = r"/^!?\[[^\]]*\]\([^)]+\.png\)$/"
+ASSISTANT_CLOSE = f"""[...document.querySelectorAll('button[aria-label="Close"]')]
+    .find(b => b.getBoundingClientRect().x > {WIDTH} * 0.6)"""
 
 
 def take_screenshots(
-    chromium: str,
-    base: str,
-    exp_id: str,
-    parent: Any,
-    children: list,
-    best_id: str | None,
-    out: Path,
+    chromium: str, base: str, exp_id: str, parent: Any, children: list, out_dir: Path
 ) -> list[Path]:
-    metric = parent.data.params.get("metric", "test_acc")
-    searched = sorted(
-        k.removeprefix("space.") for k in parent.data.params if k.startswith("space.")
-    )
+    """Click through the UI as a first-time user would; write :data:`SHOTS` into ``out_dir``."""
+    metric = parent.data.params.get("metric", "val_acc").strip('"')
     names = [c.info.run_name for c in children]
     runs_url = f"{base}/#/experiments/{exp_id}/runs"
-    all_children_shown = (
-        f"(() => {{ const t = document.body.innerText; "
-        f"return {json.dumps(names)}.every(n => t.includes(n)); }})()"
-    )
-    # The parent's range for the first searched hyperparameter (the radius, for AMP/AWP/SAM).
-    shown_range = next((k for k in searched if k.endswith(".radius")), searched[:1] or None)
-    columns = (
-        [f"metrics.`best_{metric}`", f"metrics.`{metric}`"]
-        + ([f"params.`space.{shown_range}`"] if shown_range else [])
-        + [f"params.`{k}`" for k in searched]
-        + [f"tags.`{t}`" for t in TAG_COLUMNS]
-    )
-    widths = {
-        "attributes.`Run Name`": 265,
-        f"metrics.`best_{metric}`": 120,
-        f"metrics.`{metric}`": 85,
-        "tags.`flatsweep.stopped_early`": 175,
-        "tags.`flatsweep.best_trial`": 150,
-    }
-    # Wide enough for the header (about 7 px a character) and a full float value.
-    widths.update({f"params.`{k}`": max(160, 12 + 7 * len(k)) for k in searched})
-    widths.update({f"params.`space.{k}`": 12 + 7 * len(f"space.{k}") for k in searched})
-    written: list[Path] = []
-    cdp = Chromium(chromium, base, width=1880, height=1000)
+    all_children = f"{json.dumps(names)}.every(n => document.body.innerText.includes(n))"
+    paths = [out_dir / name for name in SHOTS]
+    cdp = Chromium(chromium, base, WIDTH, HEIGHT)
     try:
         cdp.open_tab()
-        # 1. Let the UI write its default state, then expand the parent and pick columns.
+        # (a) The link that `sweeps run` prints, in a browser that never saw MLflow.
         cdp.goto(runs_url)
-        cdp.wait_for(
-            f"document.body.innerText.includes({json.dumps(parent.info.run_name)})",
-            what="the runs table",
+        cdp.wait_for(EXPAND, "the parent's [+] button in the runs table")
+        cdp.pump(3)  # the assistant panel slides in
+        cols = cdp.js("""[...document.querySelectorAll('.ag-header-cell[col-id]')]
+            .map(e => e.innerText.trim()).filter(Boolean)""")
+        log(f"fresh runs table: columns {cols}")
+        cdp.screenshot(paths[0])
+
+        # (b) Close the assistant, click [+], drag the Run Name column wider.
+        cdp.click(ASSISTANT_CLOSE, "the assistant panel's close button", required=False)
+        cdp.click(EXPAND, "the parent's [+] button")
+        cdp.wait_for(all_children, "the child runs")
+        cdp.drag(RESIZE, RUN_NAME_WIDTH - 190, "the Run Name column's edge")
+        cdp.screenshot(paths[1])
+
+        # (e) The second click: the chart-view button. Then keep the objective's charts.
+        cdp.click(q("input[value=CHART]"), "the chart-view button", settle=3)
+        cdp.wait_for("document.querySelector('.js-plotly-plot')", "the charts")
+        hidden = cdp.js("document.body.innerText.split('Unhide run').length - 1")
+        log(f"chart view: {hidden} of {len(names) + 1} runs hidden by default")
+        cdp.type_text(
+            q('input[placeholder="Search metric charts"]'), metric, "the chart search box"
         )
-        key = None
-        for _ in range(20):
-            if key := _state_key(cdp, exp_id):
-                break
-            cdp.pump(0.5)
-        if key:
-
-            def table(state: dict) -> None:
-                state["runsExpanded"] = {parent.info.run_id: True}
-                state["selectedColumns"] = columns
-
-            _edit_state(cdp, key, table)
-            cdp.goto(runs_url)
-            # Widths apply only to columns named in columnOrder: take the order as rendered.
-            cdp.wait_for(
-                f"document.querySelector('[col-id={json.dumps(columns[0])}]')",
-                timeout=30,
-                what="the selected columns",
-            )
-            order = cdp.js("""[...document.querySelectorAll('.ag-header-cell[col-id]')]
-                .map(e => e.getAttribute('col-id')).filter(c => c && !/^[0-9]+$/.test(c))""")
-            if order:
-
-                def sizes(state: dict) -> None:
-                    state["columnOrder"] = order
-                    state["columnWidths"] = {c: w for c, w in widths.items() if c in order}
-
-                _edit_state(cdp, key, sizes)
-                cdp.goto(runs_url)
-        else:
-            log("no stored UI state found; clicking the parent's expand button instead")
-        if not cdp.wait_for(all_children_shown, timeout=30, what="the child runs"):
-            cdp.js(f"""(() => {{ for (const c of document.querySelectorAll('.ag-cell'))
-                if (c.innerText.trim() === {json.dumps(parent.info.run_name)}) {{
-                  const b = c.querySelector('button'); if (b) {{ b.click(); return true; }} }}
-                return false; }})()""")
-            cdp.wait_for(all_children_shown, timeout=30, what="the child runs (after click)")
-        _collapse_sidebar(cdp)
         cdp.pump(2)
-        written.append(out)
-        cdp.screenshot(out, _bottom(cdp, ".ag-row", pad=40))
+        cdp.screenshot(paths[2])
 
-        # 2. Chart mode: only the curves worth showing, in a useful order; the parent (which
-        # has no per-epoch metrics) left out of the legends.
-        chart_url = f"{runs_url}?compareRunsMode=CHART"
-        plots = "document.querySelectorAll('.js-plotly-plot').length"
-        cdp.goto(chart_url)
-        cdp.wait_for(f"{plots} > 0", what="the charts")
+        # (c) Back to the table; click the parent's name.
+        cdp.click(q("input[value=TABLE]"), "the table-view button")
+        cdp.click(PARENT_LINK, "the parent's name")
+        cdp.wait_for("document.body.innerText.includes('Description')", "the run page")
         cdp.pump(2)
-        if key:
+        desc = cdp.js("document.body.innerText.split('Description')[1]?.split('Metrics (')[0]")
+        log(f"parent description: {(desc or '').strip()[:200]!r}")
+        cdp.screenshot(paths[3])
 
-            def charts(state: dict) -> None:
-                cs = state.get("compareRunCharts") or []
-                keep = {m: i for i, m in enumerate(CHART_METRICS)}
-                for c in cs:
-                    c["deleted"] = c.get("metricKey") not in keep
-                cs.sort(key=lambda c: keep.get(c.get("metricKey"), len(keep)))
-                state["compareRunCharts"] = cs
-                sections = {c.get("metricSectionId") for c in cs if not c["deleted"]}
-                for sec in state.get("compareRunSections") or []:
-                    if sec.get("uuid") in sections:  # taller cards: all four legend entries
-                        sec["cardHeight"] = 460
-                state["runsVisibilityMap"] = {parent.info.run_id: False}
-
-            _edit_state(cdp, key, charts)
-            cdp.goto(chart_url)
-            cdp.wait_for(f"{plots} >= {len(CHART_METRICS)}", what="the metric charts")
-        cdp.wait_for(all_children_shown, timeout=20, what="the child runs in chart mode")
-        _collapse_sidebar(cdp)
-        cdp.pump(3)
-        run_png = out.with_name(f"{out.stem}-run{out.suffix}")
-        written.append(run_png)
-        cdp.screenshot(run_png, _bottom(cdp, ".js-plotly-plot", pad=60))
-
-        # 3. The best trial's own page: parent link, tags, metrics, the searched params.
-        if best_id:
-            cdp.width, cdp.height = 1600, 1300
-            cdp.resize(cdp.width, cdp.height)
-            cdp.goto(f"{base}/#/experiments/{exp_id}/runs/{best_id}")
-            cdp.wait_for("document.body.innerText.includes('Parameters')", what="the run page")
-            cdp.pump(2)
-            prefix = os.path.commonprefix(searched).rsplit(".", 1)[0] if searched else ""
-            if prefix:
-                _type_into(cdp, "Search parameters", prefix)
-            cdp.js(
-                "window.scrollTo(0, 0); document.querySelectorAll('*').forEach(e => "
-                "{ if (e.scrollTop) e.scrollTop = 0; })"
-            )
-            cdp.pump(1)
-            child_png = out.with_name(f"{out.stem}-child{out.suffix}")
-            written.append(child_png)
-            cdp.screenshot(child_png, _bottom(cdp, "[role=row], tr", pad=40))
+        # (d) Artifacts tab -> report -> report.md.
+        cdp.click(by_text("Artifacts"), "the Artifacts tab")
+        cdp.click(by_text("report"), "the report/ folder")
+        cdp.click(by_text("report.md"), "report.md", settle=3)
+        cdp.wait_for("[...document.querySelectorAll('h2')].length > 1", "the rendered report")
+        shown = cdp.js("""[...document.querySelectorAll('img')]
+            .filter(i => i.naturalWidth > 0 && !i.src.startsWith('data:image/svg')).length""")
+        raw = cdp.js(f"""[...document.querySelectorAll('p, div, span')]
+            .filter(e => !e.children.length && {RAW_IMAGE}.test(e.innerText.trim())).length""")
+        log(f"report.md in the artifact view: {shown} images displayed, {raw} shown as text")
+        cdp.js("window.scrollTo(0, 0)")
+        cdp.screenshot(paths[4])
+        # Scroll the report to its first figure (or where it should be).
+        first_fig = f"""[...document.querySelectorAll('p, div, span, img')].find(e =>
+            e.tagName === 'IMG' || (!e.children.length && {RAW_IMAGE}.test(e.innerText.trim())))"""
+        cdp.js(f"""(() => {{ const e = {first_fig}; if (!e) return;
+            let h = e; while (h.previousElementSibling && h.tagName !== 'H2')
+              h = h.previousElementSibling;
+            h.scrollIntoView({{block: 'start'}}); }})()""")
+        cdp.pump(1)
+        cdp.screenshot(paths[5])
     finally:
         cdp.close()
-    return written
+    return paths
 
 
 # -- main -----------------------------------------------------------------------------------------
@@ -558,10 +535,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--sweep", default=DEMO_NAME, help=f"the sweep's name (default {DEMO_NAME})")
     ap.add_argument(
-        "--out",
+        "--out-dir",
         type=Path,
-        default=ROOT / "docs" / "mlflow-ui.png",
-        help="runs-table PNG; -run and -child PNGs go beside it",
+        default=ROOT / "docs",
+        help=f"where the PNGs go (default docs/): {', '.join(SHOTS)}",
     )
     ap.add_argument("--port", type=int, default=0, help="mlflow ui port (default: a free one)")
     ap.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
@@ -571,38 +548,33 @@ def main(argv: list[str] | None = None) -> int:
 
     from mlflow.tracking import MlflowClient
 
-    from sweeps.tracking import find_children, find_parent
+    from sweeps.tracking import find_children, find_sweep
 
     workdir = Path(tempfile.mkdtemp(prefix="fs-shot-"))  # short: Ray's socket paths
     ui: subprocess.Popen | None = None
     try:
         uri = args.tracking_uri or run_demo_sweep(workdir, args.sweep)
         client = MlflowClient(uri)
-        exp = client.get_experiment_by_name(args.sweep)
-        parent = find_parent(client, exp.experiment_id, args.sweep) if exp else None
-        if parent is None:
-            raise SystemExit(f"no sweep {args.sweep!r} in {uri}")
-        children = sorted(
-            find_children(client, exp.experiment_id, parent.info.run_id),
-            key=lambda r: r.info.start_time,
-        )
-        best_id = parent.data.tags.get("flatsweep.best_run_id") or (
-            children[0].info.run_id if children else None
-        )
-        log(
-            f"experiment {exp.experiment_id}: parent {parent.info.run_id}, "
-            f"{len(children)} child runs"
-        )
+        sweep = find_sweep(client, args.sweep)
+        if sweep is None:
+            raise SystemExit(f"--sweep: no sweep {args.sweep!r} in {uri}")
+        children = find_children(client, sweep.experiment_id, sweep.parent.info.run_id)
+        log(f"experiment {sweep.experiment_id}: {len(children)} child runs")
 
         port = args.port or free_port()
         base = f"http://127.0.0.1:{port}"
         logfile = workdir / "mlflow-ui.log"
         ui = start_mlflow_ui(uri, port, logfile)
         wait_healthy(ui, base, logfile)
-        log(f"mlflow ui up at {base}/#/experiments/{exp.experiment_id}/runs")
-        args.out.parent.mkdir(parents=True, exist_ok=True)
+        log(f"mlflow ui up at {base}/#/experiments/{sweep.experiment_id}/runs")
+        args.out_dir.mkdir(parents=True, exist_ok=True)
         take_screenshots(
-            args.chromium, base, exp.experiment_id, parent, children, best_id, args.out.resolve()
+            args.chromium,
+            base,
+            sweep.experiment_id,
+            sweep.parent,
+            children,
+            args.out_dir.resolve(),
         )
     finally:
         stop(ui, group=True)

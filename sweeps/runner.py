@@ -70,6 +70,26 @@ class _OptunaSearch(OptunaSearch):
     ``on_trial_complete`` of a multi-objective study into a trial left RUNNING.
     """
 
+    #: Tune trial id -> MLflow run id, filled by the tracker (not pickled with the searcher).
+    run_ids: dict[str, str] | None = None
+
+    def _link(self, trial_id: str) -> None:
+        """Give the Optuna trial its MLflow run id while it may still take attributes."""
+        run_id = (self.run_ids or {}).get(trial_id)
+        ot_trial = self._ot_trials.get(trial_id)
+        linked = self.__dict__.setdefault("_linked", set())
+        if run_id and ot_trial is not None and trial_id not in linked:
+            ot_trial.set_user_attr(studies.ATTR_RUN, run_id)
+            linked.add(trial_id)
+
+    def save(self, checkpoint_path: str) -> None:
+        run_ids = self.__dict__.pop("run_ids", None)
+        try:
+            super().save(checkpoint_path)
+        finally:
+            if run_ids is not None:
+                self.run_ids = run_ids
+
     def suggest(self, trial_id: str) -> dict | None:
         config = super().suggest(trial_id)
         ot_trial = self._ot_trials.get(trial_id)
@@ -79,6 +99,7 @@ class _OptunaSearch(OptunaSearch):
         return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self._link(trial_id)
         if isinstance(self.metric, str) and self.metric not in result:
             return
         super().on_trial_result(trial_id, result)
@@ -91,6 +112,7 @@ class _OptunaSearch(OptunaSearch):
         # on error), as with one objective.
         if isinstance(self.metric, list) and result and any(m not in result for m in self.metric):
             result = None
+        self._link(trial_id)
         super().on_trial_complete(trial_id, result, error)
 
 
@@ -265,6 +287,7 @@ def _run_stage(
                     mode=modes,
                     sampler=SAMPLERS.get(spec.searcher.sampler).build(spec),
                 )
+                searcher.run_ids = tracker.run_ids
                 # With a ConcurrencyLimiter Tune keeps `slots` trials pending instead of 1,
                 # which is what lets a model-based searcher fill every slot.
                 search_alg = ConcurrencyLimiter(searcher, max_concurrent=slots)

@@ -6,10 +6,12 @@ sees it and nothing learned helps the next sweep. Here the searcher is given an
 ``searcher.warm_start`` seeds a new sweep's study with the finished trials of earlier sweeps
 over the same search space.
 
-After each searched stage, :func:`reconcile` makes the stored study and MLflow agree: each
-Optuna trial gets the MLflow run id of its Tune trial as a user attribute, and a trial left
-RUNNING in the storage by a killed driver (its suggestion was stored after Tune's last
-snapshot, so the resumed searcher never reports it) is marked FAIL.
+Each Optuna trial carries its Tune trial id (``flatsweep.trial_id``) and, once the tracker
+has created it, its MLflow run id (``mlflow_run_id``) as user attributes. After each searched
+stage :func:`reconcile` makes the stored study and MLflow agree: the study's own user
+attribute ``mlflow_run_ids`` maps every Tune trial id to its run (a trial that finished before
+its run existed, or after a resume, cannot take the attribute any more: Optuna freezes finished
+trials), and a trial left RUNNING by a killed driver is marked FAIL.
 """
 
 from __future__ import annotations
@@ -80,7 +82,9 @@ def check_warm_start(
             raise ValueError(
                 f"searcher.warm_start: no stored study {name!r} in {_redact(url)}"
             ) from None
-        got = [d.name.lower() for d in study.directions]
+        got = [
+            "max" if d == optuna.study.StudyDirection.MAXIMIZE else "min" for d in study.directions
+        ]
         if got != directions:
             raise ValueError(
                 f"searcher.warm_start: study {name!r} optimises {got}, this sweep {directions}"
@@ -127,8 +131,11 @@ def seed_study(
 
 
 def reconcile(url: str | None, name: str, run_ids: dict[str, str]) -> None:
-    """Give each stored trial its MLflow run id; mark trials a killed driver left RUNNING as
-    FAIL (their Tune trial was never started, or is re-run under another Optuna trial)."""
+    """Make the stored study agree with MLflow after a stage: the study's user attribute
+    ``mlflow_run_ids`` maps every Tune trial id to its MLflow run (Optuna freezes a finished
+    trial's attributes, so trials that finished without theirs are linked here), and trials a
+    killed driver left RUNNING become FAIL (their suggestion was stored after Tune's last
+    snapshot, so the resumed searcher never reports them)."""
     if url is None:
         return
     st = storage(url)
@@ -136,12 +143,9 @@ def reconcile(url: str | None, name: str, run_ids: dict[str, str]) -> None:
         study = optuna.load_study(study_name=name, storage=st)
     except KeyError:
         return
-    for t in study.get_trials(deepcopy=False):
-        tid = t.user_attrs.get(ATTR_TRIAL)
-        if tid in run_ids and t.user_attrs.get(ATTR_RUN) != run_ids[tid]:
-            st.set_trial_user_attr(t._trial_id, ATTR_RUN, run_ids[tid])
-        if t.state == optuna.trial.TrialState.RUNNING:
-            st.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+    study.set_user_attr(ATTR_RUN + "s", dict(sorted(run_ids.items())))
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        st.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
 
 
 def _redact(url: str) -> str:

@@ -667,6 +667,11 @@ class MLflowTracker(Callback):
         self._init_state()
 
     @property
+    def run_ids(self) -> dict[str, str]:
+        """Tune trial id -> MLflow run id, as the writer creates or finds the runs."""
+        return self._runs
+
+    @property
     def client(self) -> MlflowClient:
         if self._client is None:
             self._client = MlflowClient(self.tracking_uri)
@@ -726,11 +731,14 @@ class MLflowTracker(Callback):
             self._last_step[tid] = 0
         if spec is None:
             spec = json.loads(existing[0].data.tags[TAG_SPEC])
+        # An unset optional section (no PGD, no data root) is not a param: every param is a
+        # value the run used; the whole spec is in the flatsweep.train_spec tag.
         params = [
             Param(k, str(v)[:6000])
             for k, v in sorted(
                 flatten({k: v for k, v in spec.items() if k != "provenance"}).items()
             )
+            if v is not None
         ]
         # Also for a found run whose params write failed midway (server went down): MLflow
         # accepts a param logged again with the same value.

@@ -41,9 +41,12 @@ def test_the_study_is_stored_and_matches_mlflow(first):
     runs = {r.info.run_id: r for r in tracking.children(client, sweep, "search")}
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == len(runs) == 3
+    links = study.user_attrs["mlflow_run_ids"]
     for t in done:
-        run = runs[t.user_attrs[studies.ATTR_RUN]]
+        run = runs[links[t.user_attrs[studies.ATTR_TRIAL]]]
         assert run.data.tags["flatsweep.trial_id"] == t.user_attrs[studies.ATTR_TRIAL]
+        if studies.ATTR_RUN in t.user_attrs:  # linked while it ran
+            assert t.user_attrs[studies.ATTR_RUN] == run.info.run_id
         assert t.value == run.data.metrics["val_acc"]
         assert t.params["perturbation.radius"] == pytest.approx(
             float(run.data.params["perturbation.radius"])
@@ -103,10 +106,88 @@ def test_reconcile_fails_trials_a_killed_driver_left_running(tmp_path):
     orphan = study.ask()  # suggested after the last snapshot: never reported
     orphan.set_user_attr(studies.ATTR_TRIAL, "t9")
     studies.reconcile(url, "s", {"t1": "run-1"})
-    states = {
-        t.user_attrs[studies.ATTR_TRIAL]: t
-        for t in optuna.load_study(study_name="s", storage=url).trials
-    }
+    stored = optuna.load_study(study_name="s", storage=url)
+    states = {t.user_attrs[studies.ATTR_TRIAL]: t for t in stored.trials}
     assert states["t1"].state.name == "COMPLETE"
-    assert states["t1"].user_attrs[studies.ATTR_RUN] == "run-1"
+    assert stored.user_attrs["mlflow_run_ids"] == {"t1": "run-1"}
     assert states["t9"].state.name == "FAIL"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _chromium(url: str, *extra: str) -> str:
+    """Headless Chromium, a fresh profile, no background traffic; returns the DOM it built."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.fail("chromium is not installed (.ci/run installs it: apt-get install chromium)")
+    with tempfile.TemporaryDirectory() as profile:
+        out = subprocess.run(
+            [
+                exe,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                "--virtual-time-budget=15000",
+                *extra,
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+    return out.stdout
+
+
+@pytest.mark.cluster
+def test_optuna_dashboard_shows_the_stored_study_in_a_real_browser(first, tmp_path):
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    tmp, d, spec, result = first
+    url = spec.optuna_storage_url()
+    port = _free_port()
+    exe = Path(sys.executable).parent / "optuna-dashboard"
+    server = subprocess.Popen(
+        [str(exe), url, "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/api/studies", timeout=5).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        home = _chromium(f"{base}/dashboard/", "--dump-dom")
+        assert "first" in home  # the study is named after the sweep
+        study_id = optuna.load_study(study_name="first", storage=url)._study_id
+        page = _chromium(f"{base}/dashboard/studies/{study_id}/trials", "--dump-dom")
+        for n in range(3):  # every trial of the sweep is listed
+            assert f"Trial {n}" in page, page[-2000:]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -71,9 +71,11 @@ SHOTS = (
     "mlflow-ui.png",
     "mlflow-ui-children.png",
     "mlflow-ui-compare.png",
+    "mlflow-ui-compare-metric.png",
     "mlflow-ui-run.png",
     "mlflow-ui-report.png",
     "mlflow-ui-report-images.png",
+    "mlflow-ui-report-png.png",
 )
 CHROMIUM_FLAGS = [
     "--headless",
@@ -444,16 +446,41 @@ PARENT_LINK = q(f".ag-pinned-left-cols-container {RUN_NAME} a")
 RESIZE = q(f".ag-header-cell{RUN_NAME} .ag-header-cell-resize")
 # The assistant panel opens by itself on a first visit; its close button is the only
 # "Close" in the right-hand part of the window.
+# The table / chart / artifact switch above the runs table: a radio input inside its label.
+VIEW_BUTTON = "document.querySelector('input[value={}]')?.closest('label, button, span')"
 # A markdown image, ``![alt](x.png)``, that the viewer left as text (it drops the "!").
 RAW_IMAGE = r"/^!?\[[^\]]*\]\([^)]+\.png\)$/"
 ASSISTANT_CLOSE = f"""[...document.querySelectorAll('button[aria-label="Close"]')]
     .find(b => b.getBoundingClientRect().x > {WIDTH} * 0.6)"""
 
 
+def full_screen(metric: str) -> str:
+    """A JS expression for the full-screen button of the chart titled ``metric``."""
+    return f"""(() => {{
+        for (const menu of document.querySelectorAll(
+            '[data-testid=experiment-view-compare-runs-card-menu]')) {{
+          let card = menu;
+          while (card && !card.querySelector('.js-plotly-plot')) card = card.parentElement;
+          if (!card || ![...card.querySelectorAll('*')].some(e => !e.children.length
+              && e.innerText && e.innerText.trim() === {json.dumps(metric)})) continue;
+          const buttons = [...card.querySelectorAll('button')];
+          return buttons[buttons.indexOf(menu) - 1];
+        }} }})()"""
+
+
 def take_screenshots(
-    chromium: str, base: str, exp_id: str, parent: Any, children: list, out_dir: Path
+    chromium: str,
+    base: str,
+    exp_id: str,
+    parent: Any,
+    children: list,
+    report_files: list[str],
+    out_dir: Path,
 ) -> list[Path]:
-    """Click through the UI as a first-time user would; write :data:`SHOTS` into ``out_dir``."""
+    """Click through the UI as a first-time user would; write :data:`SHOTS` into ``out_dir``.
+
+    ``report_files`` are the names under the parent's ``report/`` artifacts.
+    """
     metric = parent.data.params.get("metric", "val_acc").strip('"')
     names = [c.info.run_name for c in children]
     runs_url = f"{base}/#/experiments/{exp_id}/runs"
@@ -478,25 +505,27 @@ def take_screenshots(
         cdp.drag(RESIZE, RUN_NAME_WIDTH - 190, "the Run Name column's edge")
         cdp.screenshot(paths[1])
 
-        # (e) The second click: the chart-view button. Then keep the objective's charts.
-        cdp.click(q("input[value=CHART]"), "the chart-view button", settle=3)
+        # (e) The second click: the chart-view button. Then the objective's chart, full screen.
+        cdp.click(VIEW_BUTTON.format("CHART"), "the chart-view button", settle=3)
         cdp.wait_for("document.querySelector('.js-plotly-plot')", "the charts")
         hidden = cdp.js("document.body.innerText.split('Unhide run').length - 1")
         log(f"chart view: {hidden} of {len(names) + 1} runs hidden by default")
+        cdp.screenshot(paths[2])
         cdp.type_text(
             q('input[placeholder="Search metric charts"]'), metric, "the chart search box"
         )
-        cdp.pump(2)
-        cdp.screenshot(paths[2])
+        cdp.click(full_screen(metric), f"the {metric} chart's full-screen button", settle=3)
+        cdp.screenshot(paths[3])
+        cdp.click(q('[role=dialog] button[aria-label="Close"]'), "the full-screen chart's close")
 
         # (c) Back to the table; click the parent's name.
-        cdp.click(q("input[value=TABLE]"), "the table-view button")
+        cdp.click(VIEW_BUTTON.format("TABLE"), "the table-view button")
         cdp.click(PARENT_LINK, "the parent's name")
         cdp.wait_for("document.body.innerText.includes('Description')", "the run page")
         cdp.pump(2)
         desc = cdp.js("document.body.innerText.split('Description')[1]?.split('Metrics (')[0]")
         log(f"parent description: {(desc or '').strip()[:200]!r}")
-        cdp.screenshot(paths[3])
+        cdp.screenshot(paths[4])
 
         # (d) Artifacts tab -> report -> report.md.
         cdp.click(by_text("Artifacts"), "the Artifacts tab")
@@ -507,18 +536,26 @@ def take_screenshots(
             .filter(i => i.naturalWidth > 0 && !i.src.startsWith('data:image/svg')).length""")
         raw = cdp.js(f"""[...document.querySelectorAll('p, div, span')]
             .filter(e => !e.children.length && {RAW_IMAGE}.test(e.innerText.trim())).length""")
-        log(f"report.md in the artifact view: {shown} images displayed, {raw} shown as text")
-        cdp.js("window.scrollTo(0, 0)")
-        cdp.screenshot(paths[4])
-        # Scroll the report to its first figure (or where it should be).
+        log(f"report.md in the artifact view: {shown} images displayed, {raw} left as text")
+        cdp.screenshot(paths[5])
+        # Scroll the report to the heading above its first figure (or where it should be).
         first_fig = f"""[...document.querySelectorAll('p, div, span, img')].find(e =>
             e.tagName === 'IMG' || (!e.children.length && {RAW_IMAGE}.test(e.innerText.trim())))"""
         cdp.js(f"""(() => {{ const e = {first_fig}; if (!e) return;
-            let h = e; while (h.previousElementSibling && h.tagName !== 'H2')
-              h = h.previousElementSibling;
-            h.scrollIntoView({{block: 'start'}}); }})()""")
+            const above = [...document.querySelectorAll('h2')].filter(h =>
+              h.compareDocumentPosition(e) & Node.DOCUMENT_POSITION_FOLLOWING);
+            (above.at(-1) || e).scrollIntoView({{block: 'start'}}); }})()""")
         cdp.pump(1)
-        cdp.screenshot(paths[5])
+        cdp.screenshot(paths[6])
+        # One of the report's PNGs (the curves, if there), clicked in the artifact tree.
+        pngs = [f for f in report_files if f.endswith(".png")]
+        pngs.sort(key=lambda f: "curve" not in f)
+        if pngs:
+            cdp.click(by_text(pngs[0]), pngs[0], settle=3)
+            cdp.wait_for("[...document.images].some(i => i.naturalWidth > 0)", pngs[0])
+            cdp.screenshot(paths[7])
+        else:
+            log("no PNG under report/: skipped the last screenshot")
     finally:
         cdp.close()
     return paths
@@ -559,7 +596,10 @@ def main(argv: list[str] | None = None) -> int:
         if sweep is None:
             raise SystemExit(f"--sweep: no sweep {args.sweep!r} in {uri}")
         children = find_children(client, sweep.experiment_id, sweep.parent.info.run_id)
-        log(f"experiment {sweep.experiment_id}: {len(children)} child runs")
+        report_files = [
+            Path(a.path).name for a in client.list_artifacts(sweep.parent.info.run_id, "report")
+        ]
+        log(f"experiment {sweep.experiment_id}: {len(children)} child runs, report {report_files}")
 
         port = args.port or free_port()
         base = f"http://127.0.0.1:{port}"
@@ -574,6 +614,7 @@ def main(argv: list[str] | None = None) -> int:
             sweep.experiment_id,
             sweep.parent,
             children,
+            report_files,
             args.out_dir.resolve(),
         )
     finally:

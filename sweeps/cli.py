@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from sweeps import reproduce_cli
 from sweeps._console import err, fail, out
 from sweeps.jobs_cli import register
 from sweeps.spec import SpecError, load_spec, resolve_tracking_uri
@@ -76,33 +77,41 @@ AddressOpt = Annotated[
 
 @app.command()
 def validate(
-    spec: SpecArg,
+    specs: Annotated[list[Path], typer.Argument(help="sweep spec YAML files")],
     address: AddressOpt = None,
     shared_storage: Annotated[
         bool, typer.Option("--shared-storage", help="storage_path is a path every node mounts")
     ] = False,
+    no_data_check: Annotated[
+        bool,
+        typer.Option(
+            "--no-data-check", help="skip data roots (they are checked where the trials run)"
+        ),
+    ] = False,
 ) -> None:
-    """Check a spec completely without starting Ray or touching MLflow."""
-    # Data roots are checked where the trials run: here, or on the cluster.
-    s = _load(spec, check_files=address is None)
-    if address is not None:
-        from sweeps.preflight import preflight, resolve_address
+    """Check specs completely without starting Ray or touching MLflow (the first error ends
+    it with exit code 2)."""
+    for spec in specs:
+        # Data roots are checked where the trials run: here, or on the cluster.
+        s = _load(spec, check_files=address is None and not no_data_check)
+        if address is not None:
+            from sweeps.preflight import preflight, resolve_address
 
-        try:
-            preflight(s, resolve_address(address), shared_storage=shared_storage)
-        except SpecError as e:
-            raise fail(str(e)) from None
-    f = s.finalists
-    confirm = (
-        f"then top {f.top_k} x {f.seeds} seeds" + (" vs baseline" if f.baseline else "")
-        if f.top_k
-        else "no confirmation stage"
-    )
-    out.print(
-        f"ok: sweep {s.name!r}: {s.num_samples} trials of space {s.space_name!r}, "
-        f"{s.metric} ({s.mode}), scheduler {s.scheduler.name} (grace period "
-        f"{s.grace_period}), {confirm}"
-    )
+            try:
+                preflight(s, resolve_address(address), shared_storage=shared_storage)
+            except SpecError as e:
+                raise fail(str(e)) from None
+        f = s.finalists
+        confirm = (
+            f"then top {f.top_k} x {f.seeds} seeds" + (" vs baseline" if f.baseline else "")
+            if f.top_k
+            else "no confirmation stage"
+        )
+        out.print(
+            f"ok: sweep {s.name!r}: {s.num_samples} trials of space {s.space_name!r}, "
+            f"{s.metric} ({s.mode}), scheduler {s.scheduler.name} (grace period "
+            f"{s.grace_period}), {confirm}"
+        )
 
 
 @app.command()
@@ -129,8 +138,8 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _run(s, text: str, *, resume: bool, quiet: bool) -> None:  # noqa: ANN001
-    from sweeps.runner import Interrupted, run_sweep
+def _run(s, text: str, *, resume: bool, quiet: bool, search: bool = True) -> None:  # noqa: ANN001
+    from sweeps.runner import Interrupted, SweepFailed, run_sweep
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # Tune's own "Resume experiment with: Tuner.restore(...)" hint is not the way on here.
@@ -140,9 +149,12 @@ def _run(s, text: str, *, resume: bool, quiet: bool) -> None:  # noqa: ANN001
     # MLflow runs are closed as KILLED instead of being left RUNNING.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        result = run_sweep(s, text, resume=resume, progress=not quiet)
+        result = run_sweep(s, text, resume=resume, progress=not quiet, search=search)
     except SpecError as e:
         raise fail(str(e)) from None
+    except SweepFailed as e:
+        err.print(f"failed: {e}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
     except (Interrupted, KeyboardInterrupt):
         err.print(
             f"interrupted: sweep {s.name!r} is recorded as KILLED; its finished trials "
@@ -217,7 +229,10 @@ def resume(
         s = smoke(s).model_copy(update={"name": name})
     if tracking_uri:
         s = s.model_copy(update={"tracking_uri": tracking_uri})
-    _run(s, text, resume=True, quiet=quiet)
+    search = True
+    if spec is None:  # a reproduction (no search stage) resumes as one
+        search = sweep.parent.data.tags.get("flatsweep.search", "true") != "false"
+    _run(s, text, resume=True, quiet=quiet, search=search)
 
 
 @app.command()
@@ -357,6 +372,7 @@ def report(
 
 
 register(app)
+reproduce_cli.register(app)
 
 
 def main() -> None:

@@ -1,9 +1,10 @@
 """Export a sweep's best configs from the MLflow tracking store (works after Ray is gone).
 
 Each file is a complete ``TrainSpec`` (the validated spec with every default the run used) with
-a ``provenance`` block (sweep, stage, trial, run id, git revision, metric value and what that
-value is); ``python -m trainers FILE`` re-runs it without Ray or MLflow. The verdict's winner
-comes first: confirmed finalists rank above search trials, which were never re-run over seeds.
+a ``provenance`` block (sweep, stage, trial, run id, the device it really trained on, git
+revision, metric value and what that value is); ``python -m trainers FILE`` re-runs it without
+Ray or MLflow. The verdict's winner comes first: confirmed finalists rank above search trials,
+which were never re-run over seeds.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from sweeps.preflight import redact
 from sweeps.spec import SpecError
-from sweeps.tracking import TAG_GIT, TAG_SPEC, TAG_TRIAL, export_ranking, find_sweep
+from sweeps.tracking import TAG_DEVICE, TAG_GIT, TAG_SPEC, TAG_TRIAL, export_ranking, find_sweep
 
 
 def _safe(part: str) -> str:
@@ -52,6 +53,9 @@ def export_best(
             "trial_id": trial,
             "run_id": run.info.run_id,
             "run_name": run.info.run_name,
+            # What the run trained on; the spec keeps the device as asked (``auto``), so a
+            # re-run still picks a GPU where there is one.
+            "device_used": run.data.tags.get(TAG_DEVICE, "unknown"),
             **facts,
             "git_revision": run.data.tags.get(TAG_GIT, "unknown"),
             "tracking_uri": redact(client.tracking_uri),

@@ -33,6 +33,7 @@ from typing import Any
 
 import mlflow
 from mlflow.tracking import MlflowClient
+from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
 from sweeps import studies, tracking
@@ -116,8 +117,43 @@ class _OptunaSearch(OptunaSearch):
         super().on_trial_complete(trial_id, result, error)
 
 
+class _GpuOnCpuWarning(Callback):
+    """Warns once per sweep when a trial that Ray reserved a GPU for trained on CPU.
+
+    ``train.device: auto`` falls back to CPU on a node without CUDA (logical GPUs, a missing
+    driver), and then ``resources.gpu`` only limits how many trials run at once. Each trial's
+    run says what it used (tag ``flatsweep.device``, ``flatsweep.gpu_reserved_on_cpu``); this
+    says it once, at the first such result, instead of once per trial or not at all.
+    """
+
+    def __init__(self, sweep: str, gpu: float, device: str) -> None:
+        self.sweep, self.gpu, self.device = sweep, gpu, device
+        self.warned = False
+
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
+        if self.warned or not result.get("gpu_reserved_on_cpu"):
+            return
+        self.warned = True
+        log.warning(
+            "sweep %s: trial %s was reserved resources.gpu=%s but trains on CPU (train.device "
+            "%r, no CUDA on its node), as other trials may: there the GPU reservation only "
+            "limits concurrency. Use resources.gpu: 0 for CPU nodes, or nodes with CUDA GPUs "
+            "(each run's tag flatsweep.device says what it used)",
+            self.sweep,
+            trial.trial_id,
+            self.gpu,
+            self.device,
+        )
+
+
 class Interrupted(Exception):
     """The sweep was stopped by Ctrl-C or SIGTERM; its state is saved for ``sweeps resume``."""
+
+
+class SweepFailed(Exception):
+    """Every trial of a stage failed: the sweep ends FAILED instead of reporting success."""
 
 
 @dataclass
@@ -215,9 +251,19 @@ def _base(spec: SweepSpec) -> dict[str, Any]:
 
 
 def _run_stage(
-    spec: SweepSpec, sweep: Sweep, stage: _Stage, tracking_uri: str, *, resume: bool, progress: bool
+    spec: SweepSpec,
+    sweep: Sweep,
+    stage: _Stage,
+    tracking_uri: str,
+    *,
+    resume: bool,
+    progress: bool,
+    gpu_warning: _GpuOnCpuWarning | None = None,
 ) -> int:
     """Run (or restore) one stage's Tune experiment; return its number of trials.
+
+    ``gpu_warning``: the sweep's one warning about GPU reservations that ran on CPU, shared
+    by its stages so that it is said once per sweep.
 
     Raises ``Interrupted`` when Ctrl-C or SIGTERM stopped it.
     """
@@ -260,6 +306,8 @@ def _run_stage(
         Progress(spec, slots, enabled=progress, stage=stage.name, total=num_trials),
         JsonLoggerCallback(),
     ]
+    if gpu_warning is not None:
+        callbacks.append(gpu_warning)
     storage = spec.resolved_storage()
     exp_dir = f"{storage.rstrip('/')}/{stage.experiment}"
     try:
@@ -321,9 +369,14 @@ def _run_stage(
         tracker.drain()
     if watch.interrupted is not None or tracker.killed:
         raise Interrupted(stage.name)
+    client = MlflowClient(tracking_uri)
+    runs = tracking.children(client, sweep, stage.stage_tag)
+    if runs and all(r.info.status == "FAILED" for r in runs):
+        raise SweepFailed(
+            f"every one of the {len(runs)} {stage.name} trials failed; the error of each is "
+            f"in its Tune trial directory under {exp_dir}"
+        )
     if not confirm:
-        client = MlflowClient(tracking_uri)
-        runs = tracking.children(client, sweep, stage.stage_tag)
         studies.reconcile(
             spec.optuna_storage_url(),
             studies.study_name(spec.name, stage.name),
@@ -471,6 +524,8 @@ def run_sweep(
     except ValueError as e:
         raise SpecError(str(e)) from None
     sweep = tracking.retrying(lambda: tracking.open_parent(client, spec, spec_text, resume))
+    if not search:  # a reproduction: `sweeps resume` must not add a search stage
+        client.set_tag(sweep.parent_id, "flatsweep.search", "false")
     url = spec.optuna_storage_url()
     if url is not None and search:
         from sweeps.preflight import redact
@@ -481,6 +536,7 @@ def run_sweep(
         )
     status, num_trials = "FAILED", 0
     result = SweepResult(spec.name, sweep.experiment_id, sweep.parent_id, tracking_uri, 0, None)
+    gpu_warning = _GpuOnCpuWarning(spec.name, spec.resources.gpu, spec.train.device)
     try:
         _init_ray()
         stages = [_search_stage(spec, warm)] if search else []
@@ -490,7 +546,13 @@ def run_sweep(
         for stage in stages:
             if stage.name not in sweep.stages_done:
                 num_trials += _run_stage(
-                    spec, sweep, stage, tracking_uri, resume=resume, progress=progress
+                    spec,
+                    sweep,
+                    stage,
+                    tracking_uri,
+                    resume=resume,
+                    progress=progress,
+                    gpu_warning=gpu_warning,
                 )
                 tracking.mark_stage_done(client, sweep, stage.name)
         if confirm:
@@ -503,7 +565,13 @@ def run_sweep(
             else:
                 if stage.name not in sweep.stages_done:
                     num_trials += _run_stage(
-                        spec, sweep, stage, tracking_uri, resume=resume, progress=progress
+                        spec,
+                        sweep,
+                        stage,
+                        tracking_uri,
+                        resume=resume,
+                        progress=progress,
+                        gpu_warning=gpu_warning,
                     )
                     tracking.mark_stage_done(client, sweep, stage.name)
                 result.verdict = tracking.retrying(
@@ -512,6 +580,9 @@ def run_sweep(
         status = "FINISHED"
     except (Interrupted, KeyboardInterrupt):
         status = "KILLED"
+        raise
+    except SweepFailed:
+        status = "FAILED"
         raise
     finally:
         result.num_trials = num_trials
@@ -526,21 +597,25 @@ def run_sweep(
                 "stage": tracking.stage_of(best),
             }
         if status == "FINISHED":
-            result.report_dir = _report(client, sweep)
+            result.report_dir = _report(client, sweep, spec.resolved_storage())
         note = tracking.parent_note(sweep, status, best, result.verdict)
         tracking.retrying(lambda: tracking.close_parent(client, sweep, status, best, note))
     return result
 
 
-def _report(client: MlflowClient, sweep: Sweep) -> str | None:
-    """Write the sweep's report and log it as the parent run's ``report/`` artifacts."""
+def _report(client: MlflowClient, sweep: Sweep, storage: str) -> str | None:
+    """Write the sweep's report beside its Tune results (``<storage>/<name>-report``, a temp
+    dir for remote storage) and log it as the parent run's ``report/`` artifacts."""
     import tempfile
 
     from sweeps.report import write_report
 
     try:
         record = tracking.sweep_record(client, sweep)
-        out = Path(tempfile.mkdtemp(prefix=f"flatsweep-report-{sweep.name}-"))
+        if "://" in storage:
+            out = Path(tempfile.mkdtemp(prefix=f"flatsweep-report-{sweep.name}-"))
+        else:
+            out = Path(storage) / f"{sweep.name}-report"
         write_report(record, out)
         client.log_artifacts(sweep.parent_id, str(out), "report")
         return str(out)

@@ -51,6 +51,8 @@ TAG_SPEC = "flatsweep.train_spec"
 TAG_STOPPED_EARLY = "flatsweep.stopped_early"
 TAG_DIVERGED = "flatsweep.diverged"
 TAG_OOM = "flatsweep.oom"
+TAG_DEVICE = "flatsweep.device"  # children: the device the trial really used ("cpu", "cuda:0")
+TAG_GPU_ON_CPU = "flatsweep.gpu_reserved_on_cpu"  # children: "1" when Ray's GPU sat idle
 TAG_GIT = "mlflow.source.git.commit"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_NOTE = "mlflow.note.content"  # the run's description in the UI
@@ -821,7 +823,18 @@ class MLflowTracker(Callback):
                 ("oom", TAG_OOM),
                 ("stopped_early", TAG_STOPPED_EARLY),
             )
-        ]
+        ] + self._device_tags(last)
+
+    @staticmethod
+    def _device_tags(last: dict[str, Any]) -> list[RunTag]:
+        """The device the trial really used, from its results (``train.device: auto`` is
+        resolved in the trial, so the param says only ``auto``), and whether the GPU Ray
+        reserved for it sat idle. Written once, with the run's final status: no extra call
+        per trial. None for a trial that never reported."""
+        if "device_used" not in last:
+            return []
+        idle = str(int(bool(last.get("gpu_reserved_on_cpu"))))
+        return [RunTag(TAG_DEVICE, str(last["device_used"])), RunTag(TAG_GPU_ON_CPU, idle)]
 
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
@@ -850,7 +863,7 @@ class MLflowTracker(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._closed.add(trial.trial_id)
-        self._set_status(trial, "FAILED")
+        self._set_status(trial, "FAILED", self._device_tags(trial.last_result or {}))
 
     def _reconcile(self, ended: list[tuple[Any, str]]) -> None:
         """Close the runs of trials that ended under an earlier, killed driver.
@@ -925,7 +938,7 @@ class MLflowTracker(Callback):
         if ended:  # trials that ended before a driver restart
             self._reconcile(ended)
         for trial in open_here:
-            self._set_status(trial, "KILLED")
+            self._set_status(trial, "KILLED", self._device_tags(trial.last_result or {}))
         self.killed = len(open_here)
         self.drain()
 

@@ -64,7 +64,9 @@ FINAL_METRICS = frozenset(
         "test_loss",
         "test_acc",
         "test_robust_acc",  # PGD on the whole test set
-        "best_val_epoch",  # with ``test_at_best_val``: the first epoch of highest val_acc
+        # with ``test_at_best_val``: the first epoch of highest val_robust_acc under PGD,
+        # else of highest val_acc
+        "best_val_epoch",
         "test_loss_at_best_val",
         "test_acc_at_best_val",
         "test_robust_acc_at_best_val",
@@ -154,6 +156,11 @@ def _set_determinism(spec: TrainSpec) -> None:
     ):
         torch.use_deterministic_algorithms(spec.deterministic, warn_only=False)
     torch.backends.cudnn.benchmark = not spec.deterministic
+    # fp32 means fp32: no TF32 tensor-core rounding in convolutions and matmuls (PyTorch
+    # allows it for cuDNN convolutions by default), as the papers' fp32 runs computed.
+    tf32 = spec.precision != "fp32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
 
 
 def _spec_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
@@ -370,9 +377,12 @@ def fit(
         if bundle.val is not None:
             metrics.update(measure(model, bundle.val, "val", adv.eval_examples if adv else None))
             metrics["gen_gap"] = train_acc - metrics["val_acc"]
-            if spec.test_at_best_val and (best is None or metrics["val_acc"] > best["val_acc"]):
+            # The best epoch by robust accuracy under PGD (as the AWP official code picks it),
+            # else by accuracy; the key keeps its old name in checkpoints.
+            key = "val_robust_acc" if "val_robust_acc" in metrics else "val_acc"
+            if spec.test_at_best_val and (best is None or metrics[key] > best["val_acc"]):
                 state_now = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                best = {"epoch": epoch + 1, "val_acc": metrics["val_acc"], "state": state_now}
+                best = {"epoch": epoch + 1, "val_acc": metrics[key], "state": state_now}
         if epoch + 1 == spec.epochs:  # the test set, once
             metrics.update(measure(model, bundle.test, "test", None))
             if best is not None:

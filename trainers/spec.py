@@ -198,8 +198,9 @@ class TrainSpec(_Strict):
     num_threads: int | None = Field(None, ge=1)
     # Where an exported config came from (sweep, trial, run id, metric); fit() ignores it.
     provenance: dict[str, Any] | None = None
-    # Keep the weights of the best val_acc epoch and also report their test metrics
-    # (test_acc_at_best_val, ...) after the last epoch; needs a validation split.
+    # Keep the weights of the best validation epoch (by val_robust_acc with PGD, as the AWP
+    # official code, else val_acc) and also report their test metrics (test_acc_at_best_val,
+    # ...) after the last epoch; needs a validation split.
     test_at_best_val: bool = False
     # Diagnostic: measure the top Hessian eigenvalue of the final weights on a fixed batch of
     # the validation split (``diag.hessian_lmax``, after the last epoch). Never an objective.

@@ -34,6 +34,7 @@ CODE_ENV = {
     "RAY_AUTH_TOKEN_PATH",
     "FLATSWEEP_STORAGE",
     "FLATSWEEP_CACHE_DIR",
+    "FLATSWEEP_OPTUNA_STORAGE",
 }
 # Set by the shell or the OS, not part of our interface.
 SHELL_VARS = {"HOME", "PATH", "PWD", "SECONDS", "BASH_SOURCE", "TMPDIR"}

@@ -409,7 +409,12 @@ class Chromium:
         for fd in (self._to_chrome, self._from_chrome):
             with contextlib.suppress(OSError):
                 os.close(fd)
-        shutil.rmtree(self.profile, ignore_errors=True)
+        # Chromium's helper processes can still write the profile a moment after it exits.
+        for _ in range(5):
+            shutil.rmtree(self.profile, ignore_errors=True)
+            if not os.path.exists(self.profile):
+                break
+            time.sleep(1)
 
 
 def optimise(path: Path, limit: int = PNG_LIMIT) -> None:

@@ -47,6 +47,7 @@ RADIUS = "perturbation.radius"
 INNER_LR = "perturbation.inner_lr"
 HESSIAN = "diag.hessian_lmax"
 REPORT = "report.md"
+REPORT_HTML = "report.html"  # the same, self-contained: what the MLflow artifact view shows
 # Every figure this module may write; a figure skipped on a rerun is removed so that the
 # directory never holds a stale picture of an earlier sweep state.
 FIG_IMPORTANCE = "importance.png"
@@ -72,6 +73,8 @@ class TrialRecord:
     history: dict[str, list[tuple[int, float]]]  # per-epoch (epoch, value) series by metric
     config_id: str | None = None  # finalists: the search config they confirm; baseline: "baseline"
     seed: int | None = None  # training seed of finalist and baseline runs
+    # stopped by the scheduler (ASHA) before its last epoch: its value is an earlier epoch's
+    stopped_early: bool = False
 
 
 @dataclass
@@ -205,22 +208,28 @@ Section = tuple[list[str], dict[str, "Figure"]]
 
 
 def _search_trials(record: SweepRecord) -> list[TrialRecord]:
-    """FINISHED search-stage trials with a finite search metric: the points the search produced."""
+    """Search trials that ran every epoch with a finite search metric (an early-stopped trial's
+    value is an earlier epoch's, which would bias the importance and radius figures)."""
     return [
         t
         for t in record.trials
         if t.stage == "search"
         and t.status == "FINISHED"
+        and not t.stopped_early
         and math.isfinite(t.metrics.get(record.search_metric, math.nan))
     ]
 
 
 def _overview(record: SweepRecord) -> list[str]:
     search = [t for t in record.trials if t.stage == "search"]
-    counts = {s: sum(t.status == s for t in search) for s in ("FINISHED", "FAILED", "KILLED")}
-    other = len(search) - sum(counts.values())
-    status = ", ".join(f"{n} {s}" for s, n in counts.items()) + (
-        f", {other} other" if other else ""
+    full = sum(t.status == "FINISHED" and not t.stopped_early for t in search)
+    stopped = sum(t.status == "FINISHED" and t.stopped_early for t in search)
+    counts = {
+        "FAILED": sum(t.status == "FAILED" for t in search),
+        "KILLED": sum(t.status == "KILLED" for t in search),
+    }
+    status = f"{full} ran every epoch, {stopped} stopped early by the scheduler" + "".join(
+        f", {n} {s}" for s, n in counts.items() if n
     )
     searched = ", ".join(_code(p) for p in record.searched) or "nothing"
     return [
@@ -673,4 +682,42 @@ def write_report(record: SweepRecord, out_dir: Path) -> list[Path]:
     report = out_dir / REPORT
     text = "\n".join(lines).rstrip() + "\n"
     _atomic_write(report, lambda f: f.write(text.encode("utf-8")))
-    return [report, *paths]
+    html = out_dir / REPORT_HTML
+    page = _html(record.name, text, out_dir)
+    _atomic_write(html, lambda f: f.write(page.encode("utf-8")))
+    return [report, html, *paths]
+
+
+def _html(title: str, markdown: str, folder: Path) -> str:
+    """``report.md`` as one self-contained HTML page, its figures embedded as data URIs.
+
+    MLflow 3.17's artifact view renders markdown but leaves relative images as text; it
+    shows an HTML artifact in a sandboxed frame, where only embedded images display.
+    """
+    import base64
+    import html as html_lib
+
+    from markdown_it import MarkdownIt
+
+    def inline(src: str) -> str:
+        path = folder / src
+        if "/" in src or not src.endswith(".png") or not path.is_file():
+            return src
+        return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+    md = MarkdownIt("commonmark").enable("table")
+    tokens = md.parse(markdown)
+    for token in tokens:
+        for child in token.children or []:
+            if child.type == "image":
+                child.attrSet("src", inline(str(child.attrGet("src") or "")))
+    body = md.renderer.render(tokens, md.options, {})
+    style = (
+        "body{font-family:sans-serif;max-width:60em;margin:1em auto;padding:0 1em}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}"
+        "img{max-width:100%}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>"
+        f"{html_lib.escape(title)}</title><style>{style}</style></head><body>{body}</body></html>\n"
+    )

@@ -60,6 +60,9 @@ _DRIVER_ENV = {
     # below); its CSV and TensorBoard writers cost driver CPU on every result, which on a
     # small machine the trials pay for.
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    # Tune's newer console output prints an experiment box even at verbose=0; the legacy
+    # reporter honours verbose=0 (sweeps has its own progress display).
+    "RAY_AIR_NEW_OUTPUT": "0",
 }
 
 
@@ -599,7 +602,8 @@ def run_sweep(
         if status == "FINISHED":
             result.report_dir = _report(client, sweep, spec.resolved_storage())
         note = tracking.parent_note(sweep, status, best, result.verdict)
-        tracking.retrying(lambda: tracking.close_parent(client, sweep, status, best, note))
+        name = tracking.parent_name(sweep, status, result.verdict)
+        tracking.retrying(lambda: tracking.close_parent(client, sweep, status, best, note, name))
     return result
 
 

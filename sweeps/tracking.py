@@ -216,6 +216,18 @@ def run_name(spec: dict[str, Any], config: dict[str, Any]) -> str:
     return what
 
 
+_FINALIST_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
+
+
+def run_color(stage: str, config_id: str | None) -> str:
+    """A child run's colour in the MLflow UI (tag ``mlflow.runColor``)."""
+    if stage == "baseline":
+        return "#000000"
+    if stage == "finalist" and config_id and config_id[1:].isdigit():
+        return _FINALIST_COLORS[(int(config_id[1:]) - 1) % len(_FINALIST_COLORS)]
+    return "#b0b0b0"
+
+
 def git_revision() -> str:
     """The project's git commit, or ``unknown`` outside a checkout."""
     try:
@@ -358,6 +370,8 @@ def open_parent(client: MlflowClient, spec: Any, spec_text: str, resume: bool) -
         ),
         TAG_SPACE: json.dumps(space, sort_keys=True),
         TAG_STAGES_DONE: "[]",
+        "mlflow.source.name": "sweeps run",
+        "mlflow.source.type": "LOCAL",
     }
     if spec.allow_test_selection:
         tags[TAG_ALLOW_TEST] = "true"
@@ -408,10 +422,18 @@ def mark_stage_done(client: MlflowClient, sweep: Sweep, stage: str) -> None:
 
 
 def close_parent(
-    client: MlflowClient, sweep: Sweep, status: str, best: Run | None, note: str
+    client: MlflowClient,
+    sweep: Sweep,
+    status: str,
+    best: Run | None,
+    note: str,
+    name: str | None = None,
 ) -> None:
-    """End the parent run: leftover RUNNING children become KILLED, the best trial and the
-    description are recorded, then the parent's own ``status``."""
+    """End the parent run: leftover RUNNING children become KILLED, the best trial, the
+    description and the name (runs are found by tags, never by name) are recorded, then the
+    parent's own ``status``."""
+    if name is not None:
+        client.update_run(sweep.parent_id, name=name)
     for child in children(client, sweep):
         # Every trial has ended when the parent closes: a RUNNING child is a leftover of an
         # interrupted driver or a lost trial, never a live run.
@@ -716,12 +738,13 @@ class MLflowTracker(Callback):
                 TAG_SPEC: json.dumps(spec, sort_keys=True),
                 TAG_STAGE: stage,
                 TAG_GIT: git_revision(),
-                "flatsweep.searched": ",".join(
-                    sorted(k for k in point if k not in _NOT_SEARCHED - {"perturbation.kind"})
-                ),
+                "flatsweep.searched": ",".join(sorted(k for k in point if k not in _NOT_SEARCHED)),
             }
             if META_CONFIG in config:
                 tags[TAG_CONFIG] = str(config[META_CONFIG])
+            # The UI's charts then match the report's colours: baseline black, finalists by
+            # config, search trials grey.
+            tags["mlflow.runColor"] = run_color(stage, config.get(META_CONFIG))
             if stage in ("finalist", "baseline"):
                 tags[TAG_SEED] = str(spec["seed"])
             name = run_name(spec, config)
@@ -1045,29 +1068,39 @@ def log_verdict(client: MlflowClient, sweep: Sweep, spec: Any = None) -> Any:
 
 
 def parent_note(sweep: Sweep, status: str, best: Run | None, v: Any) -> str:
-    """The parent run's description: what the sweep found, in words a fresh UI shows."""
+    """The parent run's description (markdown; a fresh UI folds it after about 4 lines, so
+    the verdict comes first)."""
     metric, mode = sweep.objectives[0]
-    lines = [f"Sweep {sweep.name} ({status})."]
-    if best is not None:
-        lines.append(
-            f"Best search trial by {metric} ({mode}): {best.info.run_name} "
-            f"= {best.data.metrics[metric]:.4f}."
-        )
+    lines = []
     if v is not None:
         d = v.diff
         lines.append(
-            f"Verdict: {v.verdict.replace('_', ' ')}. Winner {v.winner_config_id} {v.metric} "
-            f"{sum(v.winner_values) / len(v.winner_values):.4f} vs baseline "
+            f"**Verdict: {v.verdict.replace('_', ' ')}.** Winner {v.winner_config_id} "
+            f"{v.metric} {sum(v.winner_values) / len(v.winner_values):.4f} vs baseline "
             f"{sum(v.baseline_values) / len(v.baseline_values):.4f} over seeds {v.seeds}: "
             f"difference {d.mean:+.4f}, 95% interval [{d.ci_low:+.4f}, {d.ci_high:+.4f}]; "
             f"compute {v.cost_ratio_passes:.2f}x the baseline's (closure passes), "
-            f"{v.cost_ratio_seconds:.2f}x (seconds)."
+            f"{v.cost_ratio_seconds:.2f}x (seconds). Report: artifacts `report/report.html`."
         )
     elif status == "FINISHED":
-        lines.append("No confirmation stage result: no claim against the baseline is made.")
+        lines.append("**No verdict:** no confirmation stage result, so no claim is made.")
     if status == "KILLED":
-        lines.append(f"Interrupted: run `sweeps resume {sweep.name}` to continue.")
+        lines.append(f"**Interrupted:** run `sweeps resume {sweep.name}` to continue.")
+    elif status == "FAILED":
+        lines.append("**Failed:** see the driver's log and the FAILED child runs.")
+    if best is not None:
+        lines.append(
+            f"Best search trial by {metric} ({mode}, validation): {best.info.run_name} "
+            f"= {best.data.metrics[metric]:.4f}."
+        )
     return " ".join(lines)
+
+
+def parent_name(sweep: Sweep, status: str, v: Any) -> str:
+    """The parent row's name in the runs table: the sweep, then what it found."""
+    if v is not None:
+        return f"{sweep.name}: {v.verdict}"
+    return sweep.name if status == "FINISHED" else f"{sweep.name}: {status.lower()}"
 
 
 def status_rows(client: MlflowClient, sweep: Sweep) -> list[dict[str, Any]]:
@@ -1156,12 +1189,8 @@ def sweep_record(client: MlflowClient, sweep: Sweep) -> Any:
     trials = []
     for c in children(client, sweep):
         stage = stage_of(c)
-        if stage == "search" and (
-            c.data.tags.get(TAG_STOPPED_EARLY) == "1" or c.data.tags.get(TAG_DIVERGED) == "1"
-        ):
-            # An early-stopped trial's value is an earlier epoch's: it would bias the
-            # importance and radius figures, which are drawn from full-length trials.
-            continue
+        if stage == "search" and c.data.tags.get(TAG_DIVERGED) == "1":
+            continue  # its value is the worst value told to Optuna, not a measurement
         history: dict[str, list[tuple[int, float]]] = {}
         if stage in ("finalist", "baseline"):
             for key in ("val_acc", "val_loss", metric):
@@ -1181,6 +1210,7 @@ def sweep_record(client: MlflowClient, sweep: Sweep) -> Any:
                 history=history,
                 config_id=c.data.tags.get(TAG_CONFIG),
                 seed=int(seed) if seed is not None else None,
+                stopped_early=c.data.tags.get(TAG_STOPPED_EARLY) == "1",
             )
         )
     return SweepRecord(

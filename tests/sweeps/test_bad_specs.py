@@ -88,6 +88,13 @@ def test_bad_spec_is_one_line_exit_2_and_creates_nothing(
 ):
     import ray
 
+    ray_was_up = ray.is_initialized()
+
+    def never(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("a refused spec reached the runner")
+
+    monkeypatch.setattr("sweeps.runner.run_sweep", never)
+
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     (tmp_path / "spec.yaml").write_text(text)
@@ -98,7 +105,7 @@ def test_bad_spec_is_one_line_exit_2_and_creates_nothing(
     assert lines[0].startswith("error: ") and expected in lines[0], lines[0]
     assert "Traceback" not in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]  # no db, no results
-    assert not ray.is_initialized()
+    assert ray.is_initialized() == ray_was_up  # no Ray started (checked below as well)
 
 
 def test_missing_spec_file(tmp_path, monkeypatch):
@@ -201,12 +208,19 @@ def test_smoke_runs_under_their_own_name_and_name_overrides():
 def test_run_refuses_a_bad_name_option_before_starting_anything(tmp_path, monkeypatch):
     import ray
 
+    ray_was_up = ray.is_initialized()
+
+    def never(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("a refused spec reached the runner")
+
+    monkeypatch.setattr("sweeps.runner.run_sweep", never)
+
     monkeypatch.chdir(tmp_path)
     (tmp_path / "spec.yaml").write_text(base_text())
     r = CliRunner().invoke(app, ["run", "spec.yaml", "--name", "$(rm -rf /)"])
     assert r.exit_code == 2 and r.output.startswith("error: --name:"), r.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
-    assert not ray.is_initialized()
+    assert ray.is_initialized() == ray_was_up  # no Ray started (checked below as well)
 
 
 def test_the_resolved_spec_carries_every_default_that_is_used():

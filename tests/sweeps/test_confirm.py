@@ -124,13 +124,24 @@ def test_the_verdict_on_the_parent_matches_the_child_runs(confirmed):
     assert m["final.delta.test_acc.mean"] <= m["final.delta.test_acc.ci_high"]
     # AMP costs more closure passes per step than ERM
     assert m["final.winner.cost_ratio"] > 1.5
-    assert "Verdict:" in tags["mlflow.note.content"]
+    assert tags["mlflow.note.content"].startswith("**Verdict: ")
+    # the parent row of a fresh runs table says what the sweep found
+    assert parent.info.run_name == f"confirm: {tags['flatsweep.verdict']}"
+    colours = {
+        r.data.tags["flatsweep.config_id"]: r.data.tags["mlflow.runColor"]
+        for r in stages["finalist"] + stages["baseline"]
+    }
+    assert colours["baseline"] == "#000000" and len(set(colours.values())) == 3
 
 
 def test_the_report_is_logged_on_the_parent(confirmed):
     tmp, spec, result, client, sweep = confirmed
     arts = {a.path for a in client.list_artifacts(sweep.parent_id, "report")}
-    assert "report/report.md" in arts
+    assert {"report/report.md", "report/report.html"} <= arts
+    html = Path(client.download_artifacts(sweep.parent_id, "report/report.html", str(tmp)))
+    page = html.read_text()
+    # self-contained: the MLflow artifact view shows embedded images only
+    assert page.count("data:image/png;base64,") >= 2 and 'src="val_curves.png"' not in page
     assert any(p.endswith(".png") for p in arts)
     text = Path(
         client.download_artifacts(sweep.parent_id, "report/report.md", str(tmp))

@@ -136,9 +136,9 @@ def full_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], s
 def test_writes_report_and_valid_pngs(full_report: tuple[list[Path], str]) -> None:
     paths, _ = full_report
     out_dir = paths[0].parent
-    assert paths[0].name == "report.md"
-    assert {p.name for p in paths[1:]} == set(FIGURES)
-    for p in paths[1:]:
+    assert paths[0].name == "report.md" and paths[1].name == "report.html"
+    assert {p.name for p in paths[2:]} == set(FIGURES)
+    for p in paths[2:]:
         assert p.read_bytes()[:8] == PNG_MAGIC, p
         assert p.stat().st_size < 200_000, p  # small figures
     # Only the returned files remain: no temporary leftovers from the atomic writes.
@@ -148,9 +148,23 @@ def test_writes_report_and_valid_pngs(full_report: tuple[list[Path], str]) -> No
 def test_report_references_only_files_that_exist(full_report: tuple[list[Path], str]) -> None:
     paths, text = full_report
     refs = _images(text)
-    assert sorted(refs) == sorted(p.name for p in paths[1:])
+    assert sorted(refs) == sorted(p.name for p in paths[2:])
     for ref in refs:
         assert "/" not in ref and (paths[0].parent / ref).is_file()
+
+
+def test_the_html_report_embeds_every_figure(full_report: tuple[list[Path], str]) -> None:
+    """MLflow's artifact view leaves a markdown file's relative images as text; the HTML
+    twin it shows in a frame carries the figures inside itself."""
+    import base64
+
+    paths, text = full_report
+    page = paths[1].read_text()
+    assert page.startswith("<!doctype html>") and "<table>" in page
+    embedded = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(embedded) == len(_images(text))
+    figures = {p.read_bytes() for p in paths[2:]}
+    assert {base64.b64decode(e) for e in embedded} == figures
 
 
 def test_verdict_numbers_in_report_match_the_verdict(

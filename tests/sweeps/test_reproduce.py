@@ -330,7 +330,7 @@ def test_the_smoke_reproduction_is_one_parent_with_2_plus_2_children(amp_smoke):
     _, client, sweep = amp_smoke
     parent = client.get_run(sweep.parent_id)
     assert parent.info.status == "FINISHED"
-    assert parent.info.run_name == "amp-cifar10-preactresnet18-repro-smoke"
+    assert parent.info.run_name.startswith("amp-cifar10-preactresnet18-repro-smoke: ")
     assert parent.data.tags[rp.TAG_PRESET] == "amp_cifar10"
     assert parent.data.tags[rp.TAG_SMOKE] == "mnist1d"
     children = tracking.children(client, sweep)

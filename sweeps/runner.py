@@ -156,7 +156,13 @@ class Interrupted(Exception):
 
 
 class SweepFailed(Exception):
-    """Every trial of a stage failed: the sweep ends FAILED instead of reporting success."""
+    """Every trial of a stage failed, or records could not be delivered: the sweep ends FAILED
+    instead of reporting success."""
+
+
+def _drain_timeout_s() -> float:
+    """How long the end of a stage waits for MLflow writes ($FLATSWEEP_DRAIN_TIMEOUT_S)."""
+    return float(os.environ.get("FLATSWEEP_DRAIN_TIMEOUT_S", "300"))
 
 
 @dataclass
@@ -299,6 +305,7 @@ def _run_stage(
         spec.name,
         stage.base,
         spec.train.epochs,
+        drain_timeout_s=_drain_timeout_s(),
         stage=stage.stage_tag,
     )
     watch = InterruptWatch()
@@ -369,7 +376,16 @@ def _run_stage(
         grid = tuner.fit()
     finally:
         watch.restore_handlers()
-        tracker.drain()
+        delivered = tracker.drain()
+    if not delivered:
+        # Never report success with records missing. They are not lost: Tune's experiment
+        # state and each trial's result.json hold them, and a resume delivers them.
+        raise SweepFailed(
+            f"{tracker.outstanding} MLflow writes of the {stage.name} stage were not delivered "
+            f"within {tracker.drain_timeout_s:.0f} s (tracking server unreachable); they are "
+            f"kept in the Tune results under {exp_dir}: run `sweeps resume {spec.name}` once "
+            f"MLflow is reachable to deliver them"
+        )
     if watch.interrupted is not None or tracker.killed:
         raise Interrupted(stage.name)
     client = MlflowClient(tracking_uri)
@@ -589,7 +605,23 @@ def run_sweep(
         raise
     finally:
         result.num_trials = num_trials
-        best = tracking.retrying(lambda: tracking.best_run(client, sweep))
+        closed = _close(client, sweep, spec, status, result)
+    if not closed:
+        raise SweepFailed(
+            f"the sweep finished but MLflow did not take its parent run's record; run "
+            f"`sweeps resume {spec.name}` once MLflow is reachable"
+        )
+    return result
+
+
+def _close(
+    client: MlflowClient, sweep: Sweep, spec: SweepSpec, status: str, result: SweepResult
+) -> bool:
+    """Record the best trial, the report and the parent's end; False when MLflow stayed
+    unreachable (bounded by the drain timeout: a resume closes it later)."""
+    timeout = min(300.0, _drain_timeout_s())
+    try:
+        best = tracking.retrying(lambda: tracking.best_run(client, sweep), timeout_s=timeout)
         if best is not None:
             metric = sweep.objectives[0][0]
             result.best = {
@@ -603,8 +635,19 @@ def run_sweep(
             result.report_dir = _report(client, sweep, spec.resolved_storage())
         note = tracking.parent_note(sweep, status, best, result.verdict)
         name = tracking.parent_name(sweep, status, result.verdict)
-        tracking.retrying(lambda: tracking.close_parent(client, sweep, status, best, note, name))
-    return result
+        tracking.retrying(
+            lambda: tracking.close_parent(client, sweep, status, best, note, name),
+            timeout_s=timeout,
+        )
+        return True
+    except Exception as e:  # noqa: BLE001 - an unreachable store, whatever the client raised
+        log.error(
+            "could not record the end of sweep %s in MLflow (%s); `sweeps resume %s` does",
+            sweep.name,
+            str(e).splitlines()[0][:200],
+            sweep.name,
+        )
+        return False
 
 
 def _report(client: MlflowClient, sweep: Sweep, storage: str) -> str | None:

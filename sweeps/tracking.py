@@ -143,6 +143,22 @@ def final_flags(last: dict[str, Any], max_epochs: int) -> dict[str, bool]:
     return {"diverged": diverged, "oom": oom, "stopped_early": stopped}
 
 
+def _result_rows(trial: Any) -> list[dict[str, Any]]:
+    """Every result Tune's JSON logger recorded for ``trial`` (its ``result.json``), in order;
+    empty when the file is not on this machine (remote storage) or unreadable."""
+    path = Path(trial.local_path or "", "result.json") if trial.local_path else None
+    if path is None or not path.is_file():
+        return []
+    rows = []
+    with path.open() as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a line cut by the kill: the ones before it stand
+    return rows
+
+
 def result_step(result: dict[str, Any]) -> int:
     """The MLflow step of a Tune result: its epoch (Tune's iteration for older results)."""
     return int(result.get("epoch", result.get("training_iteration", 0)))
@@ -889,12 +905,13 @@ class MLflowTracker(Callback):
         self._set_status(trial, "FAILED", self._device_tags(trial.last_result or {}))
 
     def _reconcile(self, ended: list[tuple[Any, str]]) -> None:
-        """Close the runs of trials that ended under an earlier, killed driver.
+        """Close the runs of trials that ended under an earlier driver.
 
-        That driver may have died with a trial's last writes still queued; Tune's restored
-        experiment state still holds each trial's status and last result, so its run gets its
-        final metrics and status from there instead of being closed as KILLED later. One
-        search finds the runs that need it.
+        That driver may have died (or given up on an unreachable tracking server) with a
+        trial's writes still queued. Tune's restored experiment state still holds each trial's
+        status, and its ``result.json`` every epoch it reported, so the run gets its missing
+        metrics, final tags and status from there instead of being closed as KILLED later.
+        One search finds the runs that need it.
         """
 
         def write() -> None:
@@ -910,19 +927,20 @@ class MLflowTracker(Callback):
                 self._configs[tid] = trial_config(trial.config)
                 run_id = self._resolve(tid, self._configs[tid])
                 last = dict(trial.last_result or {})
-                if last:  # logged unless the old driver's write of it did land
-                    step = result_step(last)
-                    self._deliver_metrics(
-                        tid,
-                        [
-                            _Item(
-                                "final metrics",
-                                tid,
-                                step=step,
-                                metrics=self._metrics(last, step, int(time.time() * 1000)),
-                            )
-                        ],
+                # Every epoch Tune recorded for it (its result.json), else the last result;
+                # epochs already in MLflow are skipped by _deliver_metrics.
+                rows = _result_rows(trial) or ([last] if last else [])
+                items = []
+                for row in rows:
+                    step = result_step(row)
+                    ts = int(row.get("timestamp", time.time()) * 1000)
+                    replay = bool(row.get("diverged")) or bool(row.get("oom"))
+                    metrics = self._metrics(row, step, ts)
+                    items.append(
+                        _Item("recorded metrics", tid, step=step, metrics=metrics, replay_ok=replay)
                     )
+                if items:
+                    self._deliver_metrics(tid, items)
                 if status == "FINISHED":
                     self.client.log_batch(run_id, tags=self._final_tags(last))
                 # Tune's result timestamp (seconds) is when the trial last reported.
@@ -933,16 +951,15 @@ class MLflowTracker(Callback):
             _Item(f"reconciling {len(ended)} trials ended before a restart", "", call=write)
         )
 
+    @property
+    def outstanding(self) -> int:
+        """Writes queued and not yet delivered."""
+        return len(self._outbox.pending)
+
     def drain(self) -> bool:
-        """Wait for every buffered write (bounded by ``drain_timeout_s``)."""
-        ok = self._outbox.drain(self.drain_timeout_s)
-        if not ok:
-            log.error(
-                "MLflow still unreachable after %.0f s: %d writes not delivered",
-                self.drain_timeout_s,
-                len(self._outbox.pending),
-            )
-        return ok
+        """Wait for every buffered write (bounded by ``drain_timeout_s``); False if some are
+        still outstanding then (the caller must not report success)."""
+        return self._outbox.drain(self.drain_timeout_s)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         # Trials this driver started that never completed were stopped by an interrupt: Tune's

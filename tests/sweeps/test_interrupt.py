@@ -139,3 +139,91 @@ def test_driver_killed_in_the_confirmation_stage_resumes_without_rerunning_seeds
     assert s.parent.data.tags["flatsweep.verdict"] in ("better", "no_difference", "worse")
     plan = json.loads(s.parent.data.tags["flatsweep.finalists"])
     assert len(plan["finalists"]) == 1
+
+
+class _SqliteServer:
+    """``mlflow server`` on 127.0.0.1 over a SQLite file, restartable on the same port."""
+
+    def __init__(self, tmp) -> None:  # noqa: ANN001
+        from tests.sweeps._procs import free_port
+
+        self.tmp, self.port = tmp, free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+
+    def start(self) -> None:
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        from tests.sweeps._procs import wait_http
+
+        log = open(self.tmp / "server.log", "ab")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "mlflow"),
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                f"sqlite:///{self.tmp / 'server.db'}",
+                "--artifacts-destination",
+                str(self.tmp / "artifacts"),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_http(f"{self.uri}/health", 120)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            kill_group(self.proc, signal.SIGTERM)
+            self.proc = None
+
+
+def test_undelivered_records_end_the_sweep_failed_and_resume_delivers_them(tmp_path):
+    server = _SqliteServer(tmp_path)
+    server.start()
+    try:
+        train = {**SLOW_TRAIN, "epochs": 8}
+        spec = write_spec(
+            tmp_path, "lost", server.uri, num_samples=3, train=train, scheduler={"name": "fifo"}
+        )
+        proc = start_driver(["run", str(spec)], tmp_path, env={"FLATSWEEP_DRAIN_TIMEOUT_S": "5"})
+        client = MlflowClient(server.uri)
+
+        def first_epoch() -> bool:
+            s = sweep_of(client, "lost")
+            return s is not None and any(
+                r.data.metrics.get("val_acc") is not None for r in tracking.children(client, s)
+            )
+
+        wait_for(first_epoch, 300, "a first epoch in MLflow")
+        server.stop()  # and it stays down past the end of the sweep
+        code = proc.wait(timeout=600)
+        log = (tmp_path / "driver.log").read_text()
+        assert code == 1, log[-3000:]
+        assert "MLflow writes of the search stage were not delivered" in log
+        assert "sweeps resume lost" in log
+        assert "3 trials" not in log  # no success line
+
+        server.start()
+        resume = start_driver(
+            ["resume", "lost", "--tracking-uri", server.uri], tmp_path, log_name="resume.log"
+        )
+        assert resume.wait(timeout=600) == 0, (tmp_path / "resume.log").read_text()[-3000:]
+        s = sweep_of(client, "lost")
+        assert s.parent.info.status == "FINISHED"
+        runs = tracking.children(client, s)
+        assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
+        for r in runs:  # every epoch, including those the first driver never delivered
+            steps = sorted(m.step for m in client.get_metric_history(r.info.run_id, "val_acc"))
+            assert steps == list(range(1, 9)), steps
+            assert "test_acc" in r.data.metrics
+    finally:
+        server.stop()

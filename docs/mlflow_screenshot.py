@@ -250,6 +250,9 @@ class Chromium:
         self._id = 0
         self._replies: dict[int, dict[str, Any]] = {}
         self.session: str | None = None
+        # Sessions of the page's out-of-process frames (MLflow shows an HTML artifact in a
+        # sandboxed frame, its own DevTools target), newest last.
+        self.frames: list[str] = []
 
     # transport
     def _read(self, timeout: float) -> dict[str, Any] | None:
@@ -264,32 +267,50 @@ class Chromium:
         msg, self._buf = self._buf.split(b"\0", 1)
         return json.loads(msg)
 
-    def _post(self, method: str, params: dict | None, session: bool) -> int:
+    def _post(self, method: str, params: dict | None, session: bool | str) -> int:
+        """Send a command: to the browser, the tab (``True``) or the session named."""
         self._id += 1
         msg: dict[str, Any] = {"id": self._id, "method": method, "params": params or {}}
-        if session and self.session:
-            msg["sessionId"] = self.session
+        sid = session if isinstance(session, str) else self.session if session else None
+        if sid:
+            msg["sessionId"] = sid
         os.write(self._to_chrome, json.dumps(msg).encode() + b"\0")
         return self._id
 
     def _dispatch(self, msg: dict[str, Any]) -> None:
         if "id" in msg:
             self._replies[msg["id"]] = msg
-        elif msg.get("method") == "Fetch.requestPaused":
-            # Only the local MLflow server: nothing leaves the machine, nothing is downloaded.
-            p = msg["params"]
+            return
+        method, p = msg.get("method"), msg.get("params", {})
+        sid = msg.get("sessionId", True)
+        if method == "Fetch.requestPaused":
+            # Only the local server: nothing leaves the machine, nothing is downloaded.
             url = p["request"]["url"]
             if url.startswith((self.origin + "/", "data:", "blob:")) or url == self.origin:
-                self._post("Fetch.continueRequest", {"requestId": p["requestId"]}, True)
+                self._post("Fetch.continueRequest", {"requestId": p["requestId"]}, sid)
             else:
                 self._post(
                     "Fetch.failRequest",
                     {"requestId": p["requestId"], "errorReason": "BlockedByClient"},
-                    True,
+                    sid,
                 )
+        elif method == "Target.attachedToTarget":
+            # A frame or worker of the tab, paused before it runs: the same request filter
+            # applies to it, then it may start.
+            child = p["sessionId"]
+            if p["targetInfo"]["type"] == "iframe":
+                self.frames.append(child)
+                self._post("Fetch.enable", {"patterns": [{"urlPattern": "*"}]}, child)
+            self._post("Runtime.runIfWaitingForDebugger", None, child)
+        elif method == "Target.detachedFromTarget" and p.get("sessionId") in self.frames:
+            self.frames.remove(p["sessionId"])
 
     def call(
-        self, method: str, params: dict | None = None, session: bool = True, timeout: float = 60
+        self,
+        method: str,
+        params: dict | None = None,
+        session: bool | str = True,
+        timeout: float = 60,
     ) -> dict[str, Any]:
         i = self._post(method, params, session)
         deadline = time.monotonic() + timeout
@@ -324,6 +345,10 @@ class Chromium:
         )["sessionId"]
         self.call("Browser.setDownloadBehavior", {"behavior": "deny"}, session=False)
         self.call("Fetch.enable", {"patterns": [{"urlPattern": "*"}]})
+        self.call(
+            "Target.setAutoAttach",
+            {"autoAttach": True, "waitForDebuggerOnStart": True, "flatten": True},
+        )
         self.call("Page.enable")
         self.call("Runtime.enable")
         self.call(
@@ -335,20 +360,24 @@ class Chromium:
         self.call("Page.navigate", {"url": url})
         self.pump(settle)
 
-    def js(self, expression: str) -> Any:
+    def js(self, expression: str, frame: bool = False) -> Any:
+        """Evaluate ``expression`` in the tab, or (``frame``) in its newest out-of-process frame."""
+        if frame and not self.frames:
+            raise RuntimeError("no out-of-process frame to evaluate in")
         r = self.call(
             "Runtime.evaluate",
             {"expression": expression, "returnByValue": True, "awaitPromise": True},
+            session=self.frames[-1] if frame else True,
         )
         if "exceptionDetails" in r:
             raise RuntimeError(f"JS error: {r['exceptionDetails'].get('text')} in {expression}")
         return r["result"].get("value")
 
-    def wait_for(self, expression: str, what: str, timeout: float = 60) -> None:
+    def wait_for(self, expression: str, what: str, timeout: float = 60, frame: bool = False) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with contextlib.suppress(RuntimeError):
-                if self.js(f"!!({expression})"):
+                if self.js(f"!!({expression})", frame=frame):
                     return
             self.pump(0.5)
         raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
@@ -490,7 +519,6 @@ def take_screenshots(
     names = [c.info.run_name for c in children]
     runs_url = f"{base}/#/experiments/{exp_id}/runs"
     all_children = f"{json.dumps(names)}.every(n => document.body.innerText.includes(n))"
-    paths = [out_dir / name for name in SHOTS]
     cdp = Chromium(chromium, base, WIDTH, HEIGHT)
     try:
         cdp.open_tab()
@@ -501,26 +529,26 @@ def take_screenshots(
         cols = cdp.js("""[...document.querySelectorAll('.ag-header-cell[col-id]')]
             .map(e => e.innerText.trim()).filter(Boolean)""")
         log(f"fresh runs table: columns {cols}")
-        cdp.screenshot(paths[0])
+        cdp.screenshot(out_dir / "mlflow-ui.png")
 
         # (b) Close the assistant, click [+], drag the Run Name column wider.
         cdp.click(ASSISTANT_CLOSE, "the assistant panel's close button", required=False)
         cdp.click(EXPAND, "the parent's [+] button")
         cdp.wait_for(all_children, "the child runs")
         cdp.drag(RESIZE, RUN_NAME_WIDTH - 190, "the Run Name column's edge")
-        cdp.screenshot(paths[1])
+        cdp.screenshot(out_dir / "mlflow-ui-children.png")
 
         # (e) The second click: the chart-view button. Then the objective's chart, full screen.
         cdp.click(VIEW_BUTTON.format("CHART"), "the chart-view button", settle=3)
         cdp.wait_for("document.querySelector('.js-plotly-plot')", "the charts")
         hidden = cdp.js("document.body.innerText.split('Unhide run').length - 1")
         log(f"chart view: {hidden} of {len(names) + 1} runs hidden by default")
-        cdp.screenshot(paths[2])
+        cdp.screenshot(out_dir / "mlflow-ui-compare.png")
         cdp.type_text(
             q('input[placeholder="Search metric charts"]'), metric, "the chart search box"
         )
         cdp.click(full_screen(metric), f"the {metric} chart's full-screen button", settle=3)
-        cdp.screenshot(paths[3])
+        cdp.screenshot(out_dir / "mlflow-ui-compare-metric.png")
         cdp.click(q('[role=dialog] button[aria-label="Close"]'), "the full-screen chart's close")
 
         # (c) Back to the table; click the parent's name.
@@ -530,40 +558,50 @@ def take_screenshots(
         cdp.pump(2)
         desc = cdp.js("document.body.innerText.split('Description')[1]?.split('Metrics (')[0]")
         log(f"parent description: {(desc or '').strip()[:200]!r}")
-        cdp.screenshot(paths[4])
+        cdp.screenshot(out_dir / "mlflow-ui-run.png")
 
-        # (d) Artifacts tab -> report -> report.md.
+        # (d) Artifacts tab -> report -> report.html, the page the description points to.
+        # MLflow shows an HTML artifact in a sandboxed frame: read it in that frame.
         cdp.click(by_text("Artifacts"), "the Artifacts tab")
         cdp.click(by_text("report"), "the report/ folder")
+        frames = len(cdp.frames)
+        cdp.click(by_text("report.html"), "report.html", settle=3)
+        cdp.wait_for(f"{len(cdp.frames)} > {frames}", "the frame of report.html")
+        cdp.wait_for("document.querySelector('h2')", "the report in its frame", frame=True)
+        cdp.wait_for("[...document.images].every(i => i.complete)", "its figures", frame=True)
+        figures = cdp.js(
+            "[...document.images].map(i => [i.src.startsWith('data:'), i.naturalWidth])",
+            frame=True,
+        )
+        shown = sum(width > 0 for _, width in figures)
+        embedded = sum(data for data, _ in figures)
+        log(
+            f"report.html in the artifact view: {shown} of {len(figures)} figures displayed"
+            f" ({embedded} embedded as data URIs)"
+        )
+        cdp.screenshot(out_dir / "mlflow-ui-report.png")
+        # Scroll the frame (only the frame) to the heading above its first figure.
+        cdp.js(
+            """(() => { const img = document.images[0]; if (!img) return;
+            const above = [...document.querySelectorAll('h2')].filter(h =>
+              h.compareDocumentPosition(img) & Node.DOCUMENT_POSITION_FOLLOWING);
+            window.scrollTo(0, (above.at(-1) || img).offsetTop - 8); })()""",
+            frame=True,
+        )
+        cdp.pump(1)
+        cdp.screenshot(out_dir / "mlflow-ui-report-figure.png")
+
+        # report.md beside it: rendered markdown, but are its relative images displayed?
         cdp.click(by_text("report.md"), "report.md", settle=3)
-        cdp.wait_for("[...document.querySelectorAll('h2')].length > 1", "the rendered report")
+        cdp.wait_for("[...document.querySelectorAll('h2')].length > 1", "the rendered report.md")
         shown = cdp.js("""[...document.querySelectorAll('img')]
             .filter(i => i.naturalWidth > 0 && !i.src.startsWith('data:image/svg')).length""")
         raw = cdp.js(f"""[...document.querySelectorAll('p, div, span')]
             .filter(e => !e.children.length && {RAW_IMAGE}.test(e.innerText.trim())).length""")
         log(f"report.md in the artifact view: {shown} images displayed, {raw} left as text")
-        cdp.screenshot(paths[5])
-        # Scroll the report to the heading above its first figure (or where it should be).
-        first_fig = f"""[...document.querySelectorAll('p, div, span, img')].find(e =>
-            e.tagName === 'IMG' || (!e.children.length && {RAW_IMAGE}.test(e.innerText.trim())))"""
-        cdp.js(f"""(() => {{ const e = {first_fig}; if (!e) return;
-            const above = [...document.querySelectorAll('h2')].filter(h =>
-              h.compareDocumentPosition(e) & Node.DOCUMENT_POSITION_FOLLOWING);
-            (above.at(-1) || e).scrollIntoView({{block: 'start'}}); }})()""")
-        cdp.pump(1)
-        cdp.screenshot(paths[6])
-        # One of the report's PNGs (the curves, if there), clicked in the artifact tree.
-        pngs = [f for f in report_files if f.endswith(".png")]
-        pngs.sort(key=lambda f: "curve" not in f)
-        if pngs:
-            cdp.click(by_text(pngs[0]), pngs[0], settle=3)
-            cdp.wait_for("[...document.images].some(i => i.naturalWidth > 0)", pngs[0])
-            cdp.screenshot(paths[7])
-        else:
-            log("no PNG under report/: skipped the last screenshot")
     finally:
         cdp.close()
-    return paths
+    return [out_dir / name for name in SHOTS if name.startswith("mlflow-ui")]
 
 
 # -- main -----------------------------------------------------------------------------------------

@@ -89,8 +89,7 @@ def validate(
         ),
     ] = False,
 ) -> None:
-    """Check specs completely without starting Ray or touching MLflow (the first error ends
-    it with exit code 2)."""
+    """Check specs completely without starting Ray or touching MLflow (first error: exit 2)."""
     for spec in specs:
         # Data roots are checked where the trials run: here, or on the cluster.
         s = _load(spec, check_files=address is None and not no_data_check)
@@ -338,8 +337,7 @@ def export(
     fmt: Annotated[str, typer.Option("--format", help="yaml or json")] = "yaml",
     tracking_uri: Annotated[str | None, typer.Option()] = None,
 ) -> None:
-    """Write the best configs (the verdict's winner first), re-runnable with
-    `python -m trainers FILE`."""
+    """Write the best configs, the verdict's winner first (`python -m trainers FILE` re-runs)."""
     from sweeps.export import export_best
 
     if fmt not in ("yaml", "json"):

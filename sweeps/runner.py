@@ -298,6 +298,9 @@ def _run_stage(
         ),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
     )
+    storage = spec.resolved_storage()
+    exp_dir = f"{storage.rstrip('/')}/{stage.experiment}"
+    restoring = resume and tune.Tuner.can_restore(exp_dir)
     tracker = MLflowTracker(
         tracking_uri,
         sweep.experiment_id,
@@ -307,6 +310,7 @@ def _run_stage(
         spec.train.epochs,
         drain_timeout_s=_drain_timeout_s(),
         stage=stage.stage_tag,
+        fresh=not restoring,
     )
     watch = InterruptWatch()
     callbacks = [
@@ -318,10 +322,8 @@ def _run_stage(
     ]
     if gpu_warning is not None:
         callbacks.append(gpu_warning)
-    storage = spec.resolved_storage()
-    exp_dir = f"{storage.rstrip('/')}/{stage.experiment}"
     try:
-        if resume and tune.Tuner.can_restore(exp_dir):
+        if restoring:
             tuner = restore_tuner(exp_dir, trainable, callbacks)
         else:
             param_space: dict[str, Any] = {}

@@ -164,6 +164,9 @@ def result_step(result: dict[str, Any]) -> int:
     return int(result.get("epoch", result.get("training_iteration", 0)))
 
 
+#: Errors that are bugs, not outages: never retried. (SpecError is a ValueError.)
+_NOT_TRANSIENT = (ValueError, TypeError, KeyError, AttributeError)
+
 # -- one retry policy ------------------------------------------------------------------------
 
 
@@ -182,9 +185,7 @@ def retrying(fn: Callable[[], Any], *, timeout_s: float = 300.0) -> Any:
     are raised at once."""
     return tenacity.Retrying(
         # A refusal (SpecError is a ValueError) or a bug is not an outage: raise it at once.
-        retry=tenacity.retry_if_not_exception_type(
-            (ValueError, TypeError, KeyError, AttributeError)
-        ),
+        retry=tenacity.retry_if_not_exception_type(_NOT_TRANSIENT),
         stop=tenacity.stop_after_delay(timeout_s),
         wait=tenacity.wait_exponential(multiplier=1, min=1, max=15),
         before_sleep=_log_retry,
@@ -565,6 +566,7 @@ class _Outbox:
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
         self._draining = 0
+        self.broken = False  # the writer stopped on an error retrying cannot fix
         self.rounds = 0  # delivery rounds so far
 
     def put(self, item: _Item) -> None:
@@ -612,6 +614,7 @@ class _Outbox:
         # Any transport error: retry the head of the queue until it lands (the same policy as
         # ``retrying``, without a deadline: the records must not be dropped while we live).
         retry = tenacity.Retrying(
+            retry=tenacity.retry_if_not_exception_type(_NOT_TRANSIENT),
             wait=tenacity.wait_exponential(multiplier=0.5, max=10),
             before_sleep=note_failure,
             reraise=True,
@@ -628,7 +631,16 @@ class _Outbox:
                     if not self.pending:
                         break
                     batch = self._take()
-                retry(self._deliver, batch)
+                try:
+                    retry(self._deliver, batch)
+                except _NOT_TRANSIENT:
+                    # A bug, not an outage: retrying cannot fix it. Stop writing (the drain
+                    # then reports the writes outstanding and the sweep ends FAILED).
+                    log.exception("MLflow write %s failed; the writer stops", batch[0].what)
+                    with self._cv:
+                        self.broken = True
+                        self._cv.notify_all()
+                    return
                 if failing:
                     log.warning(
                         "MLflow reachable again; delivering %d buffered writes", len(self.pending)
@@ -648,7 +660,8 @@ class _Outbox:
             self._draining += 1
             self._cv.notify_all()
             try:
-                return self._cv.wait_for(lambda: not self.pending, timeout=timeout_s)
+                self._cv.wait_for(lambda: not self.pending or self.broken, timeout=timeout_s)
+                return not self.pending
             finally:
                 self._draining -= 1
 
@@ -666,6 +679,7 @@ class MLflowTracker(Callback):
         max_epochs: int,
         drain_timeout_s: float = 300.0,
         stage: str = "search",
+        fresh: bool = False,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
@@ -675,11 +689,14 @@ class MLflowTracker(Callback):
         self.max_epochs = max_epochs
         self.drain_timeout_s = drain_timeout_s
         self.stage = stage  # the stage tag of trials whose config names none
+        # True for a stage this driver starts (not restores): its trials have no runs yet.
+        self.fresh = fresh
         self._init_state()
 
     def _init_state(self) -> None:
         self._client: MlflowClient | None = None
         self._runs: dict[str, str] = {}  # trial id -> run id
+        self._running: set[str] = set()  # run ids this writer knows to be RUNNING
         self._last_step: dict[str, int] = {}  # trial id -> last epoch logged
         self._started: set[str] = set()  # trials this driver saw start (main thread only)
         self._closed: set[str] = set()  # trials this driver saw complete or fail
@@ -704,6 +721,7 @@ class MLflowTracker(Callback):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.fresh = False  # a tracker unpickled with an experiment belongs to its restore
         self._init_state()
 
     @property
@@ -723,12 +741,18 @@ class MLflowTracker(Callback):
         """The child run of trial ``tid``: found by tags, else created. Raises when down."""
         if tid in self._runs:
             return self._runs[tid]
-        existing = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=(
-                f"tags.`{TAG_PARENT}` = '{self.parent_run_id}' and tags.`{TAG_TRIAL}` = '{tid}'"
-            ),
-            max_results=1,
+        # A trial of a stage this driver started afresh has no run yet: one round trip less
+        # per trial. After a restore, runs are found by tags so none is duplicated.
+        existing = (
+            []
+            if self.fresh
+            else self.client.search_runs(
+                [self.experiment_id],
+                filter_string=(
+                    f"tags.`{TAG_PARENT}` = '{self.parent_run_id}' and tags.`{TAG_TRIAL}` = '{tid}'"
+                ),
+                max_results=1,
+            )
         )
         spec = None
         if existing:
@@ -769,6 +793,7 @@ class MLflowTracker(Callback):
             run_id = self.client.create_run(
                 self.experiment_id, tags=tags, start_time=self._start_ms.get(tid), run_name=name
             ).info.run_id
+            self._running.add(run_id)
             self._last_step[tid] = 0
         if spec is None:
             spec = json.loads(existing[0].data.tags[TAG_SPEC])
@@ -826,8 +851,11 @@ class MLflowTracker(Callback):
                 client.log_batch(run_id, tags=tags)
             if status in TERMINAL:
                 client.set_terminated(run_id, status, end_time=when)
-            else:
+                self._running.discard(run_id)
+            elif not (status == "RUNNING" and run_id in self._running):
+                # (create_run makes a run RUNNING: no second call for a trial's start)
                 client.update_run(run_id, status=status)
+                self._running.add(run_id)
 
         self._write(trial, f"status {status}", write)
 

@@ -1,16 +1,38 @@
-"""L∞ PGD (Madry et al., ICLR 2018) as used by the AWP official code for training and eval.
+"""Attacks: L∞ PGD for training and evaluation, and AutoAttack for a final evaluation.
+
+- ``pgd``: L∞ PGD (Madry et al., ICLR 2018) as used by the AWP official code for training and
+  evaluation.
+- ``autoattack_accuracy``: AutoAttack (Croce & Hein, "Reliable evaluation of adversarial
+  robustness with an ensemble of diverse parameter-free attacks", ICML 2020), the "standard"
+  L∞ version that RobustBench reports: APGD-CE, APGD-T, FAB-T and Square, each run only on the
+  examples the previous ones did not break. It is ``torchattacks.AutoAttack`` (torchattacks
+  3.5.1), set to the official fra31/auto-attack ``set_version("standard")`` budgets, which
+  torchattacks' own "standard" does not use: 100 iterations for APGD-CE, APGD-T and FAB-T
+  (torchattacks: 10), 9 target classes for APGD-T and FAB-T (torchattacks: n_classes - 1) and
+  Square's query schedule not rescaled (``resc_schedule=False``, torchattacks: True).
 
 Inputs arrive normalised, ``x = (pixel - mean) / std``. With per-channel ``mean``/``std`` the
 budget ``eps`` is in pixel units of [0, 1] images (8/255) and the adversarial pixel is clamped
 to [0, 1], as the official code does; without them (1-D signals, synthetic tensors) ``eps`` is
-in input units and nothing is clamped.
+in input units and nothing is clamped. AutoAttack needs them (it attacks [0, 1] images).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+if TYPE_CHECKING:
+    import torchattacks
+
+#: fra31/auto-attack ``set_version("standard")`` (the RobustBench evaluation), L∞.
+AUTOATTACK_STEPS = 100  # iterations of APGD-CE, APGD-T and FAB-T, one restart each
+AUTOATTACK_TARGET_CLASSES = 9  # classes APGD-T and FAB-T target (fewer if the data has fewer)
+AUTOATTACK_SQUARE_QUERIES = 5000  # Square's query budget, one restart
 
 
 def pgd(
@@ -64,3 +86,102 @@ def _project(
     if lo is not None and hi is not None:
         delta = torch.maximum(torch.minimum(x + delta, hi), lo) - x
     return delta.detach()
+
+
+def build_autoattack(
+    model: nn.Module,
+    *,
+    eps: float,
+    num_classes: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    seed: int,
+) -> torchattacks.AutoAttack:
+    """``torchattacks.AutoAttack`` (L∞, standard) set to RobustBench's standard budgets.
+
+    The returned attack takes normalised images (``(pixel - mean) / std``) and returns
+    normalised adversarial images: torchattacks' ``set_normalization_used`` de-normalises the
+    batch, attacks the [0, 1] pixels within ``eps`` (pixel units) and normalises again, so the
+    model always sees the inputs it was trained on. ``seed`` fixes every sub-attack's random
+    start; torchattacks reseeds torch's global generators with it (see
+    ``autoattack_accuracy``, which restores them).
+    """
+    import torchattacks
+
+    attack = torchattacks.AutoAttack(
+        model, norm="Linf", eps=eps, version="standard", n_classes=num_classes, seed=seed
+    )
+    parts = attack._autoattack.attacks  # torchattacks keeps the four sub-attacks here
+    kinds = (torchattacks.APGD, torchattacks.APGDT, torchattacks.FAB, torchattacks.Square)
+    if len(parts) != len(kinds) or not all(map(isinstance, parts, kinds)):
+        raise RuntimeError(
+            "torchattacks.AutoAttack no longer holds APGD, APGDT, FAB, Square in that order, but"
+            f" {[type(a).__name__ for a in parts]}; pin torchattacks==3.5.1"
+        )
+    apgd_ce, apgd_t, fab_t, square = parts
+    for a in (apgd_ce, apgd_t, fab_t):
+        a.steps = AUTOATTACK_STEPS
+    targets = min(AUTOATTACK_TARGET_CLASSES, num_classes - 1)
+    apgd_t.n_target_classes = fab_t.n_target_classes = targets
+    square.n_queries = AUTOATTACK_SQUARE_QUERIES
+    square.rescale_schedule = False
+    attack.set_normalization_used([float(m) for m in mean], [float(s) for s in std])
+    return attack
+
+
+def autoattack_accuracy(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    eps: float,
+    num_classes: int,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+    seed: int = 0,
+    examples: int | None = None,
+) -> float:
+    """Accuracy under standard L∞ AutoAttack (RobustBench's evaluation, Croce & Hein 2020) on
+    the first ``examples`` of ``loader`` (None: all), in eval mode and fp32.
+
+    An example counts as robust only if the model classifies it correctly and none of the four
+    attacks changes that, so the result is at most the clean accuracy on the same examples.
+    ``eps`` is in pixel units of [0, 1] images; ``loader`` yields images normalised with
+    ``mean``/``std``. Slow: each robust example costs about 2,000 forward-backward passes and up
+    to 5,000 forward passes. Torch's random generators and the parameters' ``requires_grad`` and
+    ``.grad`` are as before the call; the model is left in eval mode.
+    """
+    if mean is None or std is None:
+        raise ValueError(
+            "autoattack needs images with a per-channel mean and std (it attacks [0, 1]"
+            f" pixels), but got mean={mean}, std={std}"
+        )
+    model.eval()
+    params = list(model.parameters())
+    device = params[0].device if params else torch.device("cpu")
+    # Parameters need no gradient for an attack on the input; FAB calls .backward(), which
+    # would otherwise accumulate into .grad.
+    trainable = [p for p in params if p.requires_grad]
+    correct, n = 0, 0
+    # torchattacks reseeds the global generators with ``seed``: fork them so the training
+    # stream (saved in checkpoints) is the same with and without this evaluation.
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), torch.autocast(device.type, enabled=False):
+        try:
+            for p in trainable:
+                p.requires_grad_(False)
+            attack = build_autoattack(
+                model, eps=eps, num_classes=num_classes, mean=mean, std=std, seed=seed
+            )
+            for x, y in loader:
+                if examples is not None:
+                    if n >= examples:
+                        break
+                    x, y = x[: examples - n], y[: examples - n]
+                x_adv = attack(x.float(), y)
+                with torch.no_grad():
+                    correct += int((model(x_adv).argmax(1) == y).sum())
+                n += len(y)
+        finally:
+            for p in trainable:
+                p.requires_grad_(True)
+    return correct / max(n, 1)

@@ -64,6 +64,9 @@ FINAL_METRICS = frozenset(
         "test_loss",
         "test_acc",
         "test_robust_acc",  # PGD on the whole test set
+        # with ``adversarial.autoattack``: standard L∞ AutoAttack (RobustBench's evaluation) of
+        # the final weights on the first ``adversarial.autoattack_examples`` test examples
+        "test_autoattack_acc",
         # with ``test_at_best_val``: the first epoch of highest val_robust_acc under PGD,
         # else of highest val_acc
         "best_val_epoch",
@@ -192,6 +195,15 @@ def fit(
             "test_at_best_val needs a validation split (data.val_fraction > 0 or data.num_val"
             f" > 0), but got val_fraction={data.val_fraction}, num_val={data.num_val}"
         )
+    if spec.adversarial is not None and spec.adversarial.autoattack:
+        # Before any data is read or any epoch trained: only datasets with a per-channel
+        # mean/std are images whose [0, 1] pixels AutoAttack can attack.
+        if data_lib.DATASETS.get(data.name).mean is None:
+            images = [n for n in data_lib.DATASETS.names() if data_lib.DATASETS.get(n).mean]
+            raise ValueError(
+                f"adversarial.autoattack needs an image dataset ({', '.join(images)}) as it"
+                f" attacks [0, 1] pixels, but got data.name={data.name!r}"
+            )
     device = resolve_device(spec.device)
     _set_determinism(spec)
     bundle = data_lib.build(
@@ -387,6 +399,21 @@ def fit(
             metrics.update(measure(model, bundle.test, "test", None))
             if best is not None:
                 metrics.update(at_best_val(best, metrics))
+            if adv is not None and adv.autoattack:
+                # After at_best_val, which copies this epoch's test_* metrics: AutoAttack is
+                # measured on the final weights only.
+                from trainers.attacks import autoattack_accuracy
+
+                metrics["test_autoattack_acc"] = autoattack_accuracy(
+                    model,
+                    bundle.test,
+                    eps=adv.eps,
+                    num_classes=bundle.num_classes,
+                    mean=bundle.mean,
+                    std=bundle.std,
+                    seed=spec.seed,
+                    examples=adv.autoattack_examples,
+                )
             metrics["train_seconds_total"] = train_seconds + sum(
                 m.get("train_seconds", 0.0) for m in history
             )

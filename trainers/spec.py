@@ -162,6 +162,11 @@ class AdversarialSpec(_Strict):
     (``eval_steps``) on the whole test set, once after the last epoch, in fp32, as the AWP
     paper reports it; the per-epoch validation robust accuracy attacks only the first
     ``eval_examples`` validation examples, to stay cheap.
+
+    ``autoattack`` adds ``test_autoattack_acc``: standard L∞ AutoAttack at ``eps`` (Croce &
+    Hein 2020, the RobustBench evaluation; ``trainers.attacks.autoattack_accuracy``) of the
+    final weights, once after the last epoch, in fp32. Image datasets only (cifar10, cifar100,
+    svhn); ``fit`` refuses it for the others before training.
     """
 
     eps: float = Field(8 / 255, ge=0)
@@ -173,6 +178,11 @@ class AdversarialSpec(_Strict):
     # Precision of the robust evaluations: fp32 (the AWP official evaluation) or the training
     # precision ("train"), cheaper on GPUs but not the paper's protocol.
     eval_precision: Literal["fp32", "train"] = "fp32"
+    # AutoAttack of the final weights on the test set (test_autoattack_acc); off by default as
+    # it is slow: about 2,000 forward-backward passes per robust example.
+    autoattack: bool = False
+    # Test examples AutoAttack evaluates (the first N); None = the whole test set.
+    autoattack_examples: int | None = Field(None, ge=1)
 
 
 class TrainSpec(_Strict):

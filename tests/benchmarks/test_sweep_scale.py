@@ -1,0 +1,218 @@
+"""benchmarks/sweep_scale.py: its measuring helpers (fast), and a 12-trial run end to end.
+
+The end-to-end run starts two drivers, each with its own local Ray (about 1.5-2 min on 2 busy
+cores), so it is a ``cluster`` test. Speed is measured, never asserted.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "sweep_scale.py"
+COLUMNS = [
+    "N",
+    "service wall s",
+    "plain wall s",
+    "ratio",
+    "driver CPU ms/trial (service / plain)",
+    "peak driver RSS MB (service / plain)",
+    "MLflow calls/trial",
+    "MLflow bytes/trial",
+    "Optuna ms/suggestion, first → last 10% (service)",
+    "(plain)",
+    "lost records",
+]
+
+
+def load_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("sweep_scale", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def scale() -> ModuleType:
+    return load_script()
+
+
+def numbers(cell: str) -> list[float]:
+    return [float(x) for x in re.findall(r"-?\d+(?:\.\d+)?", cell.replace("*", ""))]
+
+
+def first_table(text: str) -> tuple[list[str], list[list[str]]]:
+    """The header and data rows of the first markdown table in ``text``."""
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    start = text.splitlines().index(lines[0])
+    block = []
+    for line in text.splitlines()[start:]:
+        if not line.startswith("|"):
+            break
+        block.append([c.strip() for c in line.strip().strip("|").split("|")])
+    return block[0], block[2:]
+
+
+# -- the measuring helpers -------------------------------------------------------------------
+
+
+def test_bucket_means_average_each_tenth_in_call_order(scale: ModuleType) -> None:
+    seconds = [float(i) for i in range(20)]  # 2 calls per bucket
+    assert scale.bucket_means(seconds) == [0.5 + 2 * b for b in range(10)]
+    # Fewer calls than buckets: empty buckets are None, never a made-up 0.
+    means = scale.bucket_means([1.0, 3.0, 5.0])
+    assert [m for m in means if m is not None] == [1.0, 3.0, 5.0]
+    assert means.count(None) == 7
+    assert means[0] == 1.0 and means[-1] is None
+
+
+def test_payload_bytes_counts_keys_values_and_mlflow_entities(scale: ModuleType) -> None:
+    from mlflow.entities import Metric, Param
+
+    assert scale.payload_bytes(None) == 0
+    assert scale.payload_bytes("héllo") == 6  # UTF-8 bytes, not characters
+    assert scale.payload_bytes({"ab": 1.5}) == 2 + 3
+    assert scale.payload_bytes([Param("lr", "0.1")]) == len("key") + 2 + len("value") + 3
+    metric = scale.payload_bytes(Metric("val_acc", 0.5, 1000, 2))
+    assert metric >= len("val_acc") + len("0.5") + len("1000") + 1
+
+
+def test_meter_measures_outermost_calls_and_skips_what_a_class_does_not_define(
+    scale: ModuleType,
+) -> None:
+    class Client:
+        def outer(self, text: str) -> str:
+            return self.inner(text) + "!"
+
+        def inner(self, text: str) -> str:
+            return text.upper()
+
+    class Child(Client):
+        pass
+
+    meter = scale.Meter()
+    seen: list[Any] = []
+    assert meter.wrap(Client, "outer", "c", size=True, observe=lambda a, k, o, s, d: seen.append(o))
+    assert meter.wrap(Client, "inner", "c", size=True)
+    assert not meter.wrap(Child, "outer", "c")  # inherited: measured where it is defined
+    assert not meter.wrap(Client, "missing", "c")
+    meter.start()
+    assert Client().outer("abc") == "ABC!"
+    # inner ran inside outer (same group, same thread): one call, one payload.
+    assert dict(meter.calls) == {"c.outer": 1}
+    assert meter.bytes["c.outer"] == 3
+    assert seen == ["ABC!"]
+    # Another thread's calls are its own, and are timed under its thread's name.
+    worker = threading.Thread(target=lambda: Client().inner("x"), name="writer")
+    worker.start()
+    worker.join()
+    assert meter.calls["c.inner"] == 1 and "c@writer" in meter.thread_seconds
+    meter.paused = True
+    Client().outer("z")
+    assert meter.calls["c.outer"] == 1
+
+
+def test_table_and_lost_line_from_measurements(scale: ModuleType) -> None:
+    def arm(name: str, wall: float) -> dict[str, Any]:
+        return {
+            "arm": name,
+            "n": 10,
+            "wall_s": wall,
+            "driver_cpu_s": 0.5,
+            "rss_peak_mb": 900.0,
+            "suggest_s": [0.001 * (i + 1) for i in range(10)],
+            "calls": {"mlflow.log_batch": 30},
+            "seconds": {"mlflow.log_batch": 1.5},
+            "bytes": {"mlflow.log_batch": 10_000},
+        }
+
+    svc, plain = arm("service", 30.0), arm("plain", 20.0)
+    svc["records"] = {
+        "parents": 1,
+        "parent_status": ["FINISHED"],
+        "children": 10,
+        "children_status": {"FINISHED": 10},
+        "running": 0,
+        "complete": 10,
+        "lost": 0,
+        "ok": True,
+    }
+    cells = [c.strip() for c in scale.summary_row(10, svc, plain).strip("|").split("|")]
+    assert len(cells) == len(COLUMNS)
+    assert numbers(cells[3]) == [1.5]  # 30 / 20
+    assert numbers(cells[4]) == [50.0, 50.0]  # 0.5 s / 10 trials, in ms
+    assert numbers(cells[6]) == [3.0] and numbers(cells[7]) == [1000.0]
+    assert numbers(cells[8]) == [1.0, 10.0]  # first and last tenth, ms
+    line = scale.nothing_lost_line(svc)
+    assert line.startswith("- nothing lost at N=10:") and "10/10 FINISHED" in line
+    svc["records"].update(children=9, complete=8, running=1, lost=2, ok=False)
+    svc["records"]["children_status"] = {"FINISHED": 8, "RUNNING": 1}
+    assert "NOT ALL RECORDS (2 lost)" in scale.nothing_lost_line(svc)
+
+
+def test_trials_flag_is_refused_with_one_line(scale: ModuleType) -> None:
+    with pytest.raises(SystemExit):
+        scale.parse_args(["--trials", "0"])
+    assert scale.parse_args(["--trials", "12,30"]).trials == [12, 30]
+
+
+# -- end to end ------------------------------------------------------------------------------
+
+
+@pytest.mark.cluster
+def test_twelve_trials_side_by_side(tmp_path: Path) -> None:
+    results = tmp_path / "RESULTS.md"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--trials",
+            "12",
+            "--no-record",
+            "--results",
+            str(results),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert not results.exists()  # --no-record
+    out = proc.stdout
+    assert "## sweep_scale: the service against plain Ray Tune, N trials" in out
+    assert "load average at start" in out and "os.cpu_count()" in out
+    header, rows = first_table(out)
+    assert header == COLUMNS
+    (row,) = rows
+    assert numbers(row[0]) == [12]
+    service_wall, plain_wall, ratio = (numbers(c)[0] for c in row[1:4])
+    assert service_wall > 0 and plain_wall > 0
+    assert ratio == pytest.approx(service_wall / plain_wall, rel=0.02)
+    for cell in row[4:6]:  # driver CPU and peak RSS, each arm
+        values = numbers(cell)
+        assert len(values) == 2 and all(v > 0 for v in values)
+    calls, nbytes = numbers(row[6])[0], numbers(row[7])[0]
+    assert calls >= 3 and nbytes > 100  # at least create, log and close each child run
+    for cell in row[8:10]:  # Optuna ms per suggestion, first and last tenth
+        values = numbers(cell)
+        assert len(values) == 2 and all(v > 0 for v in values)
+    assert numbers(row[10]) == [0]
+    assert (
+        "- nothing lost at N=12: MLflow holds 1 parent (FINISHED) and 12 children "
+        "(FINISHED 12), 0 RUNNING, 12/12 FINISHED with val_acc and test_acc" in out
+    )
+    # Both arms did the same work: 12 trials of 2 epochs each, seen by the driver.
+    assert "| trials completed (driver saw) / errors | 12 / 0 | 12 / 0 |" in out
+    assert "| Tune results (epochs) seen by the searcher | 24 | 24 |" in out

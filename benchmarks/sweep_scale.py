@@ -55,6 +55,12 @@ script exits 1.
     python benchmarks/sweep_scale.py --trials 200 --sampler random
     python benchmarks/sweep_scale.py --trials 12 --no-record   # a smoke run (the test's)
     python benchmarks/sweep_scale.py --trials 200 --profile prof/   # py-spy of each driver
+    python benchmarks/sweep_scale.py --trials 1000 --tracking-uri http://127.0.0.1:5000
+
+``--profile DIR`` samples each driver with py-spy (``DIR/<arm>-<N>.txt``, collapsed stacks:
+``flamegraph.pl`` or speedscope draw them). ``--tracking-uri`` points the service at another
+MLflow (the PostgreSQL-backed HTTP server of ``infra/local/up.sh``); each run's sweep name is
+unique, so runs on a shared server stay apart.
 
 Prints a markdown section (the table, the nothing-lost lines, a detail table per N) and
 appends it to ``benchmarks/RESULTS.md`` (``--results`` elsewhere) with the date (UTC), the
@@ -122,7 +128,7 @@ METRIC, MODE = "val_acc", "max"
 FINAL_METRICS = ("val_acc", "test_acc")  # test_acc: reported by the last epoch only
 
 # MlflowClient methods that upload local files: their payload is the files' size.
-_ARTIFACT_CALLS = {"log_artifact": 1, "log_artifacts": 1}
+_ARTIFACT_CALLS = frozenset({"log_artifact", "log_artifacts"})
 
 
 # -- measuring inside a driver -------------------------------------------------------------------
@@ -371,14 +377,27 @@ def install_service(meter: Meter, obs: Observations) -> None:
 # -- one arm in its own driver process -----------------------------------------------------------
 
 
-def make_spec(n: int, tmp: Path, sampler: str, slots: int, batch_size: int) -> tuple[Any, str]:
-    """The SweepSpec both arms run (the plain arm takes its trainable settings from it)."""
+def make_spec(
+    name: str,
+    n: int,
+    tmp: Path,
+    *,
+    sampler: str,
+    slots: int,
+    batch_size: int,
+    tracking_uri: str | None = None,
+) -> tuple[Any, str]:
+    """The SweepSpec both arms run (the plain arm takes its trainable settings from it).
+
+    ``tracking_uri``: the service's MLflow (an HTTP server, PostgreSQL); by default a SQLite
+    file in ``tmp``, with the Optuna study in the file the service puts beside it.
+    """
     import yaml
 
     from sweeps.spec import SweepSpec, check_space
 
     raw = {
-        "name": f"scale-{n}",
+        "name": name,
         "train": {**TRAIN, "batch_size": batch_size},
         "space": SPACE,
         "searcher": {"sampler": sampler, "seed": 0},
@@ -390,7 +409,7 @@ def make_spec(n: int, tmp: Path, sampler: str, slots: int, batch_size: int) -> t
         "mode": MODE,
         "finalists": {"top_k": 0},
         "storage_path": str(tmp / "ray_results"),
-        "tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
+        "tracking_uri": tracking_uri or f"sqlite:///{tmp / 'mlflow.db'}",
     }
     spec = SweepSpec.model_validate(raw)
     check_space(spec)  # what load_spec checks besides the YAML itself
@@ -467,13 +486,13 @@ def check_records(tracking_uri: str, experiment: str, n: int) -> dict[str, Any]:
     }
 
 
-def experiment_state_bytes(storage: Path) -> int:
-    """Size of the newest ``experiment_state*.json`` Tune wrote under ``storage``."""
-    files = sorted(storage.rglob("experiment_state*.json"), key=lambda p: p.stat().st_mtime)
+def newest_bytes(storage: Path, pattern: str) -> int:
+    """Size of the newest file matching ``pattern`` under ``storage`` (Tune's snapshots)."""
+    files = sorted(storage.rglob(pattern), key=lambda p: p.stat().st_mtime)
     return files[-1].stat().st_size if files else 0
 
 
-def run_arm(arm: str, n: int, tmp: Path, sampler: str, batch_size: int) -> dict[str, Any]:
+def run_arm(arm: str, n: int, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Run one arm in this process (its driver) and return what was measured."""
     t_import = time.perf_counter()
     import ray
@@ -482,9 +501,17 @@ def run_arm(arm: str, n: int, tmp: Path, sampler: str, batch_size: int) -> dict[
     obs = Observations(meter)
     install_common(meter, obs)
     slots = os.cpu_count() or 1
-    spec, text = make_spec(n, tmp, sampler, slots, batch_size)
+    spec, text = make_spec(
+        args.name,
+        n,
+        tmp,
+        sampler=args.sampler,
+        slots=slots,
+        batch_size=args.batch_size,
+        tracking_uri=args.tracking_uri,
+    )
     base = base_spec(spec)
-    out: dict[str, Any] = {"arm": arm, "n": n, "slots": slots, "sampler": sampler}
+    out: dict[str, Any] = {"arm": arm, "n": n, "slots": slots, "sampler": args.sampler}
     if arm == "service":
         import optuna
         from mlflow.tracking import MlflowClient
@@ -498,7 +525,8 @@ def run_arm(arm: str, n: int, tmp: Path, sampler: str, batch_size: int) -> dict[
         t = time.perf_counter()
         meter.paused = True
         MlflowClient(spec.resolved_tracking_uri()).search_experiments()
-        optuna.storages.RDBStorage(spec.optuna_storage_url())
+        if spec.optuna_storage_url() is not None:
+            optuna.storages.RDBStorage(spec.optuna_storage_url())
         meter.paused = False
         out["db_setup_s"] = time.perf_counter() - t
     out["import_s"] = time.perf_counter() - t_import
@@ -528,6 +556,7 @@ def run_arm(arm: str, n: int, tmp: Path, sampler: str, batch_size: int) -> dict[
     finally:
         ray.shutdown()
     done = sorted(obs.completed_at)
+    storage = Path(spec.resolved_storage())
     out.update(
         completed=len(done),
         errors=obs.errors,
@@ -538,7 +567,8 @@ def run_arm(arm: str, n: int, tmp: Path, sampler: str, batch_size: int) -> dict[
         snapshots=len(obs.snapshots),
         snapshot_s=sum(obs.snapshots),
         snapshot_max_s=max(obs.snapshots, default=0.0),
-        experiment_state_bytes=experiment_state_bytes(Path(spec.resolved_storage())),
+        experiment_state_bytes=newest_bytes(storage, "experiment_state*.json"),
+        searcher_state_bytes=newest_bytes(storage, "searcher-state*.pkl"),
         fit=obs.fit,
         calls=dict(meter.calls),
         seconds=dict(meter.seconds),
@@ -639,6 +669,12 @@ def code_state() -> str:
     return rev + (f" + uncommitted changes in {', '.join(changed)}" if changed else "")
 
 
+def redact(uri: str) -> str:
+    """A URI without its credentials (``user:password@``)."""
+    scheme, sep, rest = uri.partition("://")
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else uri
+
+
 def fmt_load(load: Sequence[float]) -> str:
     return "/".join(f"{v:.2f}" for v in load)
 
@@ -676,7 +712,11 @@ def launch(
         args.sampler,
         "--batch-size",
         str(args.batch_size),
+        "--name",
+        f"{args.name}-{n}",
     ]
+    if args.tracking_uri:
+        cmd += ["--tracking-uri", args.tracking_uri]
     env = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
     env.pop("RAY_ADDRESS", None)  # each arm starts its own local Ray
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -813,10 +853,16 @@ def detail_table(n: int, svc: dict[str, Any], plain: dict[str, Any]) -> str:
             ),
         ),
         (
-            "Tune snapshots: count / s / largest s / last file KB",
+            "Tune snapshots written: count / s / largest s (s in checkpoint())",
             lambda r: (
-                f"{r['snapshots']} / {r['snapshot_s']:.1f} / {r['snapshot_max_s']:.2f} / "
-                f"{r['experiment_state_bytes'] / 1024:.0f}"
+                f"{r['snapshots']} / {r['snapshot_s']:.1f} / {r['snapshot_max_s']:.2f} "
+                f"({r['seconds'].get('snapshot.checkpoint', 0.0):.1f})"
+            ),
+        ),
+        (
+            "last snapshot KB: experiment state / searcher state",
+            lambda r: (
+                f"{r['experiment_state_bytes'] / 1024:.0f} / {r['searcher_state_bytes'] / 1024:.0f}"
             ),
         ),
         (
@@ -869,7 +915,7 @@ def detail_table(n: int, svc: dict[str, Any], plain: dict[str, Any]) -> str:
         (
             k
             for k in svc["seconds"]
-            if not k.startswith(("mlflow.", "optuna.", "limiter.", "sampler."))
+            if not k.startswith(("mlflow.", "optuna.", "limiter.", "sampler.", "snapshot", "fit."))
         ),
         key=lambda k: -svc["seconds"][k],
     )
@@ -940,10 +986,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--timeout-s", type=float, default=None, help="per arm; 300 + 2 s x N")
     p.add_argument("--profile", type=Path, default=None, help="py-spy each driver into DIR")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="the service's MLflow (e.g. an HTTP server); default: a SQLite file per run",
+    )
     # An arm in its own driver process (what the orchestrator launches).
     p.add_argument("--worker", choices=ARMS, help=argparse.SUPPRESS)
     p.add_argument("--tmp", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    # The sweep's name (unique per run, so a shared tracking server keeps every run apart).
+    p.add_argument(
+        "--name",
+        default=f"scale-{datetime.datetime.now(datetime.UTC):%Y%m%d-%H%M%S}",
+        help=argparse.SUPPRESS,
+    )
     args = p.parse_args(argv)
     if args.batch_size < 1:
         p.error(f"--batch-size must be >= 1, but got {args.batch_size}")
@@ -955,7 +1012,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker is not None:
         (n,) = args.trials
-        out = run_arm(args.worker, n, args.tmp, args.sampler, args.batch_size)
+        out = run_arm(args.worker, n, args.tmp, args)
         args.out.write_text(json.dumps(out))
         return 0
     command = shlex.join(
@@ -978,6 +1035,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             shutil.rmtree(tmp, ignore_errors=True)
     slots = os.cpu_count() or 1
+    tracking = (
+        f"`{redact(args.tracking_uri)}`" if args.tracking_uri else "SQLite (+ Optuna storage)"
+    )
     header = (
         f"## {TITLE} — {started:%Y-%m-%d %H:%M} UTC\n\n"
         f"- machine: {machine(load)}\n"
@@ -986,8 +1046,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"- trainable: `sweeps.trainable.train_trial`, mlp on {TRAIN['data']['num_train']} "
         f"synthetic 1x40 signals, {TRAIN['epochs']} epochs, batch {args.batch_size}, AMP with "
         f"K = 1 (radius, inner LR searched); FIFO, {args.sampler} sampler (seed 0), "
-        f"{slots} concurrent trials of 1 CPU, reuse_actors=True. Service: run_sweep, SQLite "
-        f"MLflow + Optuna storage, finalists.top_k 0. Plain: Tune defaults, in-memory study, "
+        f"{slots} concurrent trials of 1 CPU, reuse_actors=True. Service: run_sweep, "
+        f"{tracking} MLflow, finalists.top_k 0. Plain: Tune defaults, in-memory study, "
         f"no MLflow. Each arm in its own driver process with its own local Ray.\n"
         f"- driver CPU: getrusage of the driver over the run; peak RSS: its VmHWM; MLflow "
         f"calls: outermost MlflowClient calls; bytes: their arguments' keys and values "

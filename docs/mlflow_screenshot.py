@@ -10,36 +10,43 @@ Without ``--tracking-uri`` it writes a shrunk copy of ``examples/quickstart.yaml
 ``screenshot-demo`` (6 search trials of 6 epochs, ASHA after epoch 2, then the top 2 configs and
 ERM on 2 seeds; 1500 MNIST-1D training samples) into a temporary directory, checks it with
 ``sweeps validate`` and runs it with ``sweeps run --quiet`` on a private local Ray instance and a
-throw-away SQLite store (about a minute on 2 CPUs). The project's ``flatsweep.db`` is not touched.
+throw-away SQLite store (1-2 minutes on 2 CPUs). The project's ``flatsweep.db`` is not touched.
 
 It then starts ``mlflow ui`` on a free localhost port and drives headless Chromium (the Debian
 ``chromium`` package) with a new, empty profile, so the UI starts from its defaults exactly as in
 a browser that never saw it. Each step is a real mouse click or drag on what a user would click;
 a control that cannot be found stops the script, so the docs never describe clicks that no longer
-work. It writes six 1280x800 PNGs into ``--out-dir`` (default ``docs/``):
+work. It writes these 1280x800 PNGs (:data:`SHOTS`) into ``--out-dir`` (default ``docs/``):
 
 ``mlflow-ui.png``
     ``#/experiments/<id>/runs`` before any click: the runs table, parent collapsed.
 ``mlflow-ui-children.png``
     after closing the assistant panel, clicking the parent's **[+]** and dragging the *Run Name*
-    column wider: the child runs by name.
+    column wider: the child runs by name, with their colours.
 ``mlflow-ui-compare.png``
-    after the second click, the chart-view button: every visible run's metrics, one line per run,
-    filtered to the sweep's objective by typing it into *Search metric charts*.
+    after the second click, the chart-view button: every visible run's metrics, one line per run.
+``mlflow-ui-compare-metric.png``
+    the sweep's objective typed into *Search metric charts*, its chart full screen.
 ``mlflow-ui-run.png``
     the parent run's page (a click on its name): the description with the verdict, ``final.*``.
 ``mlflow-ui-report.png``
-    the parent's *Artifacts* tab with ``report/report.md`` selected, as MLflow renders it.
-``mlflow-ui-report-images.png``
-    the same report scrolled to its first figure, to show how the artifact view treats it.
+    the parent's *Artifacts* tab with ``report/report.html`` selected (MLflow shows it in a
+    sandboxed frame).
+``mlflow-ui-report-figure.png``
+    the same frame scrolled to the report's first figure, to show that its figures display.
+``optuna-dashboard.png``
+    ``optuna-dashboard <storage>`` (the parent's ``flatsweep.optuna_storage`` tag) on another
+    free port, in a second fresh browser: the study's page with its history plot.
 
-It also logs what it found (columns of the fresh table, how many of the report's images the
-artifact view displayed), which is how ``docs/mlflow-ui.md`` is kept honest.
+It also logs what it found (columns of the fresh table, runs hidden in the chart view, how many of
+``report.html``'s figures displayed and how many of ``report.md``'s were left as text, the trials
+in the dashboard's history plot), which is how ``docs/mlflow-ui.md`` is kept honest.
 
 The browser is driven over the DevTools protocol on ``--remote-debugging-pipe`` (NUL-separated
 JSON on file descriptors 3 and 4: no websocket package needed). Every request to anything but the
-local MLflow server is failed and downloads are denied. The ``mlflow ui`` process group and
-Chromium are always stopped, and the temporary directory removed, at the end.
+local server is failed, in the page and in its out-of-process frames alike, and downloads are
+denied. The servers' process groups and Chromium are always stopped, and the temporary directory
+removed, at the end.
 """
 
 from __future__ import annotations
@@ -74,8 +81,8 @@ SHOTS = (
     "mlflow-ui-compare-metric.png",
     "mlflow-ui-run.png",
     "mlflow-ui-report.png",
-    "mlflow-ui-report-images.png",
-    "mlflow-ui-report-png.png",
+    "mlflow-ui-report-figure.png",
+    "optuna-dashboard.png",
 )
 CHROMIUM_FLAGS = [
     "--headless",
@@ -99,7 +106,7 @@ def log(msg: str) -> None:
 
 
 def demo_spec(name: str) -> dict[str, Any]:
-    """``examples/quickstart.yaml`` shrunk to about a minute on 2 CPUs, every stage kept."""
+    """``examples/quickstart.yaml`` shrunk to 1-2 minutes on 2 CPUs, every stage kept."""
     import yaml
 
     spec = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
@@ -138,7 +145,7 @@ def run_demo_sweep(workdir: Path, name: str, timeout: float = 1200) -> str:
     }
     sweeps = str(BIN / "sweeps")
     subprocess.run([sweeps, "validate", str(path)], cwd=workdir, env=env, check=True)
-    log(f"running the demo sweep {name!r} in {workdir} (about a minute)")
+    log(f"running the demo sweep {name!r} in {workdir} (1-2 minutes)")
     # Own process group, so a sweep that hangs is stopped with its Ray processes.
     sweep = subprocess.Popen(
         [sweeps, "run", str(path), "--quiet"],
@@ -373,7 +380,9 @@ class Chromium:
             raise RuntimeError(f"JS error: {r['exceptionDetails'].get('text')} in {expression}")
         return r["result"].get("value")
 
-    def wait_for(self, expression: str, what: str, timeout: float = 60, frame: bool = False) -> None:
+    def wait_for(
+        self, expression: str, what: str, timeout: float = 60, frame: bool = False
+    ) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with contextlib.suppress(RuntimeError):
@@ -508,13 +517,9 @@ def take_screenshots(
     exp_id: str,
     parent: Any,
     children: list,
-    report_files: list[str],
     out_dir: Path,
 ) -> list[Path]:
-    """Click through the UI as a first-time user would; write :data:`SHOTS` into ``out_dir``.
-
-    ``report_files`` are the names under the parent's ``report/`` artifacts.
-    """
+    """Click through the UI as a first-time user would; write the ``mlflow-ui*`` :data:`SHOTS`."""
     metric = parent.data.params.get("metric", "val_acc").strip('"')
     names = [c.info.run_name for c in children]
     runs_url = f"{base}/#/experiments/{exp_id}/runs"
@@ -604,6 +609,55 @@ def take_screenshots(
     return [out_dir / name for name in SHOTS if name.startswith("mlflow-ui")]
 
 
+# -- optuna-dashboard -----------------------------------------------------------------------------
+
+
+def start_dashboard(storage: str, port: int, logfile: Path) -> subprocess.Popen:
+    """``optuna-dashboard <storage>`` on localhost, in its own process group."""
+    exe = BIN / "optuna-dashboard"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "optuna_dashboard"]
+    cmd += [storage, "--host", "127.0.0.1", "--port", str(port)]
+    return subprocess.Popen(
+        cmd, stdout=logfile.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def dashboard_study_id(proc: subprocess.Popen, base: str, study: str, timeout: float = 120) -> int:
+    """Wait for the dashboard's API, then return the id of the study named ``study``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"optuna-dashboard exited ({proc.returncode})")
+        with contextlib.suppress(OSError, ValueError):
+            with urllib.request.urlopen(f"{base}/api/studies", timeout=5) as r:
+                body = json.load(r)
+            studies = body.get("studies", body.get("study_summaries", []))  # 0.21: the latter
+            ids = [s["study_id"] for s in studies if s["study_name"] == study]
+            if not ids:
+                names = [s["study_name"] for s in studies]
+                raise SystemExit(f"optuna-dashboard: no study {study!r}, only {names}")
+            return ids[0]
+        time.sleep(1)
+    raise RuntimeError(f"optuna-dashboard not answering after {timeout:.0f} s")
+
+
+def dashboard_screenshot(chromium: str, base: str, study_id: int, n_trials: int, out: Path) -> None:
+    """The study's page (its history plot) in a fresh browser of its own."""
+    cdp = Chromium(chromium, base, WIDTH, HEIGHT)
+    try:
+        cdp.open_tab()
+        cdp.goto(f"{base}/dashboard/studies/{study_id}")
+        history = "document.querySelector('.js-plotly-plot')"  # the first plot on the page
+        cdp.wait_for(f"{history}?.querySelector('.point')", "the study's history plot")
+        cdp.pump(3)  # the other plots draw after the trials arrive
+        # One marker per trial (the best-value trace is a line without markers).
+        points = cdp.js(f"{history}.querySelectorAll('.point').length")
+        log(f"optuna-dashboard: {points} trials in the history plot, {n_trials} search runs")
+        cdp.screenshot(out)
+    finally:
+        cdp.close()
+
+
 # -- main -----------------------------------------------------------------------------------------
 
 
@@ -632,6 +686,7 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="fs-shot-"))  # short: Ray's socket paths
     ui: subprocess.Popen | None = None
+    dashboard: subprocess.Popen | None = None
     try:
         uri = args.tracking_uri or run_demo_sweep(workdir, args.sweep)
         client = MlflowClient(uri)
@@ -657,10 +712,27 @@ def main(argv: list[str] | None = None) -> int:
             sweep.experiment_id,
             sweep.parent,
             children,
-            report_files,
             args.out_dir.resolve(),
         )
+        stop(ui, group=True)
+
+        # The sweep's Optuna study, where the parent's tags say it is stored.
+        storage = sweep.parent.data.tags.get("flatsweep.optuna_storage")
+        study = sweep.parent.data.tags.get("flatsweep.optuna_study", args.sweep)
+        if not storage:
+            log("the parent has no flatsweep.optuna_storage tag: no optuna-dashboard screenshot")
+            return 0
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        dashboard = start_dashboard(storage, port, workdir / "optuna-dashboard.log")
+        study_id = dashboard_study_id(dashboard, base, study)
+        searched = sum(c.data.tags.get("flatsweep.stage") == "search" for c in children)
+        log(f"optuna-dashboard {storage} --host 127.0.0.1 --port {port}: study {study!r}")
+        dashboard_screenshot(
+            args.chromium, base, study_id, searched, args.out_dir.resolve() / "optuna-dashboard.png"
+        )
     finally:
+        stop(dashboard, group=True)
         stop(ui, group=True)
         shutil.rmtree(workdir, ignore_errors=True)
     return 0

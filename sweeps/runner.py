@@ -564,18 +564,25 @@ def run_sweep(
         confirm = spec.finalists.top_k > 0 or not search
         if search and confirm and spec.finalists.baseline and spec.space.optimizer:
             stages.append(_baseline_search_stage(spec))
+
+        def run_once(stage: _Stage) -> int:
+            """Run a stage unless an earlier driver finished it; record it finished."""
+            if stage.name in sweep.stages_done:
+                return 0
+            n = _run_stage(
+                spec,
+                sweep,
+                stage,
+                tracking_uri,
+                resume=resume,
+                progress=progress,
+                gpu_warning=gpu_warning,
+            )
+            tracking.mark_stage_done(client, sweep, stage.name)
+            return n
+
         for stage in stages:
-            if stage.name not in sweep.stages_done:
-                num_trials += _run_stage(
-                    spec,
-                    sweep,
-                    stage,
-                    tracking_uri,
-                    resume=resume,
-                    progress=progress,
-                    gpu_warning=gpu_warning,
-                )
-                tracking.mark_stage_done(client, sweep, stage.name)
+            num_trials += run_once(stage)
         if confirm:
             stage = _confirm_stage(client, sweep, spec, search=search)
             if stage is None:
@@ -584,17 +591,7 @@ def run_sweep(
                     "confirm, so no verdict"
                 )
             else:
-                if stage.name not in sweep.stages_done:
-                    num_trials += _run_stage(
-                        spec,
-                        sweep,
-                        stage,
-                        tracking_uri,
-                        resume=resume,
-                        progress=progress,
-                        gpu_warning=gpu_warning,
-                    )
-                    tracking.mark_stage_done(client, sweep, stage.name)
+                num_trials += run_once(stage)
                 result.verdict = tracking.retrying(
                     lambda: tracking.log_verdict(client, sweep, spec)
                 )

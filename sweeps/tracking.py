@@ -144,18 +144,24 @@ def final_flags(last: dict[str, Any], max_epochs: int) -> dict[str, bool]:
 
 
 def _result_rows(trial: Any) -> list[dict[str, Any]]:
-    """Every result Tune's JSON logger recorded for ``trial`` (its ``result.json``), in order;
-    empty when the file is not on this machine (remote storage) or unreadable."""
-    path = Path(trial.local_path or "", "result.json") if trial.local_path else None
-    if path is None or not path.is_file():
-        return []
+    """Every result Tune's JSON logger recorded for ``trial`` (its ``result.json``), in order,
+    read from the experiment's storage (local or remote: Tune syncs the driver's copy there);
+    empty when it is not there or unreadable."""
+    text = ""
+    try:
+        fs, path = trial.storage.storage_filesystem, trial.path
+        with fs.open_input_stream(f"{path}/result.json") as f:
+            text = f.read().decode("utf-8", errors="replace")
+    except Exception:  # noqa: BLE001 - no file (never reported), or storage unreachable
+        local = Path(trial.local_path or "", "result.json") if trial.local_path else None
+        if local is not None and local.is_file():
+            text = local.read_text(errors="replace")
     rows = []
-    with path.open() as f:
-        for line in f:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line cut by the kill: the ones before it stand
+    for line in text.splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a line cut by a kill: the ones before it stand
     return rows
 
 

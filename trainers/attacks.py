@@ -5,11 +5,13 @@
 - ``autoattack_accuracy``: AutoAttack (Croce & Hein, "Reliable evaluation of adversarial
   robustness with an ensemble of diverse parameter-free attacks", ICML 2020), the "standard"
   L∞ version that RobustBench reports: APGD-CE, APGD-T, FAB-T and Square, each run only on the
-  examples the previous ones did not break. It is ``torchattacks.AutoAttack`` (torchattacks
-  3.5.1), set to the official fra31/auto-attack ``set_version("standard")`` budgets, which
-  torchattacks' own "standard" does not use: 100 iterations for APGD-CE, APGD-T and FAB-T
-  (torchattacks: 10), 9 target classes for APGD-T and FAB-T (torchattacks: n_classes - 1) and
-  Square's query schedule not rescaled (``resc_schedule=False``, torchattacks: True).
+  examples the previous ones did not break. It is ``torchattacks.AutoAttack`` set to the
+  official fra31/auto-attack ``set_version("standard")`` budgets, which torchattacks' own
+  "standard" does not use: 100 iterations for APGD-CE, APGD-T and FAB-T (torchattacks: 10),
+  9 target classes for APGD-T and FAB-T (torchattacks: n_classes - 1) and Square's query
+  schedule not rescaled (``resc_schedule=False``; torchattacks: True). torchattacks is pinned
+  at 3.3.0, whose APGD, APGD-T, FAB and Square are 3.5.1's (one method renamed since): 3.4.0
+  onwards require requests~=2.25.1, which no environment with this project's MLflow can hold.
 
 Inputs arrive normalised, ``x = (pixel - mean) / std``. With per-channel ``mean``/``std`` the
 budget ``eps`` is in pixel units of [0, 1] images (8/255) and the adversarial pixel is clamped
@@ -88,23 +90,33 @@ def _project(
     return delta.detach()
 
 
+class _Pixels(nn.Module):
+    """``model`` on [0, 1] pixels: normalises them per channel first, as the loaders do.
+
+    RobustBench's convention (the model owns its normalisation). torchattacks'
+    ``set_normalization_used`` would do the same inside the attack, but in torchattacks 3.3.0
+    ``Square.normalize`` (its L2 step normaliser) shadows the base class's input normaliser.
+    """
+
+    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.model = model
+        device = next(model.parameters()).device
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x - self.mean) / self.std)
+
+
 def build_autoattack(
-    model: nn.Module,
-    *,
-    eps: float,
-    num_classes: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    seed: int,
+    model: nn.Module, *, eps: float, num_classes: int, seed: int
 ) -> torchattacks.AutoAttack:
     """``torchattacks.AutoAttack`` (L∞, standard) set to RobustBench's standard budgets.
 
-    The returned attack takes normalised images (``(pixel - mean) / std``) and returns
-    normalised adversarial images: torchattacks' ``set_normalization_used`` de-normalises the
-    batch, attacks the [0, 1] pixels within ``eps`` (pixel units) and normalises again, so the
-    model always sees the inputs it was trained on. ``seed`` fixes every sub-attack's random
-    start; torchattacks reseeds torch's global generators with it (see
-    ``autoattack_accuracy``, which restores them).
+    ``model`` takes [0, 1] pixels; the attack returns adversarial pixels in [0, 1] within
+    ``eps`` of its input. ``seed`` fixes every sub-attack's random start; torchattacks
+    reseeds torch's global generators with it (``autoattack_accuracy`` restores them).
     """
     import torchattacks
 
@@ -116,7 +128,7 @@ def build_autoattack(
     if len(parts) != len(kinds) or not all(map(isinstance, parts, kinds)):
         raise RuntimeError(
             "torchattacks.AutoAttack no longer holds APGD, APGDT, FAB, Square in that order, but"
-            f" {[type(a).__name__ for a in parts]}; pin torchattacks==3.5.1"
+            f" {[type(a).__name__ for a in parts]}; pin the torchattacks of pyproject.toml"
         )
     apgd_ce, apgd_t, fab_t, square = parts
     for a in (apgd_ce, apgd_t, fab_t):
@@ -125,7 +137,6 @@ def build_autoattack(
     apgd_t.n_target_classes = fab_t.n_target_classes = targets
     square.n_queries = AUTOATTACK_SQUARE_QUERIES
     square.rescale_schedule = False
-    attack.set_normalization_used([float(m) for m in mean], [float(s) for s in std])
     return attack
 
 
@@ -143,12 +154,13 @@ def autoattack_accuracy(
     """Accuracy under standard L∞ AutoAttack (RobustBench's evaluation, Croce & Hein 2020) on
     the first ``examples`` of ``loader`` (None: all), in eval mode and fp32.
 
-    An example counts as robust only if the model classifies it correctly and none of the four
-    attacks changes that, so the result is at most the clean accuracy on the same examples.
-    ``eps`` is in pixel units of [0, 1] images; ``loader`` yields images normalised with
-    ``mean``/``std``. Slow: each robust example costs about 2,000 forward-backward passes and up
-    to 5,000 forward passes. Torch's random generators and the parameters' ``requires_grad`` and
-    ``.grad`` are as before the call; the model is left in eval mode.
+    ``loader`` yields images normalised with the per-channel ``mean``/``std``; each batch is
+    de-normalised to [0, 1] pixels and attacked within ``eps`` in pixel units, and the model
+    still sees normalised inputs. An example counts only if the model classifies it correctly
+    and none of the four attacks changes that, so the result is at most the clean accuracy on
+    the same examples. Slow: each robust example costs about 2,000 forward-backward passes and
+    up to 5,000 forward passes. Torch's random generators and the parameters'
+    ``requires_grad`` and ``.grad`` are as before the call; the model is left in eval mode.
     """
     if mean is None or std is None:
         raise ValueError(
@@ -156,11 +168,11 @@ def autoattack_accuracy(
             f" pixels), but got mean={mean}, std={std}"
         )
     model.eval()
-    params = list(model.parameters())
-    device = params[0].device if params else torch.device("cpu")
+    pixels = _Pixels(model, mean, std)
+    device = pixels.mean.device
     # Parameters need no gradient for an attack on the input; FAB calls .backward(), which
     # would otherwise accumulate into .grad.
-    trainable = [p for p in params if p.requires_grad]
+    trainable = [p for p in model.parameters() if p.requires_grad]
     correct, n = 0, 0
     # torchattacks reseeds the global generators with ``seed``: fork them so the training
     # stream (saved in checkpoints) is the same with and without this evaluation.
@@ -169,17 +181,17 @@ def autoattack_accuracy(
         try:
             for p in trainable:
                 p.requires_grad_(False)
-            attack = build_autoattack(
-                model, eps=eps, num_classes=num_classes, mean=mean, std=std, seed=seed
-            )
+            attack = build_autoattack(pixels, eps=eps, num_classes=num_classes, seed=seed)
             for x, y in loader:
                 if examples is not None:
                     if n >= examples:
                         break
                     x, y = x[: examples - n], y[: examples - n]
-                x_adv = attack(x.float(), y)
+                # uint8 / 255 pixels, up to float rounding of the normalisation
+                x01 = (x.float() * pixels.std + pixels.mean).clamp(0, 1)
+                x_adv = attack(x01, y)
                 with torch.no_grad():
-                    correct += int((model(x_adv).argmax(1) == y).sum())
+                    correct += int((pixels(x_adv).argmax(1) == y).sum())
                 n += len(y)
         finally:
             for p in trainable:

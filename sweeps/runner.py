@@ -402,6 +402,7 @@ def _run_stage(
             spec.optuna_storage_url(),
             studies.study_name(spec.name, stage.name),
             {r.data.tags[tracking.TAG_TRIAL]: r.info.run_id for r in runs},
+            spec.metrics,
         )
     return len(grid)
 

@@ -130,7 +130,9 @@ def seed_study(
         log.warning("warm start: study %s seeded with %d finished trials", name, len(trials))
 
 
-def reconcile(url: str | None, name: str, run_ids: dict[str, str]) -> None:
+def reconcile(
+    url: str | None, name: str, run_ids: dict[str, str], metrics: list[str] | None = None
+) -> None:
     """Make the stored study agree with MLflow after a stage: the study's user attribute
     ``mlflow_run_ids`` maps every Tune trial id to its MLflow run (Optuna freezes a finished
     trial's attributes, so trials that finished without theirs are linked here), and trials a
@@ -144,6 +146,8 @@ def reconcile(url: str | None, name: str, run_ids: dict[str, str]) -> None:
     except KeyError:
         return
     study.set_user_attr(ATTR_RUN + "s", dict(sorted(run_ids.items())))
+    if metrics and study.metric_names != metrics:
+        study.set_metric_names(metrics)  # the dashboard's axes then read "val_acc"
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         st.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
 

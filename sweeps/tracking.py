@@ -394,6 +394,7 @@ def open_parent(client: MlflowClient, spec: Any, spec_text: str, resume: bool) -
         TAG_SPACE: json.dumps(space, sort_keys=True),
         TAG_STAGES_DONE: "[]",
         "mlflow.source.name": "sweeps run",
+        "mlflow.runColor": "#17becf",  # not a finalist's, the baseline's or the search's colour
         "mlflow.source.type": "LOCAL",
     }
     if spec.allow_test_selection:

@@ -167,8 +167,8 @@ def autoattack_accuracy(
             "autoattack needs images with a per-channel mean and std (it attacks [0, 1]"
             f" pixels), but got mean={mean}, std={std}"
         )
-    model.eval()
-    pixels = _Pixels(model, mean, std)
+    # Eval mode on the wrapper too: torchattacks restores the mode it finds after each batch.
+    pixels = _Pixels(model, mean, std).eval()
     device = pixels.mean.device
     # Parameters need no gradient for an attack on the input; FAB calls .backward(), which
     # would otherwise accumulate into .grad.

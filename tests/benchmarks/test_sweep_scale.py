@@ -161,10 +161,13 @@ def test_table_and_lost_line_from_measurements(scale: ModuleType) -> None:
     assert "NOT ALL RECORDS (2 lost)" in scale.nothing_lost_line(svc)
 
 
-def test_trials_flag_is_refused_with_one_line(scale: ModuleType) -> None:
+def test_flags_and_a_tracking_uri_without_credentials(scale: ModuleType) -> None:
     with pytest.raises(SystemExit):
         scale.parse_args(["--trials", "0"])
     assert scale.parse_args(["--trials", "12,30"]).trials == [12, 30]
+    assert scale.redact("http://user:secret@host:5000") == "http://host:5000"
+    assert scale.redact("postgresql://u:p@db/mlflow") == "postgresql://db/mlflow"
+    assert scale.redact("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
 
 
 # -- end to end ------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ def test_the_study_is_stored_and_matches_mlflow(first):
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == len(runs) == 3
     links = study.user_attrs["mlflow_run_ids"]
+    assert study.metric_names == ["val_acc"]
     for t in done:
         run = runs[links[t.user_attrs[studies.ATTR_TRIAL]]]
         assert run.data.tags["flatsweep.trial_id"] == t.user_attrs[studies.ATTR_TRIAL]

@@ -1,0 +1,178 @@
+"""Tests for ``trainers.attacks``' AutoAttack evaluation and its ``fit`` option.
+
+A model whose robustness is known exactly (it thresholds the mean pixel, so an L∞ budget
+``eps`` moves its score by exactly ``eps``) tells whether the budget is in pixel units and the
+normalisation is undone and redone right. Tests that run the attacks shrink torchattacks'
+budgets (``small_budgets``) to stay in seconds; the standard budgets are checked where the
+attack is built.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from tests.trainers.test_data import write_cifar10
+from trainers import attacks, fit, loop
+from trainers.attacks import autoattack_accuracy, build_autoattack
+from trainers.spec import TrainSpec
+
+MEAN = (0.4914, 0.4822, 0.4465)  # CIFAR-10's, as the loaders normalise
+STD = (0.2471, 0.2435, 0.2616)
+_M, _S = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+
+
+class _Brightness(nn.Module):
+    """Class 1 iff the mean pixel exceeds 0.5: robust exactly for eps < |mean pixel - 0.5|.
+
+    Takes normalised images (``pixels=False``, as the loop's models do) or [0, 1] pixels.
+    """
+
+    def __init__(self, pixels: bool = False) -> None:
+        super().__init__()
+        self.pixels = pixels
+        self.scale = nn.Parameter(torch.tensor(10.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pix = x if self.pixels else x * _S + _M
+        s = self.scale * (pix.mean((1, 2, 3)) - 0.5)
+        return torch.stack([-s, s], 1)
+
+
+def _images(pixels: list[float]) -> torch.Tensor:
+    """Normalised 3x4x4 images, each of one constant pixel value."""
+    return (torch.tensor(pixels).view(-1, 1, 1, 1).expand(-1, 3, 4, 4) - _M) / _S
+
+
+@pytest.fixture
+def small_budgets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(attacks, "AUTOATTACK_STEPS", 5)
+    monkeypatch.setattr(attacks, "AUTOATTACK_SQUARE_QUERIES", 20)
+
+
+@pytest.mark.parametrize(("num_classes", "targets"), [(10, 9), (100, 9), (5, 4)])
+def test_autoattack_has_robustbench_standard_budgets(num_classes: int, targets: int) -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, num_classes))
+    atk = build_autoattack(model, eps=8 / 255, num_classes=num_classes, seed=3)
+    apgd_ce, apgd_t, fab_t, square = atk._autoattack.attacks
+    assert (apgd_ce.loss, apgd_ce.n_restarts, apgd_ce.steps) == ("ce", 1, 100)
+    assert (apgd_t.n_restarts, apgd_t.steps, apgd_t.n_target_classes) == (1, 100, targets)
+    assert (fab_t.multi_targeted, fab_t.n_restarts, fab_t.steps) == (True, 1, 100)
+    assert fab_t.n_target_classes == targets
+    assert (square.n_queries, square.n_restarts, square.rescale_schedule) == (5000, 1, False)
+    assert all(
+        a.norm == "Linf" and a.eps == 8 / 255 and a.seed == 3 for a in atk._autoattack.attacks
+    )
+
+
+@pytest.mark.usefixtures("small_budgets")
+def test_eps_is_in_pixel_units_and_only_clean_correct_examples_count() -> None:
+    # Mean pixels 0.2 (class 0), 0.8 (class 1), and 0.2 labelled 1: misclassified when clean.
+    x, y = _images([0.2, 0.8, 0.2]), torch.tensor([0, 1, 1])
+    model = _Brightness()
+    rng = torch.get_rng_state()
+    kw = dict(num_classes=2, mean=MEAN, std=STD, seed=0)
+    # Margin 0.3 in pixel units (about 1.2 in normalised units).
+    assert autoattack_accuracy(model, [(x, y)], eps=0.25, **kw) == pytest.approx(2 / 3)
+    assert autoattack_accuracy(model, [(x, y)], eps=0.35, **kw) == 0.0
+    assert autoattack_accuracy(model, [(x, y)], eps=0.35, examples=1, **kw) == 0.0
+    assert autoattack_accuracy(model, [(x, y)], eps=0.25, examples=1, **kw) == 1.0
+    # The training stream, the parameters and the mode are left as they were (bar eval mode).
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert model.scale.requires_grad and model.scale.grad is None and not model.training
+
+
+@pytest.mark.usefixtures("small_budgets")
+def test_adversarial_pixels_stay_in_the_box() -> None:
+    x = torch.tensor([0.05, 0.95]).view(-1, 1, 1, 1).expand(-1, 3, 4, 4).contiguous()
+    y = torch.tensor([0, 1])
+    x_adv = build_autoattack(_Brightness(pixels=True), eps=0.5, num_classes=2, seed=0)(x, y)
+    assert 0 <= x_adv.min() and x_adv.max() <= 1
+    assert (x_adv - x).abs().max() <= 0.5 + 1e-6
+    assert (x_adv != x).any()
+
+
+def test_autoattack_needs_normalised_images() -> None:
+    x, y = torch.zeros(2, 40), torch.zeros(2, dtype=torch.long)
+    with pytest.raises(ValueError, match="per-channel mean and std"):
+        autoattack_accuracy(_Brightness(), [(x, y)], eps=0.1, num_classes=2, mean=None, std=None)
+
+
+@pytest.mark.usefixtures("small_budgets")
+def test_fit_reports_autoattack_once_on_the_asked_test_examples(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_cifar10(tmp_path, n_train=20, n_test=10)
+    spec = TrainSpec.model_validate(
+        {
+            "model": {"name": "small_cnn", "args": {"channels": 4}},
+            "data": {"name": "cifar10", "root": str(tmp_path)},
+            "perturbation": {"kind": "awp"},
+            "adversarial": {
+                "steps": 1,
+                "eval_steps": 1,
+                "autoattack": True,
+                "autoattack_examples": 8,
+            },
+            "epochs": 2,
+            "batch_size": 6,
+            "eval_batch_size": 3,
+            "device": "cpu",
+        }
+    )
+    real = attacks.build_autoattack
+    clean: list[torch.Tensor] = []  # correctness of each attacked example before the attack
+
+    def spy(model: nn.Module, **kw: object):
+        atk = real(model, **kw)
+        assert not model.training
+
+        def attack(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            assert 0 <= x.min() and x.max() <= 1  # de-normalised pixels
+            with torch.no_grad():
+                clean.append(model(x).argmax(1) == y)
+            return atk(x, y)
+
+        return attack
+
+    monkeypatch.setattr(attacks, "build_autoattack", spy)
+    history = fit(spec).history
+    assert "test_autoattack_acc" in loop.FINAL_METRICS
+    assert "test_autoattack_acc" not in history[0]
+    assert [len(c) for c in clean] == [3, 3, 2]  # the first 8 of 10, in eval batches of 3
+    aa = history[-1]["test_autoattack_acc"]
+    assert 0.0 <= aa <= float(torch.cat(clean).float().mean()) + 1e-9
+
+
+@pytest.mark.parametrize("dataset", ["mnist1d", "digits", "synthetic"])
+def test_autoattack_is_refused_without_images_before_any_data(
+    dataset: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_data(*a: object, **k: object) -> None:
+        raise AssertionError("data was built before the spec was refused")
+
+    monkeypatch.setattr(loop.data_lib, "build", no_data)
+    spec = TrainSpec.model_validate(
+        {
+            "model": {"name": "mlp"},
+            "data": {"name": dataset},
+            "adversarial": {"autoattack": True},
+            "device": "cpu",
+        }
+    )
+    with pytest.raises(ValueError) as err:
+        fit(spec)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("adversarial.autoattack needs an image dataset")
+    assert f"data.name={dataset!r}" in msg and "cifar10" in msg
+
+
+def test_autoattack_examples_must_be_positive() -> None:
+    spec = TrainSpec.model_validate({"model": {"name": "mlp"}, "data": {"name": "mnist1d"}})
+    with pytest.raises(ValueError, match=r"^adversarial\.autoattack_examples: .*"):
+        spec.with_overrides({"adversarial.autoattack_examples": 0})
+    on = spec.with_overrides({"adversarial.autoattack": True})
+    assert on.adversarial.autoattack and on.adversarial.autoattack_examples is None

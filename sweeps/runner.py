@@ -534,6 +534,7 @@ def run_sweep(
     for key, value in _DRIVER_ENV.items():
         os.environ.setdefault(key, value)
     tracking_uri = spec.resolved_tracking_uri()
+    tracking.tune_sqlite()
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
     # Checked before anything is written: a refused warm start leaves no stray run.

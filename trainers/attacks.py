@@ -118,6 +118,11 @@ def build_autoattack(
     ``eps`` of its input. ``seed`` fixes every sub-attack's random start; torchattacks
     reseeds torch's global generators with it (``autoattack_accuracy`` restores them).
     """
+    if num_classes < 4:
+        raise ValueError(
+            "autoattack num_classes must be >= 4 (APGD-T's targeted DLR loss compares the four"
+            f" largest logits), but got {num_classes}"
+        )
     import torchattacks
 
     attack = torchattacks.AutoAttack(
@@ -168,7 +173,7 @@ def autoattack_accuracy(
             f" pixels), but got mean={mean}, std={std}"
         )
     # Eval mode on the wrapper too: torchattacks restores the mode it finds after each batch.
-    pixels = _Pixels(model, mean, std).eval()
+    pixels = _Pixels(model, mean, std)
     device = pixels.mean.device
     # Parameters need no gradient for an attack on the input; FAB calls .backward(), which
     # would otherwise accumulate into .grad.

@@ -26,7 +26,9 @@ _M, _S = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
 
 
 class _Brightness(nn.Module):
-    """Class 1 iff the mean pixel exceeds 0.5: robust exactly for eps < |mean pixel - 0.5|.
+    """Class 1 iff the mean pixel exceeds 0.5, else class 0: robust exactly for
+    eps < |mean pixel - 0.5|. Classes 2 and 3 never win; they are there because APGD-T's
+    targeted DLR loss needs four logits.
 
     Takes normalised images (``pixels=False``, as the loop's models do) or [0, 1] pixels.
     """
@@ -39,7 +41,8 @@ class _Brightness(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pix = x if self.pixels else x * _S + _M
         s = self.scale * (pix.mean((1, 2, 3)) - 0.5)
-        return torch.stack([-s, s], 1)
+        never = torch.full_like(s, -10.0)  # |s| <= 5 for pixels in [0, 1]
+        return torch.stack([-s, s, never, never], 1)
 
 
 def _images(pixels: list[float]) -> torch.Tensor:
@@ -53,7 +56,7 @@ def small_budgets(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(attacks, "AUTOATTACK_SQUARE_QUERIES", 20)
 
 
-@pytest.mark.parametrize(("num_classes", "targets"), [(10, 9), (100, 9), (5, 4)])
+@pytest.mark.parametrize(("num_classes", "targets"), [(10, 9), (100, 9), (4, 3)])
 def test_autoattack_has_robustbench_standard_budgets(num_classes: int, targets: int) -> None:
     model = nn.Sequential(nn.Flatten(), nn.Linear(48, num_classes))
     atk = build_autoattack(model, eps=8 / 255, num_classes=num_classes, seed=3)
@@ -74,7 +77,7 @@ def test_eps_is_in_pixel_units_and_only_clean_correct_examples_count() -> None:
     x, y = _images([0.2, 0.8, 0.2]), torch.tensor([0, 1, 1])
     model = _Brightness()
     rng = torch.get_rng_state()
-    kw = dict(num_classes=2, mean=MEAN, std=STD, seed=0)
+    kw = dict(num_classes=4, mean=MEAN, std=STD, seed=0)
     # Margin 0.3 in pixel units (about 1.2 in normalised units).
     assert autoattack_accuracy(model, [(x, y)], eps=0.25, **kw) == pytest.approx(2 / 3)
     assert autoattack_accuracy(model, [(x, y)], eps=0.35, **kw) == 0.0
@@ -89,16 +92,21 @@ def test_eps_is_in_pixel_units_and_only_clean_correct_examples_count() -> None:
 def test_adversarial_pixels_stay_in_the_box() -> None:
     x = torch.tensor([0.05, 0.95]).view(-1, 1, 1, 1).expand(-1, 3, 4, 4).contiguous()
     y = torch.tensor([0, 1])
-    x_adv = build_autoattack(_Brightness(pixels=True), eps=0.5, num_classes=2, seed=0)(x, y)
+    x_adv = build_autoattack(_Brightness(pixels=True), eps=0.5, num_classes=4, seed=0)(x, y)
     assert 0 <= x_adv.min() and x_adv.max() <= 1
     assert (x_adv - x).abs().max() <= 0.5 + 1e-6
     assert (x_adv != x).any()
 
 
+def test_autoattack_needs_four_classes() -> None:
+    with pytest.raises(ValueError, match="num_classes must be >= 4 .*, but got 3"):
+        build_autoattack(nn.Linear(2, 3), eps=0.1, num_classes=3, seed=0)
+
+
 def test_autoattack_needs_normalised_images() -> None:
     x, y = torch.zeros(2, 40), torch.zeros(2, dtype=torch.long)
     with pytest.raises(ValueError, match="per-channel mean and std"):
-        autoattack_accuracy(_Brightness(), [(x, y)], eps=0.1, num_classes=2, mean=None, std=None)
+        autoattack_accuracy(_Brightness(), [(x, y)], eps=0.1, num_classes=4, mean=None, std=None)
 
 
 @pytest.mark.usefixtures("small_budgets")

@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # trial workers import this package; optuna is only needed by
     import optuna
 
 from search_spaces import spaces as _spaces  # noqa: F401  (registers the spaces)
-from search_spaces._core import SPACES, Range, Ranges, Space, merge, run
+from search_spaces._core import SPACES, Range, Ranges, Space, run
 from search_spaces.spaces import OPTIMIZER_RANGES
 from trainers.registry import unknown_message
 
@@ -27,7 +27,6 @@ __all__ = [
     "Ranges",
     "Space",
     "define_by_run",
-    "merge",
     "resolve",
     "sample",
     "space_for_kind",

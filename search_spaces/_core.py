@@ -10,7 +10,6 @@ kind a space searches is registered with it (``Space.kind``) and added to every 
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -84,20 +83,3 @@ def register(name: str, ranges: Ranges, *, kind: str) -> Callable[[SpaceFn], Spa
 def run(space: Space, ranges: Ranges, trial: optuna.Trial) -> dict[str, Any]:
     """Call ``space`` on ``trial``: the constants it fixes, its kind among them."""
     return {"perturbation.kind": space.kind, **space.fn(trial, ranges)}
-
-
-def merge(base: dict[str, Any], point: dict[str, Any]) -> dict[str, Any]:
-    """Deprecated: use ``TrainSpec.with_overrides``, which validates and handles a change of
-    perturbation kind. Returns ``base`` (a TrainSpec as a dict) with dotted keys of ``point``
-    set in it, unvalidated; kept only for callers not yet moved.
-    """
-    out = copy.deepcopy(base)
-    for dotted, value in point.items():
-        *parents, leaf = dotted.split(".")
-        node = out
-        for key in parents:
-            node = node.setdefault(key, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"cannot set {dotted!r}: {key!r} is not a mapping")
-        node[leaf] = value
-    return out

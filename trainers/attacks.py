@@ -173,7 +173,7 @@ def autoattack_accuracy(
             f" pixels), but got mean={mean}, std={std}"
         )
     # Eval mode on the wrapper too: torchattacks restores the mode it finds after each batch.
-    pixels = _Pixels(model, mean, std)
+    pixels = _Pixels(model, mean, std).eval()
     device = pixels.mean.device
     # Parameters need no gradient for an attack on the input; FAB calls .backward(), which
     # would otherwise accumulate into .grad.

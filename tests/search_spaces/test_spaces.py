@@ -136,13 +136,6 @@ def test_overrides_and_errors():
         search_spaces.resolve("amq")
 
 
-def test_deprecated_merge_still_sets_dotted_keys_without_touching_the_base():
-    base = {"perturbation": {"kind": "erm"}, "optim": {"lr": 0.1}}
-    out = search_spaces.merge(base, {"perturbation.radius": 0.1, "optim.lr": 0.2})
-    assert out == {"perturbation": {"kind": "erm", "radius": 0.1}, "optim": {"lr": 0.2}}
-    assert base == {"perturbation": {"kind": "erm"}, "optim": {"lr": 0.1}}
-
-
 def test_search_spaces_uses_only_public_trainers_names():
     import ast
     import pathlib

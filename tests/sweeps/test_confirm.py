@@ -191,3 +191,39 @@ def test_status_lists_searched_values_and_the_verdict(confirmed):
     vals = [t["val_acc"] for t in search]
     assert vals == sorted(vals, reverse=True)  # best first
     assert all("perturbation.radius" in t["params"] for t in search)
+
+
+def test_a_space_that_tunes_the_optimizer_tunes_the_baseline_too(ray_local, tmp_path):
+    """Equal budgets: when lr/weight decay are searched, the baseline gets its own search over
+    them with the same number of trials before its seeds run."""
+    d = sweep_dict(
+        "both-tuned",
+        num_samples=2,
+        finalists={"top_k": 1, "seeds": 2},
+        scheduler={"name": "fifo"},
+        space={"optimizer": True, "ranges": {"perturbation.radius": [0.005, 0.05]}},
+    )
+    d["train"]["epochs"] = 2
+    d["storage_path"] = str(tmp_path / "ray")
+    d["tracking_uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run_sweep(SweepSpec.model_validate(d), yaml.safe_dump(d), progress=False)
+    client = MlflowClient(result.tracking_uri)
+    sweep = tracking.find_sweep(client, "both-tuned")
+    stages = by_stage(client, sweep)
+    assert len(stages["search"]) == len(stages["baseline_search"]) == 2
+    for r in stages["baseline_search"]:
+        spec = json.loads(r.data.tags["flatsweep.train_spec"])
+        assert spec["perturbation"]["kind"] == "erm"
+        assert {"optim.lr", "optim.weight_decay"} <= set(tracking.searched_values(r))
+    # the baseline's seeds run the best baseline-search config's optimizer values
+    best = tracking.rank_children(stages["baseline_search"], "val_acc", "max")[0]
+    best_optim = json.loads(best.data.tags["flatsweep.train_spec"])["optim"]
+    assert len(stages["baseline"]) == 2
+    for r in stages["baseline"]:
+        optim = json.loads(r.data.tags["flatsweep.train_spec"])["optim"]
+        assert (optim["lr"], optim["weight_decay"]) == (
+            best_optim["lr"],
+            best_optim["weight_decay"],
+        )
+    assert sweep.parent.data.tags is not None
+    assert client.get_run(sweep.parent_id).data.tags["flatsweep.verdict"]

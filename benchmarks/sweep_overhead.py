@@ -33,8 +33,8 @@ Part 2, ``search``: the same trial budget for ASHA + TPE and for FIFO + random s
 ``amp`` space (MNIST-1D, cnn1d, 15 epochs), one seed each. Reported per arm: total wall time,
 the best test accuracy (final epoch of a finished full-length trial, as the sweep ranks them),
 and the wall time from the ``run_sweep`` call until the target accuracy is reached, in two
-senses: (a) the first full-length trial whose final-epoch ``test_acc`` >= target finishes
-(its MLflow child run's end time); (b) any trial reports ``test_acc`` >= target at any epoch
+senses: (a) the first full-length trial whose final-epoch ``val_acc`` >= target finishes
+(its MLflow child run's end time); (b) any trial reports ``val_acc`` >= target at any epoch
 (the MLflow timestamp of that metric; this counts trials that ASHA later stops).
 
     python benchmarks/sweep_overhead.py                     # --part all: ~5 min on 2 idle cores
@@ -237,8 +237,9 @@ def make_spec(
         "scheduler": scheduler,
         "num_samples": cfg["trials"],
         "resources": {"cpu": 1, "gpu": 0},
-        "metric": "test_acc",
+        "metric": "val_acc",
         "mode": "max",
+        "finalists": {"top_k": 0},  # the search's own overhead: no confirmation stage
         "storage_path": str(tmp / "ray_results"),
         "tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
     }
@@ -353,7 +354,7 @@ class Epoch:
     ts: float  # driver wall clock (s) when the result was logged to MLflow
     epoch_seconds: float
     train_seconds: float
-    test_acc: float
+    val_acc: float
     iter_s: float | None  # Tune's time_this_iter_s, measured in the worker
     pid: int | None  # the worker process that ran it (actor reuse keeps the pid)
     checkpointed: bool  # the epoch's report carried a checkpoint
@@ -432,7 +433,7 @@ def collect(spec: Any, result: Any, driver: DriverTimes) -> list[Trial]:
         tid = run.data.tags.get(TAG_TRIAL, "")
         history = {
             key: {m.step: m for m in client.get_metric_history(run.info.run_id, key)}
-            for key in ("epoch_seconds", "train_seconds", "test_acc")
+            for key in ("epoch_seconds", "train_seconds", "val_acc")
         }
         epochs = []
         for step in sorted(history["epoch_seconds"]):
@@ -443,7 +444,7 @@ def collect(spec: Any, result: Any, driver: DriverTimes) -> list[Trial]:
                     ts=history["epoch_seconds"][step].timestamp / 1e3,
                     epoch_seconds=history["epoch_seconds"][step].value,
                     train_seconds=history["train_seconds"][step].value,
-                    test_acc=history["test_acc"][step].value,
+                    val_acc=history["val_acc"][step].value,
                     iter_s=row.get("time_this_iter_s"),
                     pid=row.get("pid"),
                     checkpointed=bool(row.get("checkpoint_dir_name")),
@@ -653,7 +654,7 @@ def part_overhead(cfg: dict[str, Any], tmp: Path, ray_start_s: float) -> tuple[s
         scheduler={"name": "fifo"},
         ranges={"perturbation.radius": RADIUS, "perturbation.inner_steps": [1, 1]},
     )
-    slots = _slots(spec)
+    slots = _slots(spec, spec.num_samples)
     sweep = run_one(spec, text)
     trials = sweep.trials
     mlflow_ivs = [(t.mlflow_start, t.mlflow_end) for t in trials]
@@ -770,11 +771,11 @@ class ArmResult:
 
     def summary(self) -> dict[str, Any]:
         s = self.sweep
-        best = s.result.best["test_acc"] if s.result.best else math.nan
+        best = s.result.best["val_acc"] if s.result.best else math.nan
         full = [t for t in s.trials if t.status == "FINISHED" and not t.stopped_early and t.epochs]
-        hits_full = [t.mlflow_end - s.t0 for t in full if t.epochs[-1].test_acc >= self.target]
-        hits_any = [e.ts - s.t0 for t in s.trials for e in t.epochs if e.test_acc >= self.target]
-        any_best = max((e.test_acc for t in s.trials for e in t.epochs), default=math.nan)
+        hits_full = [t.mlflow_end - s.t0 for t in full if t.epochs[-1].val_acc >= self.target]
+        hits_any = [e.ts - s.t0 for t in s.trials for e in t.epochs if e.val_acc >= self.target]
+        any_best = max((e.val_acc for t in s.trials for e in t.epochs), default=math.nan)
         return {
             "arm": self.arm,
             "trials": len(s.trials),
@@ -814,11 +815,13 @@ def part_search(cfg: dict[str, Any], asha: dict[str, Any], tmp: Path) -> tuple[s
             scheduler=scheduler,
             ranges={"perturbation.radius": RADIUS},
         )
-        results.append(ArmResult(label, run_one(spec, text), cfg["target"], _slots(spec)))
+        results.append(
+            ArmResult(label, run_one(spec, text), cfg["target"], _slots(spec, spec.num_samples))
+        )
     lines = [
         "| arm | trials | stopped early | epochs run | wall s | Σ epoch_seconds s "
-        "| best test_acc | s to target: finished full-length trial | s to target: any epoch "
-        "| best test_acc at any epoch | Σ trial set-up s | slot overhead |",
+        "| best val_acc | s to target: finished full-length trial | s to target: any epoch "
+        "| best val_acc at any epoch | Σ trial set-up s | slot overhead |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     values = []
@@ -841,11 +844,11 @@ def part_search(cfg: dict[str, Any], asha: dict[str, Any], tmp: Path) -> tuple[s
         f"trials per arm, 1 CPU per trial; ASHA {asha['grace_period']}/"
         f"{asha['reduction_factor']} (grace period / reduction factor), TPE with 4 random "
         "start-up trials; sampler seed 0; one seed per arm (a single draw, not a distribution).",
-        f"**target test_acc = {cfg['target']}**. Times are seconds from the run_sweep call: "
+        f"**target val_acc = {cfg['target']}**. Times are seconds from the run_sweep call: "
         "'finished full-length trial' = the MLflow end time of the first trial that ran all "
-        "epochs and whose final-epoch test_acc >= target (the sweep's ranking only counts such "
-        "trials); 'any epoch' = the MLflow timestamp of the first per-epoch test_acc >= target "
-        "of any trial, including ones ASHA stopped later. best test_acc = the sweep's best "
+        "epochs and whose final-epoch val_acc >= target (the sweep's ranking only counts such "
+        "trials); 'any epoch' = the MLflow timestamp of the first per-epoch val_acc >= target "
+        "of any trial, including ones ASHA stopped later. best val_acc = the sweep's best "
         "(final epoch, full-length trials).",
         "Σ trial set-up = Σ over trials of (Tune's time_this_iter_s of epoch 1 − its "
         "epoch_seconds): the worker's time from the trial's first train() call to its first "
@@ -866,7 +869,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--part", choices=["overhead", "search", "all"], default="all")
     p.add_argument("--quick", action="store_true", help="tiny sweeps (2 trials of ~1 s)")
     p.add_argument("--results", type=Path, default=RESULTS, help="markdown file to append to")
-    p.add_argument("--target", type=float, help="part 2 target test_acc (default 0.82)")
+    p.add_argument("--target", type=float, help="part 2 target val_acc (default 0.82)")
     p.add_argument("--epochs", type=int, help="part 1 epochs per trial (default 120)")
     p.add_argument("--num-train", type=int, help="part 1 MNIST-1D training examples (4000)")
     p.add_argument("--keep", action="store_true", help="keep the temporary sweep directory")

@@ -100,7 +100,7 @@ def test_quick_run_appends_both_parts(tmp_path: Path) -> None:
     training = next(r for r in rows if r[0].startswith("training"))
     assert numbers(training[1])[0] > 0
 
-    assert "target test_acc = 0.05" in search
+    assert "target val_acc = 0.05" in search
     (arms,) = tables(search)
     assert [row[0] for row in arms] == ARMS
     for row in arms:

@@ -321,7 +321,12 @@ def test_a_killed_trial_process_leaves_its_run_failed_not_running(tmp_path):
         assert descends_from(latest["pid"], proc.pid), latest
         assert latest["training_iteration"] < epochs // 2, latest
         os.kill(latest["pid"], signal.SIGKILL)
-        assert proc.wait(timeout=600) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+        # Its only trial failed, so the sweep did not succeed: FAILED, exit 1, in one line.
+        assert proc.wait(timeout=600) == 1, (tmp_path / "driver.log").read_text()[-3000:]
+        assert (
+            "failed: every one of the 1 search trials failed"
+            in (tmp_path / "driver.log").read_text()
+        )
     finally:
         kill_group(proc)  # and whatever of its local Ray outlived it
     reached = max(r["training_iteration"] for r in tune_results(exp_dir)[trial_id])

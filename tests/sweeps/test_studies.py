@@ -157,14 +157,28 @@ def _chromium(url: str, *extra: str) -> str:
 
 
 @pytest.mark.cluster
-def test_optuna_dashboard_shows_the_stored_study_in_a_real_browser(first, tmp_path):
+def test_optuna_dashboard_shows_the_stored_study_in_a_real_browser(tmp_path):
     import subprocess
     import sys
     import time
     import urllib.request
 
-    tmp, d, spec, result = first
-    url = spec.optuna_storage_url()
+    # The sweep runs in its own process: a Ray started in this test process would leave its
+    # auth token cached here for the cluster session's later Jobs API tests.
+    d = sweep_dict("first", num_samples=3, scheduler={"name": "fifo"})
+    d["train"]["epochs"] = 2
+    d["storage_path"] = str(tmp_path / "ray")
+    d["tracking_uri"] = f"sqlite:///{tmp_path / 'm.db'}"
+    (tmp_path / "first.yaml").write_text(yaml.safe_dump(d))
+    done = subprocess.run(
+        [sys.executable, "-m", "sweeps", "run", str(tmp_path / "first.yaml"), "--quiet"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    url = SweepSpec.model_validate(d).optuna_storage_url()
     port = _free_port()
     exe = Path(sys.executable).parent / "optuna-dashboard"
     server = subprocess.Popen(

@@ -334,6 +334,7 @@ def plan(
         if not isinstance(train.get("data"), dict):
             raise SpecError(f"{path.name}: train.data must be a mapping to take --data-root")
         train["data"]["root"] = data_root
+        train["data"]["download"] = False  # the files are there: check them, fetch nothing
     if epochs is not None:
         _set_epochs(raw, epochs)
     finalists = raw.get("finalists") if isinstance(raw.get("finalists"), dict) else {}

@@ -153,7 +153,8 @@ def _result_rows(trial: Any) -> list[dict[str, Any]]:
         with fs.open_input_stream(f"{path}/result.json") as f:
             text = f.read().decode("utf-8", errors="replace")
     except Exception:  # noqa: BLE001 - no file (never reported), or storage unreachable
-        local = Path(trial.local_path or "", "result.json") if trial.local_path else None
+        local_path = getattr(trial, "local_path", None)
+        local = Path(local_path, "result.json") if local_path else None
         if local is not None and local.is_file():
             text = local.read_text(errors="replace")
     rows = []

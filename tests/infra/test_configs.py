@@ -35,6 +35,7 @@ CODE_ENV = {
     "FLATSWEEP_STORAGE",
     "FLATSWEEP_CACHE_DIR",
     "FLATSWEEP_OPTUNA_STORAGE",
+    "FLATSWEEP_DRAIN_TIMEOUT_S",
 }
 # Set by the shell or the OS, not part of our interface.
 SHELL_VARS = {"HOME", "PATH", "PWD", "SECONDS", "BASH_SOURCE", "TMPDIR"}

@@ -54,6 +54,9 @@ from trainers import models, perturbations
 from trainers.loop import resolve_device
 from trainers.precision import autocast
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_host.py
+from _host import cpu_model  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 # (label, perturbation kind, hyperparameters): the paper defaults named in docs/algorithms.md.
@@ -143,16 +146,6 @@ def time_step(method: Method, device: torch.device) -> tuple[float, float]:
     c0, t0 = time.process_time(), time.perf_counter()
     method.step()
     return time.perf_counter() - t0, time.process_time() - c0
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine(device: torch.device) -> str:

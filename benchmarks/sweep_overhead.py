@@ -66,6 +66,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_host.py
+from _host import code_state, cpu_model  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 INTRO = (
     "# Benchmark results\n\n"
@@ -112,16 +115,6 @@ QUICK_ASHA = {"name": "asha", "grace_period": 1, "reduction_factor": 2}
 # -- machine and load ----------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine() -> str:
     import mlflow
     import optuna
@@ -133,34 +126,6 @@ def machine() -> str:
         f"ray {ray.__version__}, optuna {optuna.__version__}, mlflow {mlflow.__version__}, "
         f"Python {platform.python_version()}"
     )
-
-
-def code_state() -> str:
-    """The git commit and which project files differ from it (the code being measured)."""
-    import subprocess
-
-    root = Path(__file__).resolve().parents[1]
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=root,
-            text=True,
-            capture_output=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "sweeps", "trainers", "search_spaces"],
-            cwd=root,
-            text=True,
-            capture_output=True,
-            timeout=10,
-            check=True,
-        ).stdout.split("\n")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (no git)"
-    changed = sorted(line[3:] for line in dirty if line.strip())
-    return f"{rev}" + (f" + uncommitted changes in {', '.join(changed)}" if changed else "")
 
 
 def fmt_load(load: Sequence[float]) -> str:

@@ -91,6 +91,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_host.py
+from _host import code_state, cpu_model  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 INTRO = (
@@ -624,16 +627,6 @@ def _plain(spec: Any, base: dict[str, Any], slots: int, n: int) -> int:
 # -- the orchestrator ----------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine(load: Sequence[float]) -> str:
     from importlib import metadata
 
@@ -642,31 +635,6 @@ def machine(load: Sequence[float]) -> str:
         f"{platform.platform()}, {cpu_model()}, os.cpu_count() {os.cpu_count()}, load average "
         f"at start {fmt_load(load)} (1/5/15 min); {versions}, Python {platform.python_version()}"
     )
-
-
-def code_state() -> str:
-    """The git commit and which project files differ from it (the code being measured)."""
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            text=True,
-            capture_output=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "sweeps", "trainers", "search_spaces"],
-            cwd=ROOT,
-            text=True,
-            capture_output=True,
-            timeout=10,
-            check=True,
-        ).stdout.splitlines()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (no git)"
-    changed = sorted(line[3:] for line in dirty if line.strip())
-    return rev + (f" + uncommitted changes in {', '.join(changed)}" if changed else "")
 
 
 def redact(uri: str) -> str:

@@ -49,7 +49,6 @@ import os
 import platform
 import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -57,6 +56,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_host.py
+from _host import code_state, cpu_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -76,17 +78,6 @@ PREFIX = "[tuning_value]"
 # -- machine -------------------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo, else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine() -> str:
     """Platform, CPU, core count and library versions, for the results section."""
     import torch
@@ -96,31 +87,6 @@ def machine() -> str:
         f"{platform.platform()}; CPU {cpu_model()}, os.cpu_count() {os.cpu_count()}{gpu}; "
         f"torch {torch.__version__}, Python {platform.python_version()}"
     )
-
-
-def code_state() -> str:
-    """The git commit and which project files differ from it (the code being measured)."""
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            text=True,
-            capture_output=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "sweeps", "trainers", "search_spaces"],
-            cwd=ROOT,
-            text=True,
-            capture_output=True,
-            timeout=10,
-            check=True,
-        ).stdout.split("\n")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (no git)"
-    changed = sorted(line[3:] for line in dirty if line.strip())
-    return rev + (f" + uncommitted changes in {', '.join(changed)}" if changed else "")
 
 
 def fmt_load(load: Sequence[float]) -> str:

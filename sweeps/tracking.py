@@ -528,31 +528,21 @@ def close_parent(
 
 def children(client: MlflowClient, sweep: Sweep, stage: str | None = None) -> list[Run]:
     """The sweep's child runs (of one stage, if given), every page."""
-    flt = f"tags.`{TAG_PARENT}` = '{sweep.parent_id}'"
+    return find_children(client, sweep.experiment_id, sweep.parent_id, stage)
+
+
+def find_children(
+    client: MlflowClient, experiment_id: str, parent_id: str, stage: str | None = None
+) -> list[Run]:
+    """Every child run of ``parent_id`` (of one stage, if given), every page."""
+    flt = f"tags.`{TAG_PARENT}` = '{parent_id}'"
     if stage is not None:
         flt += f" and tags.`{TAG_STAGE}` = '{stage}'"
     out: list[Run] = []
     token = None
     while True:
         page = client.search_runs(
-            [sweep.experiment_id], filter_string=flt, max_results=1000, page_token=token
-        )
-        out.extend(page)
-        token = page.token
-        if not token:
-            return out
-
-
-def find_children(client: MlflowClient, experiment_id: str, parent_id: str) -> list[Run]:
-    """Every child run of ``parent_id`` (all stages)."""
-    out: list[Run] = []
-    token = None
-    while True:
-        page = client.search_runs(
-            [experiment_id],
-            filter_string=f"tags.`{TAG_PARENT}` = '{parent_id}'",
-            max_results=1000,
-            page_token=token,
+            [experiment_id], filter_string=flt, max_results=1000, page_token=token
         )
         out.extend(page)
         token = page.token

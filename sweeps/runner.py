@@ -48,9 +48,6 @@ log = logging.getLogger(__name__)
 _DRIVER_ENV = {
     # An OOM trial reports no objective, so Optuna does not learn it as a bad point.
     "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
-    # Snapshot the experiment (trials + Optuna study) every 2 s instead of Tune's adaptive
-    # >= 10 s: a killed driver then re-runs at most the trials that ended in those 2 s.
-    "TUNE_GLOBAL_CHECKPOINT_S": "2",
     # Fail MLflow HTTP calls fast: the tracker buffers and retries them itself, and MLflow's own
     # backoff (minutes) would stall Tune's event loop during a tracking outage.
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
@@ -67,32 +64,46 @@ _DRIVER_ENV = {
 
 
 class _OptunaSearch(OptunaSearch):
-    """Ray's OptunaSearch, except that a result without the objective is not reported.
+    """Ray's OptunaSearch on an in-memory study, mirrored into a stored one.
 
-    An out-of-memory trial reports ``oom=1`` and no metric (it says nothing about the point),
-    which the stock ``on_trial_result`` would turn into a KeyError in the driver and the stock
+    Sampling runs on Tune's event loop, so the study it reads and writes is in memory, as with
+    plain Ray Tune; each finished trial is copied into the stored study by a
+    :class:`~sweeps.studies.StudyMirror` thread (``mirror``: its storage URL and study name,
+    pickled with the searcher so that a restored one finds it again). ``warm_start``: finished
+    trials of earlier sweeps the new study starts from.
+
+    Also, a result without the objective is not reported: an out-of-memory trial reports
+    ``oom=1`` and no metric (it says nothing about the point), which the stock
+    ``on_trial_result`` would turn into a KeyError in the driver and the stock
     ``on_trial_complete`` of a multi-objective study into a trial left RUNNING.
     """
 
-    #: Tune trial id -> MLflow run id, filled by the tracker (not pickled with the searcher).
-    run_ids: dict[str, str] | None = None
+    def __init__(
+        self,
+        *args: Any,
+        mirror: tuple[str, str] | None = None,
+        warm_start: list[Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._mirror_to = mirror
+        super().__init__(*args, **kwargs)
+        if warm_start:
+            self._ot_study.add_trials(warm_start)
 
-    def _link(self, trial_id: str) -> None:
-        """Give the Optuna trial its MLflow run id while it may still take attributes."""
-        run_id = (self.run_ids or {}).get(trial_id)
-        ot_trial = self._ot_trials.get(trial_id)
-        linked = self.__dict__.setdefault("_linked", set())
-        if run_id and ot_trial is not None and trial_id not in linked:
-            ot_trial.set_user_attr(studies.ATTR_RUN, run_id)
-            linked.add(trial_id)
+    def _mirror(self) -> studies.StudyMirror | None:
+        if getattr(self, "_mirror_to", None) is None:
+            return None
+        url, name = self._mirror_to
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        modes = self.mode if isinstance(self.mode, list) else [self.mode]
+        return studies.StudyMirror.get(url, name, modes, metrics)
 
-    def save(self, checkpoint_path: str) -> None:
-        run_ids = self.__dict__.pop("run_ids", None)
-        try:
-            super().save(checkpoint_path)
-        finally:
-            if run_ids is not None:
-                self.run_ids = run_ids
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        mirror = self._mirror()
+        if mirror is not None:
+            # Trials that ended after the last mirrored write of the killed driver.
+            mirror.put_all(self._ot_study)
 
     def suggest(self, trial_id: str) -> dict | None:
         config = super().suggest(trial_id)
@@ -103,7 +114,6 @@ class _OptunaSearch(OptunaSearch):
         return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        self._link(trial_id)
         if isinstance(self.metric, str) and self.metric not in result:
             return
         super().on_trial_result(trial_id, result)
@@ -116,8 +126,11 @@ class _OptunaSearch(OptunaSearch):
         # on error), as with one objective.
         if isinstance(self.metric, list) and result and any(m not in result for m in self.metric):
             result = None
-        self._link(trial_id)
         super().on_trial_complete(trial_id, result, error)
+        ot_trial = self._ot_trials.get(trial_id)
+        mirror = self._mirror()
+        if mirror is not None and ot_trial is not None:
+            mirror.put(self._ot_study.get_trials(deepcopy=False)[ot_trial.number])
 
 
 class _GpuOnCpuWarning(Callback):
@@ -282,7 +295,12 @@ def _run_stage(
 
     import search_spaces
     from sweeps.progress import Progress
-    from sweeps.ray_internals import InterruptWatch, RepairCheckpoints, restore_tuner
+    from sweeps.ray_internals import (
+        InterruptWatch,
+        RepairCheckpoints,
+        bounded_snapshots,
+        restore_tuner,
+    )
     from sweeps.trainable import ROW, train_trial
 
     confirm = stage.rows is not None
@@ -312,6 +330,13 @@ def _run_stage(
         stage=stage.stage_tag,
         fresh=not restoring,
     )
+    mirror = None
+    if not confirm and spec.optuna_storage_url() is not None:
+        url, name = spec.optuna_storage_url(), studies.study_name(spec.name, stage.name)
+        if stage.warm_start and not restoring:
+            studies.seed_study(url, name, spec.modes, stage.warm_start)
+        mirror = studies.StudyMirror.get(url, name, spec.modes, spec.metrics)
+        mirror.run_ids = tracker.run_ids  # each stored trial links its MLflow run
     watch = InterruptWatch()
     callbacks = [
         watch,
@@ -335,19 +360,15 @@ def _run_stage(
             else:
                 metrics = spec.metric if len(spec.metrics) > 1 else spec.primary[0]
                 modes = spec.mode if len(spec.metrics) > 1 else spec.primary[1]
-                url = spec.optuna_storage_url()
-                name = studies.study_name(spec.name, stage.name)
-                if stage.warm_start:
-                    studies.seed_study(url, name, spec.modes, stage.warm_start)
                 searcher = _OptunaSearch(
-                    storage=studies.storage(url),
-                    study_name=name,
+                    study_name=studies.study_name(spec.name, stage.name),
                     space=search_spaces.define_by_run(stage.space, stage.ranges),
                     metric=metrics,
                     mode=modes,
                     sampler=SAMPLERS.get(spec.searcher.sampler).build(spec),
+                    mirror=(mirror.url, mirror.name) if mirror is not None else None,
+                    warm_start=stage.warm_start,
                 )
-                searcher.run_ids = tracker.run_ids
                 # With a ConcurrencyLimiter Tune keeps `slots` trials pending instead of 1,
                 # which is what lets a model-based searcher fill every slot.
                 search_alg = ConcurrencyLimiter(searcher, max_concurrent=slots)
@@ -375,10 +396,19 @@ def _run_stage(
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 ),
             )
-        grid = tuner.fit()
+        # Snapshot the experiment (trials + searcher) every 2 s while that is cheap, instead of
+        # Tune's adaptive >= 10 s: a killed driver then re-runs at most the trials that ended
+        # in those 2 s. As the snapshot grows, its period grows to keep it at 5% of the time.
+        with bounded_snapshots(2.0):
+            grid = tuner.fit()
     finally:
         watch.restore_handlers()
         delivered = tracker.drain()
+        if mirror is not None and not mirror.flush(tracker.drain_timeout_s):
+            # The searcher's own study, in Tune's snapshot, still holds them.
+            log.warning(
+                "%d trials not yet copied to the Optuna study %s", mirror.outstanding, mirror.name
+            )
     if not delivered:
         # Never report success with records missing. They are not lost: Tune's experiment
         # state and each trial's result.json hold them, and a resume delivers them.
@@ -622,7 +652,9 @@ def _close(
     unreachable (bounded by the drain timeout: a resume closes it later)."""
     timeout = min(300.0, _drain_timeout_s())
     try:
-        best = tracking.retrying(lambda: tracking.best_run(client, sweep), timeout_s=timeout)
+        # Every child, read once for the best trial, the report and the leftover check.
+        runs = tracking.retrying(lambda: tracking.children(client, sweep), timeout_s=timeout)
+        best = tracking.best_run(client, sweep, runs)
         if best is not None:
             metric = sweep.objectives[0][0]
             result.best = {
@@ -633,11 +665,11 @@ def _close(
                 "stage": tracking.stage_of(best),
             }
         if status == "FINISHED":
-            result.report_dir = _report(client, sweep, spec.resolved_storage())
+            result.report_dir = _report(client, sweep, spec.resolved_storage(), runs)
         note = tracking.parent_note(sweep, status, best, result.verdict)
         name = tracking.parent_name(sweep, status, result.verdict)
         tracking.retrying(
-            lambda: tracking.close_parent(client, sweep, status, best, note, name),
+            lambda: tracking.close_parent(client, sweep, status, best, note, name, runs),
             timeout_s=timeout,
         )
         return True
@@ -651,7 +683,9 @@ def _close(
         return False
 
 
-def _report(client: MlflowClient, sweep: Sweep, storage: str) -> str | None:
+def _report(
+    client: MlflowClient, sweep: Sweep, storage: str, runs: list[Any] | None = None
+) -> str | None:
     """Write the sweep's report beside its Tune results (``<storage>/<name>-report``, a temp
     dir for remote storage) and log it as the parent run's ``report/`` artifacts."""
     import tempfile
@@ -659,7 +693,7 @@ def _report(client: MlflowClient, sweep: Sweep, storage: str) -> str | None:
     from sweeps.report import write_report
 
     try:
-        record = tracking.sweep_record(client, sweep)
+        record = tracking.sweep_record(client, sweep, runs)
         if "://" in storage:
             out = Path(tempfile.mkdtemp(prefix=f"flatsweep-report-{sweep.name}-"))
         else:

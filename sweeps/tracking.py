@@ -486,13 +486,14 @@ def close_parent(
     best: Run | None,
     note: str,
     name: str | None = None,
+    runs: list[Run] | None = None,
 ) -> None:
     """End the parent run: leftover RUNNING children become KILLED, the best trial, the
     description and the name (runs are found by tags, never by name) are recorded, then the
-    parent's own ``status``."""
+    parent's own ``status``. ``runs``: the sweep's children if already read."""
     if name is not None:
         client.update_run(sweep.parent_id, name=name)
-    for child in children(client, sweep):
+    for child in children(client, sweep) if runs is None else runs:
         # Every trial has ended when the parent closes: a RUNNING child is a leftover of an
         # interrupted driver or a lost trial, never a live run.
         if child.info.status == "RUNNING":
@@ -1045,10 +1046,21 @@ class MLflowTracker(Callback):
 # -- reading a sweep back: best, verdict, status, export, report ------------------------------
 
 
-def best_run(client: MlflowClient, sweep: Sweep) -> Run | None:
-    """The best full-length search trial by the primary objective (validation metric)."""
+def _of_stage(
+    client: MlflowClient, sweep: Sweep, runs: list[Run] | None, *stages: str
+) -> list[Run]:
+    """The children of ``stages``: from ``runs`` (every child, read once by the caller: one
+    read of thousands of runs costs seconds and 100+ MB) or else read now."""
+    if runs is None:
+        return [r for stage in stages for r in children(client, sweep, stage)]
+    return [r for r in runs if stage_of(r) in stages]
+
+
+def best_run(client: MlflowClient, sweep: Sweep, runs: list[Run] | None = None) -> Run | None:
+    """The best full-length search trial by the primary objective (validation metric);
+    ``runs``: the sweep's children if already read."""
     metric, mode = sweep.objectives[0]
-    ranked = rank_children(children(client, sweep, "search"), metric, mode)
+    ranked = rank_children(_of_stage(client, sweep, runs, "search"), metric, mode)
     return ranked[0] if ranked else None
 
 
@@ -1067,16 +1079,16 @@ def _test_metric(metric: str) -> str:
     return test_metric_for(metric) or metric
 
 
-def compute_verdict(client: MlflowClient, sweep: Sweep) -> Any:
+def compute_verdict(client: MlflowClient, sweep: Sweep, runs: list[Run] | None = None) -> Any:
     """The winner (best mean validation metric over seeds) against the baseline, paired by
-    seed on the matching test metric; None without finished finalists and baseline."""
+    seed on the matching test metric; None without finished finalists and baseline.
+    ``runs``: the sweep's children if already read."""
     from sweeps.report import Verdict
     from sweeps.stats import mean_std, paired_difference, verdict
 
     metric, mode = sweep.objectives[0]
     test = _test_metric(metric)
-    runs = children(client, sweep, "finalist") + children(client, sweep, "baseline")
-    groups = _by_config(runs)
+    groups = _by_config(_of_stage(client, sweep, runs, "finalist", "baseline"))
     baseline = groups.pop("baseline", {})
     sign = 1.0 if mode == "max" else -1.0
     candidates = []
@@ -1257,13 +1269,16 @@ def export_ranking(client: MlflowClient, sweep: Sweep) -> list[tuple[Run, dict[s
     return out
 
 
-def sweep_record(client: MlflowClient, sweep: Sweep) -> Any:
-    """Everything ``sweeps.report`` draws, read from MLflow."""
+def sweep_record(client: MlflowClient, sweep: Sweep, runs: list[Run] | None = None) -> Any:
+    """Everything ``sweeps.report`` draws, read from MLflow (``runs``: the sweep's children
+    if already read)."""
     from sweeps.report import SweepRecord, TrialRecord
 
     metric, mode = sweep.objectives[0]
     trials = []
-    for c in children(client, sweep):
+    if runs is None:
+        runs = children(client, sweep)
+    for c in runs:
         stage = stage_of(c)
         if stage == "search" and c.data.tags.get(TAG_DIVERGED) == "1":
             continue  # its value is the worst value told to Optuna, not a measurement
@@ -1295,5 +1310,5 @@ def sweep_record(client: MlflowClient, sweep: Sweep) -> Any:
         mode=mode,
         searched=sweep.space.get("ranges", {}),
         trials=trials,
-        verdict=compute_verdict(client, sweep),
+        verdict=compute_verdict(client, sweep, runs),
     )

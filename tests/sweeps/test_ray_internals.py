@@ -8,6 +8,7 @@ driver-loss test in test_reliability.py covers the same repair inside a real res
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 from ray.train._internal.checkpoint_manager import _CheckpointManager
 from ray.train._internal.session import _TrainingResult
 from ray.tune import Checkpoint, CheckpointConfig
@@ -103,3 +104,26 @@ def test_the_callback_repairs_unfinished_trials_once_before_the_first_step(tmp_p
     assert (
         epoch_of(resumed.run_metadata.checkpoint_manager.latest_checkpoint_result.checkpoint) == 10
     )
+
+
+def test_bounded_snapshots_keeps_tunes_adaptive_period_above_a_2s_floor(monkeypatch):
+    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager as Manager
+
+    from sweeps.ray_internals import bounded_snapshots
+
+    monkeypatch.delenv("TUNE_GLOBAL_CHECKPOINT_S", raising=False)
+    with bounded_snapshots(2.0):
+        m = Manager(storage=None, checkpoint_period="auto")
+        assert m._checkpoint_period == 2.0  # Tune's own start is 10 s
+        m._update_auto_checkpoint_time(0.5)  # a big snapshot: 5% of the time
+        assert m._checkpoint_period == pytest.approx(9.5)
+        m._update_auto_checkpoint_time(0.01)
+        assert m._checkpoint_period == 2.0
+        fixed = Manager(storage=None, checkpoint_period=7)
+        fixed._update_auto_checkpoint_time(5.0)
+        assert fixed._checkpoint_period == 7.0
+    assert Manager(storage=None, checkpoint_period="auto")._checkpoint_period == 10.0  # restored
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "3")  # a user's number is left alone
+    with bounded_snapshots(2.0):
+        m = Manager(storage=None, checkpoint_period="auto")
+        assert m._checkpoint_period == 10.0

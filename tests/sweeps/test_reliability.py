@@ -263,6 +263,17 @@ def test_driver_loss_then_resume_finishes_without_rerunning_or_duplicates(tmp_pa
     # the Optuna study survived: one trial per sample, none left running
     states = optuna_states(tmp_path / "ray" / "driverloss")
     assert sum(states.values()) == 6 and states["COMPLETE"] == 6, states
+    # and its stored copy agrees with MLflow: every trial once, each linked to its run
+    import optuna
+
+    stored = optuna.load_study(
+        study_name="driverloss", storage=f"sqlite:///{tmp_path / 'mlflow.optuna.db'}"
+    )
+    by_trial = {t.user_attrs["flatsweep.trial_id"]: t for t in stored.trials}
+    assert len(stored.trials) == len(by_trial) == 6, [t.state for t in stored.trials]
+    assert {t.state.name for t in stored.trials} == {"COMPLETE"}
+    links = stored.user_attrs["mlflow_run_ids"]
+    assert {links[t] for t in by_trial} == {k.info.run_id for k in after.values()}
 
 
 def test_oom_and_diverged_trials_are_recorded_and_told_to_optuna_correctly(tmp_path):

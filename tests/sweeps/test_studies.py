@@ -114,6 +114,37 @@ def test_reconcile_fails_trials_a_killed_driver_left_running(tmp_path):
     assert states["t9"].state.name == "FAIL"
 
 
+def test_the_mirror_stores_each_finished_trial_once_with_its_run(tmp_path):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    memory = optuna.create_study(direction="maximize")
+    asked = []
+    for i in range(3):
+        t = memory.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+        t.set_user_attr(studies.ATTR_TRIAL, f"t{i}")
+        t.report(0.1 * i, step=1)
+        if i < 2:
+            memory.tell(t, 0.5 + i)
+        asked.append(t)
+    mirror = studies.StudyMirror(url, "m", ["max"], ["val_acc"])
+    mirror.run_ids = {"t0": "run-0"}
+    for t in memory.trials:
+        mirror.put(t)  # the running one is not stored
+    assert mirror.flush(30)
+    again = studies.StudyMirror(url, "m", ["max"], ["val_acc"])  # a resumed driver's
+    memory.tell(asked[2], 9.0)
+    again.put_all(memory)  # only the newly finished one is new
+    assert again.flush(30)
+    stored = optuna.load_study(study_name="m", storage=url)
+    by_id = {t.user_attrs[studies.ATTR_TRIAL]: t for t in stored.trials}
+    assert sorted(by_id) == ["t0", "t1", "t2"] and len(stored.trials) == 3
+    assert [by_id[k].value for k in ("t0", "t1", "t2")] == [0.5, 1.5, 9.0]
+    assert by_id["t1"].intermediate_values == {1: 0.1}
+    assert by_id["t0"].user_attrs[studies.ATTR_RUN] == "run-0"
+    assert studies.ATTR_RUN not in by_id["t1"].user_attrs  # linked by reconcile's map
+    assert stored.metric_names == ["val_acc"]
+    assert mirror.failed == again.failed == 0
+
+
 def _free_port() -> int:
     import socket
 

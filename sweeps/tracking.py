@@ -9,11 +9,14 @@ memory, so a restored sweep gets duplicate child runs and RUNNING leftovers. Thi
 finds runs by tags instead (``flatsweep.sweep``, ``flatsweep.trial_id``), which makes every
 operation idempotent across ``sweeps resume`` and driver restarts.
 
-It runs in the driver only, so there is a single MLflow writer (the SQLite default works),
-and logs with ``log_batch``: epochs reported close together are merged into one call, and
-nothing is logged from inside the training step.
-Writes that fail (tracking server down) are buffered in order and retried, so a tracking
-outage loses nothing as long as the driver lives.
+It runs in the driver only and logs with ``log_batch``: a short trial costs three calls
+(``create_run``, one ``log_batch`` with its params, every epoch's metrics and its final tags,
+``set_terminated``), and epochs reported close together are merged; nothing is logged from
+inside the training step. Writes go through background writer threads: one for a SQLite or
+file store (one writer at a time there, and the store's ORM work holds the GIL), four for an
+HTTP server (``FLATSWEEP_MLFLOW_WRITERS``), each trial on one writer so its writes keep
+their order. Writes that fail (tracking server down) are buffered in order and retried, so a
+tracking outage loses nothing as long as the driver lives.
 
 A fresh MLflow 3.17 browser shows run names and descriptions, not params: child runs are named
 after their searched values (``amp r=0.0039 K=2 ilr=0.39``), finalist and baseline runs after
@@ -568,68 +571,177 @@ def searched_values(run: Run) -> dict[str, Any]:
     return out
 
 
-@dataclass(eq=False)  # identity: an item is removed from the queue by ``is``, not by value
+@dataclass(eq=False)  # hashed by identity: a key of ``_Call.carried``, never compared by value
 class _Item:
+    """One queued write of a trial's run: one epoch's metrics, or a status change (``status``,
+    with its tags and event time), or a one-off write that is no trial's (``call``).
+
+    Status changes are data, not closures, so the writer can merge a run's queued epochs and
+    its closing status into one delivery (``_take``). ``skip`` and ``sent`` record how far a
+    delivery got, so a retry after a failed call re-sends nothing that landed.
+    """
+
     what: str
     trial: str
-    call: Callable[[], Any] | None = None  # a one-off write; None for one epoch's metrics
     step: int = 0
     metrics: list[Metric] = field(default_factory=list)
     replay_ok: bool = False  # log even if this epoch was logged before (diverged/OOM report)
+    status: str | None = None  # RUNNING opens the run; a TERMINAL status closes it
+    tags: list[RunTag] = field(default_factory=list)  # logged with the status change
+    when: int | None = None  # when Tune saw the status change (ms): a closed run's end time
+    call: Callable[[MlflowClient], Any] | None = None  # a one-off write, on a writer's client
+    skip: bool | None = None  # an epoch logged before; decided at its first delivery attempt
+    sent: int = 0  # how many of ``payload`` have landed
+
+    @property
+    def opens(self) -> bool:
+        return self.status is not None and self.status not in TERMINAL
+
+    @property
+    def closes(self) -> bool:
+        return self.status in TERMINAL
+
+    @property
+    def payload(self) -> list[Any]:
+        """What this item adds to a ``log_batch``: a status's tags, or the epoch's metrics."""
+        return self.tags if self.status is not None else self.metrics
+
+
+def _take(items: deque[_Item]) -> list[_Item]:
+    """A trial's next delivery, from the head of its queue: at most one opening status
+    (RUNNING), then metrics, up to and including the first closing status. A fresh trial whose
+    writes queued up in one round is thus one ``create_run``, one ``log_batch`` and one
+    ``set_terminated``. A second opening (a restore after the run closed) waits for the next
+    delivery, so every status change keeps its place among the run's writes."""
+    head = items[0]
+    if head.call is not None or head.closes:
+        return [head]
+    batch = [head]
+    for item in list(items)[1:]:
+        if item.call is not None or item.opens:
+            break
+        batch.append(item)
+        if item.closes:
+            break
+    return batch
+
+
+@dataclass
+class _Call:
+    """The arguments of one ``log_batch`` call, and how many of each item's entities it carries."""
+
+    params: list[Param] = field(default_factory=list)
+    metrics: list[Metric] = field(default_factory=list)
+    tags: list[RunTag] = field(default_factory=list)
+    carried: dict[_Item, int] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return len(self.params) + len(self.metrics) + len(self.tags)
+
+
+def _log_batches(params: list[Param], items: list[_Item]) -> list[_Call]:
+    """``params``, then what each item still owes (its unsent metrics or tags), in order, cut
+    into as few ``log_batch`` calls as MLflow's limits allow (``mlflow.utils.validation``: per
+    call at most 1000 metrics, 100 params, 100 tags and 1000 entities in all)."""
+    from mlflow.utils.validation import (
+        MAX_ENTITIES_PER_BATCH,
+        MAX_METRICS_PER_BATCH,
+        MAX_PARAMS_TAGS_PER_BATCH,
+    )
+
+    limit = {
+        "params": MAX_PARAMS_TAGS_PER_BATCH,
+        "metrics": MAX_METRICS_PER_BATCH,
+        "tags": MAX_PARAMS_TAGS_PER_BATCH,
+    }
+    calls = [_Call()]
+
+    def add(kind: str, entity: Any, item: _Item | None) -> None:
+        call = calls[-1]
+        if len(getattr(call, kind)) >= limit[kind] or call.size >= MAX_ENTITIES_PER_BATCH:
+            call = _Call()
+            calls.append(call)
+        getattr(call, kind).append(entity)
+        if item is not None:
+            call.carried[item] = call.carried.get(item, 0) + 1
+
+    for param in params:
+        add("params", param, None)
+    for item in items:
+        kind = "metrics" if item.status is None else "tags"
+        for entity in item.payload[item.sent :]:
+            add(kind, entity, item)
+    return [c for c in calls if c.size]
 
 
 class _Outbox:
-    """Ordered MLflow writes on one background thread, retried until they succeed.
+    """Ordered MLflow writes on ``writers`` background threads, retried until they succeed.
 
     Tune's callbacks only enqueue, so a slow store (SQLite under load) or a tracking outage
     never stalls the driver's event loop, and nothing is lost while the driver lives.
-    The writer works in rounds ``interval_s`` apart; a round delivers everything queued, the
-    metric items of one run merged into a single ``log_batch``. With epochs of a fraction of a
-    second, one store commit per epoch was the driver's largest CPU cost (it competes with the
-    trials for the same cores). Order within a run is kept; runs are independent.
+    A trial is given to one writer at first sight (round-robin) and each writer has its own
+    queue, so the writes of one run stay in order while different runs go in parallel (an
+    HTTP store answers several requests at once; each writer waits on its own round trips).
+    A writer works in rounds ``interval_s`` apart; a round delivers everything queued, each
+    run's writes merged as ``_take`` allows. With epochs of a fraction of a second, one store
+    commit per epoch was the driver's largest CPU cost (it competes with the trials for the
+    same cores).
     """
 
     def __init__(
-        self, deliver_metrics: Callable[[str, list[_Item]], None], interval_s: float = 1.0
+        self,
+        deliver: Callable[[int, list[_Item]], None],
+        interval_s: float = 1.0,
+        writers: int = 1,
     ) -> None:
-        self.pending: deque[_Item] = deque()
+        if writers < 1:
+            raise ValueError(f"writers must be at least 1, but got {writers=}")
         self.interval_s = interval_s
-        self._deliver_metrics = deliver_metrics
-        self._cv = threading.Condition()
-        self._thread: threading.Thread | None = None
+        self._deliver = deliver  # (writer index, one delivery's items)
+        self._cv = threading.Condition()  # one lock for all writers: drain waits for them all
+        # Per writer: trial id -> its undelivered items in order, trials in order of arrival.
+        self._queues: list[dict[str, deque[_Item]]] = [{} for _ in range(writers)]
+        self._threads: list[threading.Thread | None] = [None] * writers
+        self._writer_of: dict[str, int] = {}  # trial id -> writer, fixed at first sight
+        self._count = 0  # items queued and not yet delivered, all writers together
+        self._broken: set[int] = set()  # writers stopped on an error retrying cannot fix
         self._draining = 0
-        self.broken = False  # the writer stopped on an error retrying cannot fix
-        self.rounds = 0  # delivery rounds so far
+        self.rounds = 0  # delivery rounds so far, all writers together
+
+    @property
+    def pending(self) -> list[_Item]:
+        """A snapshot of every undelivered item."""
+        with self._cv:
+            return [item for queue in self._queues for q in queue.values() for item in q]
+
+    @property
+    def outstanding(self) -> int:
+        """Writes queued and not yet delivered, all writers together."""
+        return self._count
+
+    @property
+    def broken(self) -> bool:
+        """A writer stopped on an error retrying cannot fix; its writes stay outstanding."""
+        return bool(self._broken)
 
     def put(self, item: _Item) -> None:
         with self._cv:
-            self.pending.append(item)
+            writer = self._writer_of.get(item.trial)
+            if writer is None:
+                writer = self._writer_of[item.trial] = len(self._writer_of) % len(self._queues)
+            self._queues[writer].setdefault(item.trial, deque()).append(item)
+            self._count += 1
             self._cv.notify_all()
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="mlflow-writer", daemon=True)
-                self._thread.start()
+            if self._threads[writer] is None:
+                thread = threading.Thread(
+                    target=self._run, args=(writer,), name=f"mlflow-writer-{writer}", daemon=True
+                )
+                self._threads[writer] = thread
+                thread.start()
 
-    def _take(self) -> list[_Item]:
-        """The head item, plus the later metric items of its run up to that run's next write."""
-        head = self.pending[0]
-        if head.call is not None:
-            return [head]
-        batch = [head]
-        for item in list(self.pending)[1:]:
-            if item.trial != head.trial:
-                continue
-            if item.call is not None:
-                break  # a status change of this run: metrics after it must wait for it
-            batch.append(item)
-        return batch
-
-    def _deliver(self, batch: list[_Item]) -> None:
-        if batch[0].call is not None:
-            batch[0].call()
-        else:
-            self._deliver_metrics(batch[0].trial, batch)
-
-    def _run(self) -> None:
+    def _run(self, writer: int) -> None:
+        queue = self._queues[writer]
         failing = False
 
         def note_failure(state: tenacity.RetryCallState) -> None:
@@ -643,7 +755,7 @@ class _Outbox:
                 )
                 failing = True
 
-        # Any transport error: retry the head of the queue until it lands (the same policy as
+        # Any transport error: retry the delivery until it lands (the same policy as
         # ``retrying``, without a deadline: the records must not be dropped while we live).
         retry = tenacity.Retrying(
             retry=tenacity.retry_if_not_exception_type(_NOT_TRANSIENT),
@@ -653,53 +765,100 @@ class _Outbox:
         )
         while True:
             with self._cv:
-                self._cv.wait_for(lambda: bool(self.pending))
+                self._cv.wait_for(lambda: bool(queue))
                 # Coalesce: let a round's worth of results queue up, unless draining.
                 self._cv.wait_for(lambda: self._draining > 0, timeout=self.interval_s)
-            # Then deliver everything queued, one merged batch per run, before waiting again:
-            # with many trials the queue empties in one round instead of one run per interval.
+            # Then deliver everything queued before waiting again: with many trials the queue
+            # empties in one round instead of one run per interval.
             while True:
                 with self._cv:
-                    if not self.pending:
+                    if not queue:
                         break
-                    batch = self._take()
+                    tid = next(iter(queue))
+                    batch = _take(queue[tid])
                 try:
-                    retry(self._deliver, batch)
+                    retry(self._deliver, writer, batch)
                 except _NOT_TRANSIENT:
                     # A bug, not an outage: retrying cannot fix it. Stop writing (the drain
                     # then reports the writes outstanding and the sweep ends FAILED).
                     log.exception("MLflow write %s failed; the writer stops", batch[0].what)
                     with self._cv:
-                        self.broken = True
+                        self._broken.add(writer)
                         self._cv.notify_all()
                     return
                 if failing:
                     log.warning(
-                        "MLflow reachable again; delivering %d buffered writes", len(self.pending)
+                        "MLflow reachable again; delivering %d buffered writes", self._count
                     )
                     failing = False
                 with self._cv:
-                    done = {id(item) for item in batch}
-                    keep = [item for item in self.pending if id(item) not in done]
-                    self.pending.clear()
-                    self.pending.extend(keep)
+                    # Only this thread removes items, and puts only append: the batch is still
+                    # the head of the trial's queue.
+                    items = queue.pop(tid)
+                    for _ in batch:
+                        items.popleft()
+                    if items:
+                        queue[tid] = items  # at the back: the other runs' turn first
+                    self._count -= len(batch)
                     self._cv.notify_all()
-            self.rounds += 1
+            with self._cv:
+                self.rounds += 1
 
     def drain(self, timeout_s: float) -> bool:
-        """Wait until every queued write is delivered; False if ``timeout_s`` passed first."""
+        """Wait until every queued write is delivered, on all writers within one deadline;
+        False if ``timeout_s`` passed first or a writer broke with writes outstanding."""
+
+        def settled() -> bool:
+            return all(not q or w in self._broken for w, q in enumerate(self._queues))
+
         with self._cv:
             self._draining += 1
             self._cv.notify_all()
             try:
-                self._cv.wait_for(lambda: not self.pending or self.broken, timeout=timeout_s)
-                return not self.pending
+                self._cv.wait_for(settled, timeout=timeout_s)
+                return self._count == 0
             finally:
                 self._draining -= 1
 
 
+def _writers(tracking_uri: str, writers: int | None) -> int:
+    """The writer threads for ``tracking_uri``: ``writers`` if given, else the environment's
+    ``FLATSWEEP_MLFLOW_WRITERS``, else 4 for an HTTP tracking server and 1 for the rest.
+
+    SQLite takes one writer at a time and the SQLAlchemy store's work holds the GIL, so more
+    threads in this process only contend; an HTTP server does the store's work elsewhere and
+    each writer mostly waits for its round trips.
+    """
+    import os
+
+    if writers is None:
+        raw = os.environ.get("FLATSWEEP_MLFLOW_WRITERS", "").strip()
+        if raw:
+            if not raw.isdigit() or int(raw) < 1:
+                raise ValueError(
+                    f"FLATSWEEP_MLFLOW_WRITERS must be a whole number >= 1, but got {raw!r}"
+                )
+            return int(raw)
+        return 4 if tracking_uri.startswith(("http://", "https://")) else 1
+    if writers < 1:
+        raise ValueError(f"writers must be at least 1, but got {writers=}")
+    return writers
+
+
 class MLflowTracker(Callback):
-    """Tune callback writing child runs under an existing parent run."""
+    """Tune callback writing child runs under an existing parent run.
+
+    The hooks only enqueue (``_Outbox``); writer threads deliver. A short fresh trial costs
+    three MLflow calls: ``create_run`` (with its tags, dated by Tune's start event), one
+    ``log_batch`` with its params, every queued epoch's metrics and its final tags, and
+    ``set_terminated`` (dated by Tune's end event). A longer trial adds one ``log_batch`` per
+    delivery round it spans.
+
+    Args:
+        writers: writer threads, each with its own ``MlflowClient``; a trial stays on one.
+            None: the environment variable ``FLATSWEEP_MLFLOW_WRITERS`` if set, else 4 for an
+            ``http(s)://`` tracking URI and 1 otherwise (SQLite takes one writer at a time).
+    """
 
     def __init__(
         self,
@@ -712,6 +871,7 @@ class MLflowTracker(Callback):
         drain_timeout_s: float = 300.0,
         stage: str = "search",
         fresh: bool = False,
+        writers: int | None = None,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
@@ -723,18 +883,21 @@ class MLflowTracker(Callback):
         self.stage = stage  # the stage tag of trials whose config names none
         # True for a stage this driver starts (not restores): its trials have no runs yet.
         self.fresh = fresh
+        self.writers = _writers(tracking_uri, writers)
         self._init_state()
 
     def _init_state(self) -> None:
-        self._client: MlflowClient | None = None
-        self._runs: dict[str, str] = {}  # trial id -> run id
-        self._running: set[str] = set()  # run ids this writer knows to be RUNNING
+        self._client: MlflowClient | None = None  # writer 0's
+        self._clients: dict[int, MlflowClient] = {}  # the other writers', one each
+        self._runs: dict[str, str] = {}  # trial id -> run id (entries are only added)
+        self._owed: dict[str, list[Param]] = {}  # trial id -> params its run still lacks
+        self._running: set[str] = set()  # run ids the writers know to be RUNNING
         self._last_step: dict[str, int] = {}  # trial id -> last epoch logged
         self._started: set[str] = set()  # trials this driver saw start (main thread only)
         self._closed: set[str] = set()  # trials this driver saw complete or fail
         self._start_ms: dict[str, int] = {}  # trial id -> when Tune started it
         self._configs: dict[str, dict[str, Any]] = {}  # trial id -> config, for _resolve
-        self._outbox = _Outbox(self._deliver_metrics)
+        self._outbox = _Outbox(self._deliver, writers=self.writers)
         self.killed = 0  # trials closed as KILLED at the end of the experiment
 
     # Tune pickles its callbacks with the experiment; clients and buffers are per process.
@@ -748,17 +911,20 @@ class MLflowTracker(Callback):
             "max_epochs",
             "drain_timeout_s",
             "stage",
+            "writers",
         )
         return {k: self.__dict__[k] for k in keep}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.fresh = False  # a tracker unpickled with an experiment belongs to its restore
+        if "writers" not in state:  # pickled before there were several
+            self.writers = _writers(self.tracking_uri, None)
         self._init_state()
 
     @property
     def run_ids(self) -> dict[str, str]:
-        """Tune trial id -> MLflow run id, as the writer creates or finds the runs."""
+        """Tune trial id -> MLflow run id, as the writers create or find the runs."""
         return self._runs
 
     @property
@@ -767,129 +933,178 @@ class MLflowTracker(Callback):
             self._client = MlflowClient(self.tracking_uri)
         return self._client
 
+    def _client_for(self, writer: int) -> MlflowClient:
+        """Writer ``writer``'s own client (writer 0 uses ``client``). Each is made and used on
+        its writer's thread only."""
+        if writer == 0:
+            return self.client
+        if writer not in self._clients:
+            self._clients[writer] = MlflowClient(self.tracking_uri)
+        return self._clients[writer]
+
     # -- runs ------------------------------------------------------------------------------------
 
-    def _resolve(self, tid: str, config: dict[str, Any]) -> str:
-        """The child run of trial ``tid``: found by tags, else created. Raises when down."""
-        if tid in self._runs:
-            return self._runs[tid]
-        # A trial of a stage this driver started afresh has no run yet: one round trip less
-        # per trial. After a restore, runs are found by tags so none is duplicated.
-        existing = (
-            []
-            if self.fresh
-            else self.client.search_runs(
-                [self.experiment_id],
-                filter_string=(
-                    f"tags.`{TAG_PARENT}` = '{self.parent_run_id}' and tags.`{TAG_TRIAL}` = '{tid}'"
-                ),
-                max_results=1,
-            )
-        )
-        spec = None
-        if existing:
-            run_id = existing[0].info.run_id
-            # train_loss is logged every epoch, whatever else the run reports
-            history = self.client.get_metric_history(run_id, "train_loss")
-            self._last_step[tid] = max((m.step for m in history), default=0)
-        else:
-            point = {k: v for k, v in config.items() if not k.startswith("_")}
-            # The validated spec with every default the trial actually uses.
-            spec = (
-                TrainSpec.model_validate(self.base_spec)
-                .with_overrides(point)
-                .model_dump(mode="json")
-            )
-            stage = config.get(META_STAGE, self.stage)
-            config = {**config, META_STAGE: stage}
-            tags = {
-                TAG_PARENT: self.parent_run_id,
-                TAG_SWEEP: self.sweep,
-                TAG_ROLE: "child",
-                TAG_TRIAL: tid,
-                TAG_SPEC: json.dumps(spec, sort_keys=True),
-                TAG_STAGE: stage,
-                TAG_GIT: git_revision(),
-                "flatsweep.searched": ",".join(sorted(k for k in point if k not in _NOT_SEARCHED)),
-            }
-            if META_CONFIG in config:
-                tags[TAG_CONFIG] = str(config[META_CONFIG])
-            # The UI's charts then match the report's colours: baseline black, finalists by
-            # config, search trials grey.
-            tags["mlflow.runColor"] = run_color(stage, config.get(META_CONFIG))
-            if stage in ("finalist", "baseline"):
-                tags[TAG_SEED] = str(spec["seed"])
-            name = run_name(spec, config)
-            tags[TAG_NOTE] = f"{stage} trial {tid} of sweep {self.sweep}: {name}"
-            # Writes are delivered in rounds: date the run from Tune's event, not the write.
-            run_id = self.client.create_run(
-                self.experiment_id, tags=tags, start_time=self._start_ms.get(tid), run_name=name
-            ).info.run_id
-            self._running.add(run_id)
-            self._last_step[tid] = 0
-        if spec is None:
-            spec = json.loads(existing[0].data.tags[TAG_SPEC])
+    @staticmethod
+    def _params(spec: dict[str, Any]) -> list[Param]:
         # An unset optional section (no PGD, no data root) is not a param: every param is a
         # value the run used; the whole spec is in the flatsweep.train_spec tag.
-        params = [
+        return [
             Param(k, str(v)[:6000])
             for k, v in sorted(
                 flatten({k: v for k, v in spec.items() if k != "provenance"}).items()
             )
             if v is not None
         ]
-        # Also for a found run whose params write failed midway (server went down): MLflow
-        # accepts a param logged again with the same value.
-        if not existing or len(existing[0].data.params) < len(params):
-            for i in range(0, len(params), 100):
-                self.client.log_batch(run_id, params=params[i : i + 100])
+
+    def _resolve(self, client: MlflowClient, tid: str, found: list[Run] | None = None) -> str:
+        """The child run of trial ``tid``: known, found by tags (``found``: already searched),
+        else created. Raises when down.
+
+        The run id is recorded the moment the run exists, with its params as owed (they ride
+        on the run's next ``log_batch``): a retry after a later call of the same delivery
+        failed finds the run here instead of creating a second one.
+        """
+        if tid in self._runs:
+            return self._runs[tid]
+        config = self._configs[tid]
+        # A trial of a stage this driver started afresh has no run yet: one round trip less
+        # per trial. After a restore, runs are found by tags so none is duplicated.
+        if found is None:
+            found = (
+                []
+                if self.fresh
+                else client.search_runs(
+                    [self.experiment_id],
+                    filter_string=(
+                        f"tags.`{TAG_PARENT}` = '{self.parent_run_id}'"
+                        f" and tags.`{TAG_TRIAL}` = '{tid}'"
+                    ),
+                    max_results=1,
+                )
+            )
+        if found:
+            run = found[0]
+            run_id = run.info.run_id
+            # train_loss is logged every epoch, whatever else the run reports
+            history = client.get_metric_history(run_id, "train_loss")
+            self._last_step[tid] = max((m.step for m in history), default=0)
+            params = self._params(json.loads(run.data.tags[TAG_SPEC]))
+            # A found run whose params write failed midway (server went down) gets them all:
+            # MLflow accepts a param logged again with the same value.
+            if len(run.data.params) < len(params):
+                self._owed[tid] = params
+            if run.info.status == "RUNNING":
+                self._running.add(run_id)
+            self._runs[tid] = run_id
+            return run_id
+        point = {k: v for k, v in config.items() if not k.startswith("_")}
+        # The validated spec with every default the trial actually uses.
+        spec = (
+            TrainSpec.model_validate(self.base_spec).with_overrides(point).model_dump(mode="json")
+        )
+        stage = config.get(META_STAGE, self.stage)
+        config = {**config, META_STAGE: stage}
+        tags = {
+            TAG_PARENT: self.parent_run_id,
+            TAG_SWEEP: self.sweep,
+            TAG_ROLE: "child",
+            TAG_TRIAL: tid,
+            TAG_SPEC: json.dumps(spec, sort_keys=True),
+            TAG_STAGE: stage,
+            TAG_GIT: git_revision(),
+            "flatsweep.searched": ",".join(sorted(k for k in point if k not in _NOT_SEARCHED)),
+        }
+        if META_CONFIG in config:
+            tags[TAG_CONFIG] = str(config[META_CONFIG])
+        # The UI's charts then match the report's colours: baseline black, finalists by
+        # config, search trials grey.
+        tags["mlflow.runColor"] = run_color(stage, config.get(META_CONFIG))
+        if stage in ("finalist", "baseline"):
+            tags[TAG_SEED] = str(spec["seed"])
+        name = run_name(spec, config)
+        tags[TAG_NOTE] = f"{stage} trial {tid} of sweep {self.sweep}: {name}"
+        # Writes are delivered in rounds: date the run from Tune's event, not the write.
+        run_id = client.create_run(
+            self.experiment_id, tags=tags, start_time=self._start_ms.get(tid), run_name=name
+        ).info.run_id
         self._runs[tid] = run_id
+        self._owed[tid] = self._params(spec)
+        self._running.add(run_id)  # create_run makes it RUNNING
+        self._last_step[tid] = 0
         return run_id
 
-    def _write(self, trial: Any, what: str, fn: Callable[[MlflowClient, str], Any]) -> None:
-        """Queue ``fn(client, run_id)`` for the trial's run, in order, retried when down."""
-        tid, config = trial.trial_id, trial_config(trial.config)
-        self._outbox.put(
-            _Item(
-                f"{what} of trial {tid}",
-                tid,
-                call=lambda: fn(self.client, self._resolve(tid, config)),
-            )
-        )
+    def _deliver(self, writer: int, batch: list[_Item]) -> None:
+        """One delivery (``_take``) on writer ``writer``'s client; retried by the writer."""
+        client = self._client_for(writer)
+        if batch[0].call is not None:
+            batch[0].call(client)
+        else:
+            self._deliver_run(client, batch)
 
-    def _deliver_metrics(self, tid: str, items: list[_Item]) -> None:
-        """Several epochs' metrics in as few ``log_batch`` calls as MLflow's limits allow."""
-        run_id = self._resolve(tid, self._configs[tid])
-        chunk: list[Metric] = []
+    def _deliver_run(self, client: MlflowClient, batch: list[_Item]) -> None:
+        """A trial's writes, in order: its run created or found (and reopened, if a restore
+        finds it closed), one ``log_batch`` with its owed params, new epochs and closing tags,
+        then its closing status. Every step is safe to repeat after a failed call."""
+        tid = batch[0].trial
+        run_id = self._resolve(client, tid)
+        if batch[0].opens and run_id not in self._running:
+            # (create_run makes a run RUNNING: no second call for a trial's start)
+            client.update_run(run_id, status=batch[0].status)
+            self._running.add(run_id)
+        self._deliver_metrics(client, tid, batch)
+        close = batch[-1]
+        if close.closes:
+            client.set_terminated(run_id, close.status, end_time=close.when)
+            self._running.discard(run_id)
+
+    def _deliver_metrics(self, client: MlflowClient, tid: str, items: list[_Item]) -> None:
+        """The run's owed params, the items' epochs not logged before and a status item's
+        tags, in as few ``log_batch`` calls as MLflow's limits allow (``_log_batches``).
+
+        What landed is recorded after each call (``_owed``, each item's ``sent``), so a
+        retry after a failed call re-sends none of it."""
+        run_id = self._runs[tid]
         last = self._last_step.get(tid, 0)
+        todo = []
         for item in items:
-            if item.step <= last and not item.replay_ok:
-                continue  # replayed after a restore from an older checkpoint: already logged
-            if len(chunk) + len(item.metrics) > 1000:  # MLflow's per-batch metric limit
-                self.client.log_batch(run_id, metrics=chunk)
-                # Whole epochs per call: a retry after a failed call re-sends nothing logged.
-                self._last_step[tid], chunk = last, []
-            chunk.extend(item.metrics)
-            last = max(last, item.step)
-        if chunk:
-            self.client.log_batch(run_id, metrics=chunk)
+            if item.status is None:
+                if item.skip is None:
+                    # Replayed after a restore from an older checkpoint: already logged.
+                    item.skip = item.step <= last and not item.replay_ok
+                if item.skip:
+                    continue
+                last = max(last, item.step)
+            todo.append(item)
+        for call in _log_batches(self._owed.get(tid, []), todo):
+            client.log_batch(run_id, metrics=call.metrics, params=call.params, tags=call.tags)
+            if call.params:
+                rest = self._owed[tid][len(call.params) :]
+                if rest:
+                    self._owed[tid] = rest
+                else:
+                    del self._owed[tid]
+            for item, n in call.carried.items():
+                item.sent += n
+                if item.status is None and item.sent == len(item.metrics):
+                    self._last_step[tid] = max(self._last_step.get(tid, 0), item.step)
         self._last_step[tid] = last
 
+    def _queue(self, trial: Any, item: _Item) -> None:
+        tid = trial.trial_id
+        if tid not in self._configs:  # a trial's config never changes: copy it once
+            self._configs[tid] = trial_config(trial.config)
+        self._outbox.put(item)
+
     def _set_status(self, trial: Any, status: str, tags: list[RunTag] | None = None) -> None:
-        when = int(time.time() * 1000)
-
-        def write(client: MlflowClient, run_id: str) -> None:
-            if tags:
-                client.log_batch(run_id, tags=tags)
-            if status in TERMINAL:
-                client.set_terminated(run_id, status, end_time=when)
-                self._running.discard(run_id)
-            elif not (status == "RUNNING" and run_id in self._running):
-                # (create_run makes a run RUNNING: no second call for a trial's start)
-                client.update_run(run_id, status=status)
-                self._running.add(run_id)
-
-        self._write(trial, f"status {status}", write)
+        tid = trial.trial_id
+        item = _Item(
+            f"status {status} of trial {tid}",
+            tid,
+            status=status,
+            tags=list(tags or []),
+            when=int(time.time() * 1000),
+        )
+        self._queue(trial, item)
 
     # -- Tune hooks ------------------------------------------------------------------------------
 
@@ -939,21 +1154,18 @@ class MLflowTracker(Callback):
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
     ) -> None:
         tid = trial.trial_id
-        if tid not in self._configs:  # a trial's config never changes: copy it once
-            self._configs[tid] = trial_config(trial.config)
         step = result_step(result)
         metrics = self._metrics(result, step, int(time.time() * 1000))
         # A diverged or OOM report may repeat an epoch already logged; it must still land.
         replay_ok = bool(result.get("diverged")) or bool(result.get("oom"))
-        self._outbox.put(
-            _Item(
-                f"metrics of epoch {step} of trial {tid}",
-                tid,
-                step=step,
-                metrics=metrics,
-                replay_ok=replay_ok,
-            )
+        item = _Item(
+            f"metrics of epoch {step} of trial {tid}",
+            tid,
+            step=step,
+            metrics=metrics,
+            replay_ok=replay_ok,
         )
+        self._queue(trial, item)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._closed.add(trial.trial_id)
@@ -974,10 +1186,10 @@ class MLflowTracker(Callback):
         One search finds the runs that need it.
         """
 
-        def write() -> None:
+        def write(client: MlflowClient) -> None:
             runs = {
                 r.data.tags.get(TAG_TRIAL): r
-                for r in find_children(self.client, self.experiment_id, self.parent_run_id)
+                for r in find_children(client, self.experiment_id, self.parent_run_id)
             }
             for trial, status in ended:
                 tid = trial.trial_id
@@ -985,7 +1197,7 @@ class MLflowTracker(Callback):
                 if run is not None and run.info.status in TERMINAL:
                     continue  # its writes did land before the kill
                 self._configs[tid] = trial_config(trial.config)
-                run_id = self._resolve(tid, self._configs[tid])
+                self._resolve(client, tid, [run] if run is not None else [])
                 last = dict(trial.last_result or {})
                 # Every epoch Tune recorded for it (its result.json), else the last result;
                 # epochs already in MLflow are skipped by _deliver_metrics.
@@ -999,13 +1211,13 @@ class MLflowTracker(Callback):
                     items.append(
                         _Item("recorded metrics", tid, step=step, metrics=metrics, replay_ok=replay)
                     )
-                if items:
-                    self._deliver_metrics(tid, items)
-                if status == "FINISHED":
-                    self.client.log_batch(run_id, tags=self._final_tags(last))
                 # Tune's result timestamp (seconds) is when the trial last reported.
                 ended_ms = int(last["timestamp"] * 1000) if "timestamp" in last else None
-                self.client.set_terminated(run_id, status, end_time=ended_ms)
+                tags = self._final_tags(last) if status == "FINISHED" else []
+                items.append(
+                    _Item(f"status {status}", tid, status=status, tags=tags, when=ended_ms)
+                )
+                self._deliver_run(client, items)
 
         self._outbox.put(
             _Item(f"reconciling {len(ended)} trials ended before a restart", "", call=write)
@@ -1013,12 +1225,12 @@ class MLflowTracker(Callback):
 
     @property
     def outstanding(self) -> int:
-        """Writes queued and not yet delivered."""
-        return len(self._outbox.pending)
+        """Writes queued and not yet delivered, all writers together."""
+        return self._outbox.outstanding
 
     def drain(self) -> bool:
-        """Wait for every buffered write (bounded by ``drain_timeout_s``); False if some are
-        still outstanding then (the caller must not report success)."""
+        """Wait for every buffered write on every writer (one deadline, ``drain_timeout_s``);
+        False if some are still outstanding then (the caller must not report success)."""
         return self._outbox.drain(self.drain_timeout_s)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:

@@ -36,6 +36,7 @@ CODE_ENV = {
     "FLATSWEEP_CACHE_DIR",
     "FLATSWEEP_OPTUNA_STORAGE",
     "FLATSWEEP_DRAIN_TIMEOUT_S",
+    "FLATSWEEP_MLFLOW_WRITERS",
 }
 # Set by the shell or the OS, not part of our interface.
 SHELL_VARS = {"HOME", "PATH", "PWD", "SECONDS", "BASH_SOURCE", "TMPDIR"}
@@ -494,5 +495,6 @@ def test_every_variable_the_code_reads_is_listed():
         for path in (ROOT / package).rglob("*.py"):
             found |= {a or b for a, b in read.findall(path.read_text())}
     assert "FLATSWEEP_STORAGE" in found  # the scan sees what it should
-    os_vars = {"XDG_CACHE_HOME"}
+    # the OS's, and Tune's own snapshot period (read only to honour a user's setting)
+    os_vars = {"XDG_CACHE_HOME", "TUNE_GLOBAL_CHECKPOINT_S"}
     assert found - os_vars <= CODE_ENV, sorted(found - os_vars - CODE_ENV)

@@ -53,6 +53,9 @@ _DRIVER_ENV = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    # On an HTTP store set_terminated reads the whole run back (a fourth request per trial)
+    # only to print "View run ..." lines; the driver prints its own links.
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
     # MLflow is the sweep's record: of Tune's per-result loggers keep only result.json (added
     # below); its CSV and TensorBoard writers cost driver CPU on every result, which on a
     # small machine the trials pay for.

@@ -1,0 +1,239 @@
+"""benchmarks/mlflow_throughput.py: its trial schedule and results (fast), and 20 trials end to
+end on SQLite (about 10 s) and, as a ``cluster`` test, on a PostgreSQL-backed ``mlflow server``
+(about 1 min on 2 cores: the server's start-up dominates). Speed is measured, never asserted.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import random
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "mlflow_throughput.py"
+COLUMNS = [
+    "store",
+    "writers (threads seen)",
+    "trials",
+    "wall s",
+    "trials/min",
+    ">= 3000/min",
+    "MLflow calls/trial",
+    "HTTP requests/trial",
+    "driver CPU ms/trial",
+    "server CPU ms/trial",
+    "hooks ms/trial",
+    "drain tail s",
+]
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("mlflow_throughput", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def numbers(cell: str) -> list[float]:
+    return [float(x) for x in re.findall(r"-?\d+(?:\.\d+)?", cell.replace("*", ""))]
+
+
+def table(text: str) -> tuple[list[str], list[list[str]]]:
+    """The header and data rows of the first markdown table in ``text``."""
+    rows = []
+    for line in text.splitlines():
+        if line.startswith("|"):
+            rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+        elif rows:
+            break
+    return rows[0], rows[2:]
+
+
+def run_script(tmp_path: Path, *args: str, timeout: int) -> subprocess.CompletedProcess[str]:
+    results = tmp_path / "RESULTS.md"
+    # The tracker's own default writer counts, whatever the caller's environment says.
+    env = {k: v for k, v in os.environ.items() if k != "FLATSWEEP_MLFLOW_WRITERS"}
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), *args, "--no-record", "--results", str(results)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert not results.exists()  # --no-record
+    return proc
+
+
+# -- the synthetic trials ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("n", "concurrent"), [(1, 8), (20, 8), (7, 3), (5, 1)])
+def test_schedule_runs_each_trial_through_its_hooks_in_order(
+    bench: ModuleType, n: int, concurrent: int
+) -> None:
+    events: dict[int, list[int]] = {}
+    running, most = set(), 0
+    for index, event in bench.schedule(n, concurrent):
+        events.setdefault(index, []).append(event)
+        if event == 0:
+            running.add(index)
+        elif event == bench.EVENTS - 1:
+            running.discard(index)
+        most = max(most, len(running))
+    assert sorted(events) == list(range(n))
+    assert all(e == list(range(bench.EVENTS)) for e in events.values())
+    assert most == min(n, concurrent)  # interleaved, never more than --concurrent at once
+
+
+def test_results_carry_what_a_real_trial_reports(bench: ModuleType) -> None:
+    from trainers import EPOCH_METRICS, FINAL_METRICS
+
+    trial = bench.Trial("abc_00000", {"perturbation.radius": 0.01})
+    rng = random.Random(0)
+    first, last = (bench.epoch_result(trial, e, 2, rng) for e in (1, 2))
+    # Every training metric is one the trainers report: a renamed metric there fails here.
+    extras = {"oom", "restored_from_epoch", "device_used", "gpu_reserved_on_cpu"}
+    tune_keys = {k for k in first if k not in EPOCH_METRICS | FINAL_METRICS | extras}
+    assert tune_keys <= {
+        "timestamp",
+        "checkpoint_dir_name",
+        "done",
+        "training_iteration",
+        "trial_id",
+        "date",
+        "time_this_iter_s",
+        "time_total_s",
+        "pid",
+        "hostname",
+        "node_ip",
+        "config",
+        "time_since_restore",
+        "iterations_since_restore",
+    }
+    assert {"val_acc", "val_loss", "train_loss", "epoch_seconds"} <= set(first)
+    assert "test_acc" not in first  # only the last epoch reports the test set
+    assert {"test_acc", "test_loss", "train_seconds_total"} <= set(last)
+    assert set(last) - set(first) <= FINAL_METRICS
+
+
+def test_points_lie_in_the_sweeps_space(bench: ModuleType) -> None:
+    spec, _ = bench.make_spec("t", "sqlite:///unused.db")
+    ranges = spec.ranges()
+    rng = random.Random(0)
+    for _ in range(50):
+        point = bench.sample_point(ranges, rng)
+        assert set(point) == set(ranges)
+        for key, value in point.items():
+            r = ranges[key]
+            assert r.low <= value <= r.high
+            assert isinstance(value, int) == bool(r.integer)
+
+
+def test_flags_and_the_plan_of_runs(bench: ModuleType) -> None:
+    assert bench.parse_writers("1,default,4") == [1, None, 4]
+    for bad in ("0", "x", ""):
+        with pytest.raises(Exception, match="--writers"):
+            bench.parse_writers(bad)
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--store", "sqlite,files"])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--trials", "0"])
+    assert bench.parse_args([]).store == ["sqlite", "http"]
+    # A tracker with writers: its default everywhere, and one writer against it over HTTP.
+    assert bench.plan(["sqlite", "http"], None, True) == [
+        ("sqlite", None),
+        ("http", 1),
+        ("http", None),
+    ]
+    assert bench.plan(["http"], [2, 8], True) == [("http", 2), ("http", 8)]
+    # A tracker without it: one run per store, whatever --writers says.
+    assert bench.plan(["sqlite", "http"], [2], False) == [("sqlite", None), ("http", None)]
+
+
+# -- end to end ----------------------------------------------------------------------------------
+
+
+def check_output(out: str, store: str, n: int) -> list[list[float]]:
+    """The table's rows for ``store``: sane numbers, and every record found."""
+    assert "## mlflow_throughput: MLflow recording through MLflowTracker" in out
+    assert "- machine:" in out and "- code:" in out and "- command:" in out
+    assert "- load average (1/5/15 min): before" in out
+    header, rows = table(out)
+    assert header == COLUMNS
+    assert rows and all(r[0] == store for r in rows)
+    parsed = []
+    for r in rows:
+        assert numbers(r[2]) == [n]
+        wall, per_min = numbers(r[3])[0], numbers(r[4])[0]
+        assert wall > 0 and per_min > 0
+        # wall is printed to 0.01 s, trials/min to 1
+        assert 60 * n / (wall + 0.005) - 1 <= per_min <= 60 * n / (wall - 0.005) + 1
+        calls = numbers(r[6])[0]
+        assert calls >= 3  # at least create, log and close each child run
+        assert numbers(r[8])[0] > 0  # driver CPU
+        parsed.append([numbers(c)[0] if numbers(c) else float("nan") for c in r[2:]])
+    found = re.findall(
+        rf"- all recorded \({store}, writers [^)]*\)\): {n} children \(FINISHED {n}\), "
+        rf"0 RUNNING, {n}/{n} FINISHED with val_acc and test_acc \((\d+) metrics each\), "
+        rf"{n + 1} runs in the experiment",
+        out,
+    )
+    assert len(found) == len(rows), out
+    assert all(int(k) >= 15 for k in found)  # the last epoch's metrics, test_acc included
+    assert "MISSING" not in out
+    return parsed
+
+
+def test_twenty_trials_on_sqlite(tmp_path: Path) -> None:
+    proc = run_script(tmp_path, "--trials", "20", "--store", "sqlite", timeout=300)
+    (row,) = check_output(proc.stdout, "sqlite", 20)
+    _, rows = table(proc.stdout)
+    assert rows[0][7] == "-" and rows[0][9] == "-"  # no HTTP requests, no server
+    # SQLite's writes go through one writer thread (the tracker's default for SQLite).
+    assert numbers(rows[0][1]) == [1]
+    assert "View run" not in proc.stdout
+
+
+@pytest.mark.cluster
+def test_twenty_trials_on_the_postgresql_backed_http_server(tmp_path: Path) -> None:
+    import psycopg2
+
+    def databases() -> set[str]:
+        conn = psycopg2.connect(host="127.0.0.1", user="postgres", dbname="postgres")
+        try:
+            cur = conn.cursor()
+            cur.execute("SELECT datname FROM pg_database WHERE datname LIKE 'flatsweep_bench_%'")
+            return {name for (name,) in cur.fetchall()}
+        finally:
+            conn.close()
+
+    before = databases()
+    proc = run_script(
+        tmp_path,
+        *("--trials", "20", "--store", "http", "--warmup", "5", "--server-workers", "2"),
+        timeout=900,
+    )
+    rows = check_output(proc.stdout, "http", 20)
+    _, cells = table(proc.stdout)
+    for r in cells:
+        assert numbers(r[7])[0] >= numbers(r[6])[0]  # each client call is at least 1 request
+        assert numbers(r[9])[0] > 0  # the server worked
+    assert len(rows) in (1, 2)  # writers=1 and the default, when the tracker takes writers
+    counts = Counter(r[1].split(" ")[0] for r in cells)
+    assert counts["default"] == 1
+    assert "POST runs/create 1.00" in proc.stdout  # one run created per trial
+    assert databases() == before  # the benchmark's database was dropped
+    assert "View run" not in proc.stdout

@@ -106,9 +106,11 @@ class Progress(Callback):
         if self.enabled and not self._console.is_terminal:
             self._done += 1
             best = "-" if self._best is None else f"{self._best:.4f}"
-            self._console.print(
+            # A plain write: rich's print parses markup and measures the line, about 2 ms
+            # per finished trial on Tune's event loop.
+            self._console.file.write(
                 f"[{self.name} {self.stage}] trial {trial.trial_id} done "
-                f"({self._done}/{self.total}); best {self.metric} {best}"
+                f"({self._done}/{self.total}); best {self.metric} {best}\n"
             )
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:

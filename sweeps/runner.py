@@ -423,20 +423,20 @@ def _run_stage(
         )
     if watch.interrupted is not None or tracker.killed:
         raise Interrupted(stage.name)
-    client = MlflowClient(tracking_uri)
-    runs = tracking.children(client, sweep, stage.stage_tag)
-    if runs and all(r.info.status == "FAILED" for r in runs):
+    if len(grid) and grid.num_errors == len(grid):
         raise SweepFailed(
-            f"every one of the {len(runs)} {stage.name} trials failed; the error of each is "
+            f"every one of the {len(grid)} {stage.name} trials failed; the error of each is "
             f"in its Tune trial directory under {exp_dir}"
         )
-    if not confirm:
-        studies.reconcile(
-            spec.optuna_storage_url(),
-            studies.study_name(spec.name, stage.name),
-            {r.data.tags[tracking.TAG_TRIAL]: r.info.run_id for r in runs},
-            spec.metrics,
-        )
+    if not confirm and mirror is not None:
+        if tracker.fresh:
+            # Every trial of a stage this driver started made its run here: no read of
+            # thousands of runs back from MLflow (seconds, and 100+ MB, at 3000 trials).
+            links = dict(tracker.run_ids)
+        else:
+            runs = tracking.children(MlflowClient(tracking_uri), sweep, stage.stage_tag)
+            links = {r.data.tags[tracking.TAG_TRIAL]: r.info.run_id for r in runs}
+        studies.reconcile(mirror.url, mirror.name, links, spec.metrics)
     return len(grid)
 
 

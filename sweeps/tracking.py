@@ -25,6 +25,7 @@ their stage and seed, and the parent's description carries the best trial and th
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -288,8 +289,10 @@ def run_color(stage: str, config_id: str | None) -> str:
     return "#b0b0b0"
 
 
+@functools.cache
 def git_revision() -> str:
-    """The project's git commit, or ``unknown`` outside a checkout."""
+    """The project's git commit, or ``unknown`` outside a checkout: the code this process
+    loaded, so asked once (a ``git`` process per trial cost the driver a fork per trial)."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"],

@@ -286,6 +286,7 @@ class Observations:
         self.results = 0
         self.snapshots: list[float] = []
         self.fit: list[tuple[float, float]] = []  # (start, duration) of Tuner.fit
+        self.fit_rss_mb: list[float] = []  # the driver's RSS as each Tuner.fit returned
 
     def suggested(self, args: tuple, kwargs: dict, out: Any, start: float, dt: float) -> None:
         if out is not None:  # a config (None: the searcher had nothing to give)
@@ -306,6 +307,7 @@ class Observations:
 
     def fitted(self, args: tuple, kwargs: dict, out: Any, start: float, dt: float) -> None:
         self.fit.append((start, dt))
+        self.fit_rss_mb.append(rss_mb()[0])
 
 
 def install_common(meter: Meter, obs: Observations) -> None:
@@ -573,6 +575,7 @@ def run_arm(arm: str, n: int, tmp: Path, args: argparse.Namespace) -> dict[str, 
         experiment_state_bytes=newest_bytes(storage, "experiment_state*.json"),
         searcher_state_bytes=newest_bytes(storage, "searcher-state*.pkl"),
         fit=obs.fit,
+        fit_rss_mb=obs.fit_rss_mb,
         calls=dict(meter.calls),
         seconds=dict(meter.seconds),
         bytes=dict(meter.bytes),
@@ -818,6 +821,17 @@ def detail_table(n: int, svc: dict[str, Any], plain: dict[str, Any]) -> str:
             lambda r: (
                 f"{r['rss_start_mb']:.0f} → {r['rss_peak_mb']:.0f} "
                 f"({(r['rss_peak_mb'] - r['rss_start_mb']) * 1000 / n:.0f})"
+            ),
+        ),
+        (
+            # The trials' own growth, without the end of the sweep (the report's imports and
+            # figures, the runs read back once), which is paid once whatever N.
+            "driver RSS MB when Tuner.fit returned (growth per 1000 trials from start)",
+            lambda r: (
+                "-"
+                if not r.get("fit_rss_mb")
+                else f"{r['fit_rss_mb'][-1]:.0f} "
+                f"({(r['fit_rss_mb'][-1] - r['rss_start_mb']) * 1000 / n:.0f})"
             ),
         ),
         (

@@ -5,10 +5,11 @@ twice, each run in its own subprocess with its own driver and its own local Ray
 (``ray.init(address="local")``, stopped by that subprocess, which started it):
 
 - **service**: ``sweeps.runner.run_sweep`` with a ``SweepSpec`` (FIFO scheduler, ``--sampler``
-  TPE or random, ``max_concurrent`` = the CPU count, 1 CPU per trial, ``finalists.top_k: 0``,
-  its own temporary SQLite tracking URI and Tune storage; the Optuna study in the SQLite file
-  the service puts beside it), as ``sweeps run`` would call it (progress display on, which
-  prints one line per finished trial when stdout is not a terminal).
+  TPE or random, ``max_concurrent`` = the CPU count (``--slots``), 1 CPU per trial,
+  ``finalists.top_k: 0``, its own temporary SQLite tracking URI and Tune storage; the Optuna
+  study in the SQLite file the service puts beside it), as ``sweeps run`` would call it
+  (progress display on, which prints one line per finished trial when stdout is not a
+  terminal).
 - **plain**: the same trainable (``sweeps.trainable.train_trial`` with the same base spec via
   ``tune.with_parameters``), the same concurrency (a ``ConcurrencyLimiter`` of ``max_concurrent``
   around an ``OptunaSearch`` with the same search space and the same Optuna sampler, in-memory
@@ -54,6 +55,7 @@ script exits 1.
     python benchmarks/sweep_scale.py                        # N = 200, 1000, 3000 (about 1 h)
     python benchmarks/sweep_scale.py --trials 200 --sampler random
     python benchmarks/sweep_scale.py --trials 12 --no-record   # a smoke run (the test's)
+    python benchmarks/sweep_scale.py --trials 1000 --slots 1   # the driver gets a core of its own
     python benchmarks/sweep_scale.py --trials 200 --profile prof/   # py-spy of each driver
     python benchmarks/sweep_scale.py --trials 1000 --tracking-uri http://127.0.0.1:5000
 
@@ -505,7 +507,7 @@ def run_arm(arm: str, n: int, tmp: Path, args: argparse.Namespace) -> dict[str, 
     meter = Meter()
     obs = Observations(meter)
     install_common(meter, obs)
-    slots = os.cpu_count() or 1
+    slots = args.slots or os.cpu_count() or 1
     spec, text = make_spec(
         args.name,
         n,
@@ -686,6 +688,8 @@ def launch(
         "--name",
         f"{args.name}-{n}",
     ]
+    if args.slots:
+        cmd += ["--slots", str(args.slots)]
     if args.tracking_uri:
         cmd += ["--tracking-uri", args.tracking_uri]
     env = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
@@ -967,6 +971,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--results", type=Path, default=RESULTS)
     p.add_argument("--timeout-s", type=float, default=None, help="per arm; 300 + 2 s x N")
     p.add_argument("--profile", type=Path, default=None, help="py-spy each driver into DIR")
+    p.add_argument(
+        "--slots",
+        type=int,
+        default=None,
+        help="trials at once (default: the CPU count); fewer leaves the driver a core of its "
+        "own, as on a cluster's head node",
+    )
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
     p.add_argument(
         "--tracking-uri",
@@ -1016,7 +1027,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"[sweep_scale] kept {tmp}", file=sys.stderr)
         else:
             shutil.rmtree(tmp, ignore_errors=True)
-    slots = os.cpu_count() or 1
+    slots = args.slots or os.cpu_count() or 1
     tracking = (
         f"`{redact(args.tracking_uri)}`" if args.tracking_uri else "SQLite (+ Optuna storage)"
     )

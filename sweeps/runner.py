@@ -27,7 +27,6 @@ import json
 import logging
 import math
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -565,26 +564,6 @@ def run_sweep(
     Raises ``Interrupted`` after Ctrl-C/SIGTERM (the parent and unfinished runs end KILLED)
     and ``SpecError`` when the name is taken (or, to resume, unknown).
     """
-    # The MLflow writer and the Optuna mirror are threads of this process. Each of their
-    # store calls holds the GIL for milliseconds of ORM work, and by default a waiting thread
-    # gets it after 5 ms: Tune's event loop (results, the next suggestion, the next trial)
-    # then waits behind them. A 0.5 ms switch interval hands it over sooner: measured with
-    # the driver on a core of its own (benchmarks/RESULTS.md, sweep_scale --slots 1, 400
-    # trials), the service went from 1.39x to 1.13x plain Tune's wall time.
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(_SWITCH_INTERVAL_S)
-    try:
-        return _run_sweep(spec, spec_text, resume=resume, progress=progress, search=search)
-    finally:
-        sys.setswitchinterval(previous)
-
-
-_SWITCH_INTERVAL_S = 0.0005
-
-
-def _run_sweep(
-    spec: SweepSpec, spec_text: str, *, resume: bool, progress: bool, search: bool
-) -> SweepResult:
     for key, value in _DRIVER_ENV.items():
         os.environ.setdefault(key, value)
     tracking_uri = spec.resolved_tracking_uri()

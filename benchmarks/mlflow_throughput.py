@@ -95,36 +95,19 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_host.py, sweep_scale.py
 from _host import code_state, cpu_model  # noqa: E402
-from sweep_scale import Meter, append, cpu_s, fmt_load  # noqa: E402
+from sweep_scale import FINAL_METRICS, TRAIN, Meter, append, cpu_s, fmt_load  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 TITLE = "mlflow_throughput: MLflow recording through MLflowTracker, trials per minute"
 STORES = ("sqlite", "http")
 TARGET_PER_MIN = 3000  # issue 10 §1: ">= 3000 trials per minute on SQLite and on ... HTTP"
-FINAL_METRICS = ("val_acc", "test_acc")  # test_acc: reported by the last epoch only
 WRITERS_ENV = "FLATSWEEP_MLFLOW_WRITERS"
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "postgres"}
 
-# The sweep the children belong to: 2 epochs (so 2 results per trial, and a trial reporting
-# both is full-length, not stopped early) of an mlp on synthetic signals, AMP searched. Only
-# the spec is used: nothing trains.
-TRAIN: dict[str, Any] = {
-    "model": {"name": "mlp"},
-    "data": {
-        "name": "synthetic",
-        "shape": [1, 40],
-        "num_classes": 10,
-        "num_train": 128,
-        "num_test": 128,
-    },
-    "optim": {"lr": 0.1, "momentum": 0.9},
-    "perturbation": {"kind": "amp"},
-    "epochs": 2,
-    "batch_size": 8,
-    "seed": 0,
-    "device": "cpu",
-}
+# The sweep the children belong to is sweep_scale's (TRAIN, FINAL_METRICS): 2 epochs (so 2
+# results per trial, and a trial reporting both is full-length, not stopped early) of an mlp on
+# synthetic signals, AMP searched. Only the spec is used: nothing trains.
 SPACE: dict[str, Any] = {"name": "amp", "ranges": {}}  # the amp space's default ranges
 EPOCHS = TRAIN["epochs"]
 EVENTS = EPOCHS + 2  # hooks per trial: start, one result per epoch, complete

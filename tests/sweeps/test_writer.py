@@ -34,6 +34,7 @@ from sweeps.tracking import (
     _log_batches,
 )
 from tests.sweeps.conftest import BASE_TRAIN
+from tests.sweeps.test_tracking import _report, _result
 
 Store = tuple[str, MlflowClient, str, str]
 WRITERS_ENV = "FLATSWEEP_MLFLOW_WRITERS"
@@ -88,23 +89,6 @@ def _tracker(
 def _trial(tid: str, **config: Any) -> SimpleNamespace:
     config = config or {"perturbation.radius": 0.01}
     return SimpleNamespace(trial_id=tid, config=config, status="RUNNING", last_result={})
-
-
-def _result(epoch: int, **extra: Any) -> dict[str, Any]:
-    return {
-        "epoch": epoch,
-        "val_acc": 0.5 + epoch / 1000,
-        "val_loss": 1.0 / epoch,
-        "train_loss": 2.0 / epoch,
-        "training_iteration": epoch,
-        **extra,
-    }
-
-
-def _report(tracker: MLflowTracker, trial: SimpleNamespace, result: dict[str, Any]) -> None:
-    """What Tune does with a result: the callback's hook, then the trial's last_result."""
-    tracker.on_trial_result(0, [], trial, result)
-    trial.last_result = result
 
 
 def _runs(store: Store) -> dict[str, Any]:

@@ -289,6 +289,8 @@ class Observations:
         self.snapshots: list[float] = []
         self.fit: list[tuple[float, float]] = []  # (start, duration) of Tuner.fit
         self.fit_rss_mb: list[float] = []  # the driver's RSS as each Tuner.fit returned
+        self.writer_cpu_s = 0.0  # the MLflow writer processes' CPU, all stages together
+        self.writer_rss_peak_mb = 0.0  # the largest peak RSS of one writer process
 
     def suggested(self, args: tuple, kwargs: dict, out: Any, start: float, dt: float) -> None:
         if out is not None:  # a config (None: the searcher had nothing to give)
@@ -310,6 +312,20 @@ class Observations:
     def fitted(self, args: tuple, kwargs: dict, out: Any, start: float, dt: float) -> None:
         self.fit.append((start, dt))
         self.fit_rss_mb.append(rss_mb()[0])
+
+    def writer_closing(self, pid: int) -> None:
+        """A writer process about to exit (drained): its CPU and peak RSS from /proc."""
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            status = Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            return
+        # Fields 14 and 15 of stat (utime, stime), counted after the ")" of the name.
+        self.writer_cpu_s += (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                peak = float(line.split()[1]) / 1024
+                self.writer_rss_peak_mb = max(self.writer_rss_peak_mb, peak)
 
 
 def install_common(meter: Meter, obs: Observations) -> None:
@@ -368,6 +384,21 @@ def install_service(meter: Meter, obs: Observations) -> None:
             if target is not None:
                 label = f"{module.split('.')[-1]}.{owner + '.' if owner else ''}{name}"
                 meter.wrap(target, name, label, label=label)
+    # The MLflow writer process (sweeps.writer_process): its CPU and memory, read as it is
+    # closed. The MLflow calls it makes are not in this process's meter.
+    try:
+        from sweeps.writer_process import WriterProcess
+    except ImportError:
+        pass
+    else:
+        close = WriterProcess.close
+
+        def closing(self: Any) -> None:
+            if self._proc is not None:
+                obs.writer_closing(self._proc.pid)
+            close(self)
+
+        WriterProcess.close = closing  # type: ignore[method-assign]
     # The service's OptunaSearch subclass wraps suggest with storage writes of its own: the
     # outermost call (in the "optuna" group) is the one a suggestion costs the driver.
     runner = importlib.import_module("sweeps.runner")
@@ -578,6 +609,8 @@ def run_arm(arm: str, n: int, tmp: Path, args: argparse.Namespace) -> dict[str, 
         searcher_state_bytes=newest_bytes(storage, "searcher-state*.pkl"),
         fit=obs.fit,
         fit_rss_mb=obs.fit_rss_mb,
+        writer_cpu_s=obs.writer_cpu_s,
+        writer_rss_peak_mb=obs.writer_rss_peak_mb,
         calls=dict(meter.calls),
         seconds=dict(meter.seconds),
         bytes=dict(meter.bytes),
@@ -780,9 +813,11 @@ def summary_row(n: int, svc: dict[str, Any], plain: dict[str, Any]) -> str:
     return (
         f"| {n} | {svc['wall_s']:.1f} | {plain['wall_s']:.1f} | "
         f"**{svc['wall_s'] / plain['wall_s']:.2f}** | "
-        f"{per_trial(svc['driver_cpu_s'], n, 1000):.1f} / "
+        f"{per_trial(svc['driver_cpu_s'], n, 1000):.1f} + "
+        f"{per_trial(svc.get('writer_cpu_s', 0.0), n, 1000):.1f} / "
         f"{per_trial(plain['driver_cpu_s'], n, 1000):.1f} | "
-        f"{svc['rss_peak_mb']:.0f} / {plain['rss_peak_mb']:.0f} | "
+        f"{svc['rss_peak_mb']:.0f} + {svc.get('writer_rss_peak_mb', 0.0):.0f} / "
+        f"{plain['rss_peak_mb']:.0f} | "
         f"{per_trial(calls, n):.1f} | {per_trial(nbytes, n):.0f} | "
         f"{_first_last(svc)} | {_first_last(plain)} | {lost} |"
     )
@@ -820,6 +855,10 @@ def detail_table(n: int, svc: dict[str, Any], plain: dict[str, Any]) -> str:
             ),
         ),
         ("driver CPU s (all threads)", lambda r: f"{r['driver_cpu_s']:.1f}"),
+        (
+            "MLflow writer process: CPU s / peak RSS MB",
+            lambda r: f"{r.get('writer_cpu_s', 0.0):.1f} / {r.get('writer_rss_peak_mb', 0.0):.0f}",
+        ),
         (
             "driver RSS MB: start → peak (growth per 1000 trials)",
             lambda r: (
@@ -917,8 +956,10 @@ def report(runs: dict[int, dict[str, Any]], header: str) -> str:
     """The markdown section: the summary table, nothing-lost lines, a detail table per N."""
     lines = [
         header,
-        "| N | service wall s | plain wall s | ratio | driver CPU ms/trial (service / plain) | "
-        "peak driver RSS MB (service / plain) | MLflow calls/trial | MLflow bytes/trial | "
+        "| N | service wall s | plain wall s | ratio | "
+        "driver CPU ms/trial (service + its MLflow writer process / plain) | "
+        "peak RSS MB (service driver + writer process / plain) | "
+        "MLflow calls/trial (driver process) | MLflow bytes/trial (driver process) | "
         "Optuna ms/suggestion, first → last 10% (service) | (plain) | lost records |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]

@@ -181,6 +181,15 @@ def _drain_timeout_s() -> float:
     return float(os.environ.get("FLATSWEEP_DRAIN_TIMEOUT_S", "300"))
 
 
+def _writer_process() -> bool:
+    """Whether MLflow writes go through a writer process ($FLATSWEEP_MLFLOW_PROCESS, default
+    1; 0 keeps them on threads of the driver, as before it existed)."""
+    raw = os.environ.get("FLATSWEEP_MLFLOW_PROCESS", "1").strip()
+    if raw not in ("0", "1"):
+        raise ValueError(f"FLATSWEEP_MLFLOW_PROCESS must be 0 or 1, but got {raw!r}")
+    return raw == "1"
+
+
 @dataclass
 class SweepResult:
     """What a finished sweep left behind."""
@@ -332,7 +341,9 @@ def _run_stage(
         drain_timeout_s=_drain_timeout_s(),
         stage=stage.stage_tag,
         fresh=not restoring,
+        process=_writer_process(),
     )
+    tracker.start()
     mirror = None
     if not confirm and spec.optuna_storage_url() is not None:
         url, name = spec.optuna_storage_url(), studies.study_name(spec.name, stage.name)
@@ -340,6 +351,7 @@ def _run_stage(
             studies.seed_study(url, name, spec.modes, stage.warm_start)
         mirror = studies.StudyMirror.get(url, name, spec.modes, spec.metrics)
         mirror.run_ids = tracker.run_ids  # each stored trial links its MLflow run
+        tracker.mirror_through(mirror)
     watch = InterruptWatch()
     callbacks = [
         watch,
@@ -407,6 +419,7 @@ def _run_stage(
     finally:
         watch.restore_handlers()
         delivered = tracker.drain()
+        tracker.close()
         if mirror is not None and not mirror.flush(tracker.drain_timeout_s):
             # The searcher's own study, in Tune's snapshot, still holds them.
             log.warning(
@@ -570,8 +583,11 @@ def run_sweep(
     tracking.tune_sqlite()
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
-    # Checked before anything is written: a refused warm start leaves no stray run.
+    # Checked before anything is written: a refused warm start, or a bad setting of the
+    # writer, leaves no stray run.
     try:
+        _writer_process()
+        tracking._writers(tracking_uri, None)
         if not resume and search and tracking.find_sweep(client, spec.name) is None:
             studies.check_new(spec.optuna_storage_url(), studies.study_name(spec.name, "search"))
         warm = studies.check_warm_start(

@@ -28,13 +28,15 @@ import copy
 import logging
 import threading
 from collections import deque
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import sqlalchemy.exc
 import tenacity
 
-from search_spaces import Ranges
+if TYPE_CHECKING:  # a type only: the MLflow writer process stores trials without torch
+    from search_spaces import Ranges
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +174,10 @@ class StudyMirror:
     Tune restores from its snapshot finds the same mirror. :meth:`put` only queues (it runs on
     Tune's event loop); a daemon thread writes in order. Trials already stored (by their Tune
     trial id) are skipped, so a resumed driver may offer every finished trial again.
+
+    With a ``sink`` (``MLflowTracker.mirror_through``), ``put`` hands each trial to it
+    instead: the sweep's MLflow writer then stores it (:meth:`store`), in its writer process
+    where it has one, off the GIL of Tune's event loop, and its drain covers the trials.
     """
 
     _instances: dict[tuple[str, str], StudyMirror] = {}
@@ -179,6 +185,7 @@ class StudyMirror:
 
     def __init__(self, url: str, name: str, directions: list[str], metrics: list[str]) -> None:
         self.url, self.name = url, name
+        self.directions, self.metrics = list(directions), list(metrics)
         self.study = optuna.create_study(
             storage=storage(url),
             study_name=name,
@@ -197,6 +204,8 @@ class StudyMirror:
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
         self.failed = 0  # trials that could not be stored (logged)
+        #: Where ``put`` hands a finished trial instead of this mirror's own thread.
+        self.sink: Callable[[optuna.trial.FrozenTrial], None] | None = None
 
     @classmethod
     def get(cls, url: str, name: str, directions: list[str], metrics: list[str]) -> StudyMirror:
@@ -210,6 +219,9 @@ class StudyMirror:
     def put(self, trial: optuna.trial.FrozenTrial) -> None:
         """Queue a finished trial (a copy is taken: the searcher's study keeps changing)."""
         if not trial.state.is_finished() or trial.user_attrs.get(ATTR_TRIAL) in self._stored:
+            return
+        if self.sink is not None:
+            self.sink(copy.deepcopy(trial))
             return
         with self._cv:
             self._pending.append(copy.deepcopy(trial))
@@ -229,30 +241,35 @@ class StudyMirror:
                 self._cv.wait_for(lambda: bool(self._pending))
                 trial = self._pending[0]
                 self._busy = True
-            tid = trial.user_attrs.get(ATTR_TRIAL)
-            run_id = self.run_ids.get(tid) if tid else None
-            if run_id and ATTR_RUN not in trial.user_attrs:
-                trial.user_attrs[ATTR_RUN] = run_id
-            try:
-                if tid not in self._stored:
-                    # One transaction; a database that is briefly away gets a minute.
-                    for attempt in tenacity.Retrying(
-                        stop=tenacity.stop_after_delay(60),
-                        wait=tenacity.wait_exponential(multiplier=0.5, max=10),
-                        retry=tenacity.retry_if_exception_type(sqlalchemy.exc.OperationalError),
-                        reraise=True,
-                    ):
-                        with attempt:
-                            self.study.add_trial(trial)
-                    self._stored.add(tid)
-            except Exception as e:  # noqa: BLE001 - the study is a copy; never stop the sweep
-                # Tune's snapshot keeps the searcher's own study, which holds this trial.
-                self.failed += 1
-                log.warning("Optuna study %s: trial %s not stored (%s)", self.name, tid, e)
+            self.store(trial)
             with self._cv:
                 self._pending.popleft()
                 self._busy = False
                 self._cv.notify_all()
+
+    def store(self, trial: optuna.trial.FrozenTrial) -> None:
+        """Write one finished trial (linked to its MLflow run when ``run_ids`` knows it),
+        unless it is stored already; a trial that cannot be stored is counted and logged."""
+        tid = trial.user_attrs.get(ATTR_TRIAL)
+        run_id = self.run_ids.get(tid) if tid else None
+        if run_id and ATTR_RUN not in trial.user_attrs:
+            trial.user_attrs[ATTR_RUN] = run_id
+        try:
+            if tid not in self._stored:
+                # One transaction; a database that is briefly away gets a minute.
+                for attempt in tenacity.Retrying(
+                    stop=tenacity.stop_after_delay(60),
+                    wait=tenacity.wait_exponential(multiplier=0.5, max=10),
+                    retry=tenacity.retry_if_exception_type(sqlalchemy.exc.OperationalError),
+                    reraise=True,
+                ):
+                    with attempt:
+                        self.study.add_trial(trial)
+                self._stored.add(tid)
+        except Exception as e:  # noqa: BLE001 - the study is a copy; never stop the sweep
+            # Tune's snapshot keeps the searcher's own study, which holds this trial.
+            self.failed += 1
+            log.warning("Optuna study %s: trial %s not stored (%s)", self.name, tid, e)
 
     def flush(self, timeout_s: float = 300.0) -> bool:
         """Wait until every queued trial is written; False if ``timeout_s`` passed first."""

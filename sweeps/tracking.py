@@ -13,9 +13,11 @@ It runs in the driver only and logs with ``log_batch``: a short trial costs thre
 (``create_run``, one ``log_batch`` with its params, every epoch's metrics and its final tags,
 ``set_terminated``), and epochs reported close together are merged; nothing is logged from
 inside the training step. Writes go through background writer threads: one for a SQLite or
-file store (one writer at a time there, and the store's ORM work holds the GIL), four for an
-HTTP server (``FLATSWEEP_MLFLOW_WRITERS``), each trial on one writer so its writes keep
-their order. Writes that fail (tracking server down) are buffered in order and retried, so a
+file store (one writer at a time there), four for an HTTP server
+(``FLATSWEEP_MLFLOW_WRITERS``), each trial on one writer so its writes keep their order. A
+sweep runs those threads in a writer process of the driver's (``process=True``,
+:mod:`sweeps.writer_process`), so the store's ORM work never holds the GIL of Tune's event
+loop. Writes that fail (tracking server down) are buffered in order and retried, so a
 tracking outage loses nothing as long as the driver lives.
 
 A fresh MLflow 3.17 browser shows run names and descriptions, not params: child runs are named
@@ -42,9 +44,6 @@ import tenacity
 from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
-
-from sweeps.trainable import trial_config
-from trainers import TrainSpec
 
 log = logging.getLogger(__name__)
 
@@ -592,7 +591,10 @@ class _Item:
     status: str | None = None  # RUNNING opens the run; a TERMINAL status closes it
     tags: list[RunTag] = field(default_factory=list)  # logged with the status change
     when: int | None = None  # when Tune saw the status change (ms): a closed run's end time
-    call: Callable[[MlflowClient], Any] | None = None  # a one-off write, on a writer's client
+    # A one-off write, given the delivering tracker and its writer's client: picklable (a
+    # module-level function with data) when the writer is a separate process.
+    call: Callable[[MLflowTracker, MlflowClient], Any] | None = None
+    seq: int = 0  # its number in a writer process's acknowledgements
     skip: bool | None = None  # an epoch logged before; decided at its first delivery attempt
     sent: int = 0  # how many of ``payload`` have landed
 
@@ -807,6 +809,12 @@ class _Outbox:
             with self._cv:
                 self.rounds += 1
 
+    def start(self) -> None:
+        """Nothing to start: a writer thread starts at its first write."""
+
+    def close(self) -> None:
+        """Nothing to release: the writer threads are daemons, idle once drained."""
+
     def drain(self, timeout_s: float) -> bool:
         """Wait until every queued write is delivered, on all writers within one deadline;
         False if ``timeout_s`` passed first or a writer broke with writes outstanding."""
@@ -851,7 +859,9 @@ def _writers(tracking_uri: str, writers: int | None) -> int:
 class MLflowTracker(Callback):
     """Tune callback writing child runs under an existing parent run.
 
-    The hooks only enqueue (``_Outbox``); writer threads deliver. A short fresh trial costs
+    The hooks only enqueue (``_Outbox``); writer threads deliver, in this process or (with
+    ``process=True``) in a writer process of their own (:mod:`sweeps.writer_process`), where
+    the store's ORM work does not hold the driver's GIL. A short fresh trial costs
     three MLflow calls: ``create_run`` (with its tags, dated by Tune's start event), one
     ``log_batch`` with its params, every queued epoch's metrics and its final tags, and
     ``set_terminated`` (dated by Tune's end event). A longer trial adds one ``log_batch`` per
@@ -861,6 +871,9 @@ class MLflowTracker(Callback):
         writers: writer threads, each with its own ``MlflowClient``; a trial stays on one.
             None: the environment variable ``FLATSWEEP_MLFLOW_WRITERS`` if set, else 4 for an
             ``http(s)://`` tracking URI and 1 otherwise (SQLite takes one writer at a time).
+        process: deliver from a separate writer process instead of threads of this one. Tune's
+            event loop then shares no GIL with the store's client code, which at thousands
+            of short trials slowed its every step (``benchmarks/sweep_scale.py``).
     """
 
     def __init__(
@@ -875,6 +888,7 @@ class MLflowTracker(Callback):
         stage: str = "search",
         fresh: bool = False,
         writers: int | None = None,
+        process: bool = False,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
@@ -887,6 +901,7 @@ class MLflowTracker(Callback):
         # True for a stage this driver starts (not restores): its trials have no runs yet.
         self.fresh = fresh
         self.writers = _writers(tracking_uri, writers)
+        self.process = process
         self._init_state()
 
     def _init_state(self) -> None:
@@ -900,7 +915,14 @@ class MLflowTracker(Callback):
         self._closed: set[str] = set()  # trials this driver saw complete or fail
         self._start_ms: dict[str, int] = {}  # trial id -> when Tune started it
         self._configs: dict[str, dict[str, Any]] = {}  # trial id -> config, for _resolve
-        self._outbox = _Outbox(self._deliver, writers=self.writers)
+        self._specs: dict[str, dict[str, Any]] = {}  # trial id -> its full TrainSpec (JSON)
+        self._outbox: Any
+        if getattr(self, "process", False):
+            from sweeps.writer_process import WriterProcess
+
+            self._outbox = WriterProcess(self)
+        else:
+            self._outbox = _Outbox(self._deliver, writers=self.writers)
         self.killed = 0  # trials closed as KILLED at the end of the experiment
 
     # Tune pickles its callbacks with the experiment; clients and buffers are per process.
@@ -915,8 +937,9 @@ class MLflowTracker(Callback):
             "drain_timeout_s",
             "stage",
             "writers",
+            "process",
         )
-        return {k: self.__dict__[k] for k in keep}
+        return {k: self.__dict__[k] for k in keep if k in self.__dict__}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -969,7 +992,7 @@ class MLflowTracker(Callback):
         """
         if tid in self._runs:
             return self._runs[tid]
-        config = self._configs[tid]
+        config, spec = self._configs[tid], self._specs[tid]
         # A trial of a stage this driver started afresh has no run yet: one round trip less
         # per trial. After a restore, runs are found by tags so none is duplicated.
         if found is None:
@@ -1001,10 +1024,6 @@ class MLflowTracker(Callback):
             self._runs[tid] = run_id
             return run_id
         point = {k: v for k, v in config.items() if not k.startswith("_")}
-        # The validated spec with every default the trial actually uses.
-        spec = (
-            TrainSpec.model_validate(self.base_spec).with_overrides(point).model_dump(mode="json")
-        )
         stage = config.get(META_STAGE, self.stage)
         config = {**config, META_STAGE: stage}
         tags = {
@@ -1040,7 +1059,7 @@ class MLflowTracker(Callback):
         """One delivery (``_take``) on writer ``writer``'s client; retried by the writer."""
         client = self._client_for(writer)
         if batch[0].call is not None:
-            batch[0].call(client)
+            batch[0].call(self, client)
         else:
             self._deliver_run(client, batch)
 
@@ -1092,10 +1111,29 @@ class MLflowTracker(Callback):
                     self._last_step[tid] = max(self._last_step.get(tid, 0), item.step)
         self._last_step[tid] = last
 
+    def _learn(self, tid: str, tune_config: dict[str, Any]) -> None:
+        """Record trial ``tid``'s config and the validated spec with every default it actually
+        uses (a trial's config never changes: once). Done here in the driver, so a writer
+        process needs neither ``trainers`` nor torch."""
+        if tid in self._configs:
+            return
+        from sweeps.trainable import trial_config
+        from trainers import TrainSpec
+
+        config = trial_config(tune_config)
+        point = {k: v for k, v in config.items() if not k.startswith("_")}
+        self._specs[tid] = (
+            TrainSpec.model_validate(self.base_spec).with_overrides(point).model_dump(mode="json")
+        )
+        self._configs[tid] = config
+
+    def trial_info(self, tid: str) -> tuple[dict[str, Any], dict[str, Any], int | None]:
+        """What ``_resolve`` needs to create trial ``tid``'s run: its config, its spec and
+        when Tune started it (sent to a writer process with the trial's first write)."""
+        return self._configs[tid], self._specs[tid], self._start_ms.get(tid)
+
     def _queue(self, trial: Any, item: _Item) -> None:
-        tid = trial.trial_id
-        if tid not in self._configs:  # a trial's config never changes: copy it once
-            self._configs[tid] = trial_config(trial.config)
+        self._learn(trial.trial_id, trial.config)
         self._outbox.put(item)
 
     def _set_status(self, trial: Any, status: str, tags: list[RunTag] | None = None) -> None:
@@ -1186,45 +1224,51 @@ class MLflowTracker(Callback):
         trial's writes still queued. Tune's restored experiment state still holds each trial's
         status, and its ``result.json`` every epoch it reported, so the run gets its missing
         metrics, final tags and status from there instead of being closed as KILLED later.
-        One search finds the runs that need it.
+        The trials' data is read here; one search finds the runs that need it, on a writer.
         """
-
-        def write(client: MlflowClient) -> None:
-            runs = {
-                r.data.tags.get(TAG_TRIAL): r
-                for r in find_children(client, self.experiment_id, self.parent_run_id)
-            }
-            for trial, status in ended:
-                tid = trial.trial_id
-                run = runs.get(tid)
-                if run is not None and run.info.status in TERMINAL:
-                    continue  # its writes did land before the kill
-                self._configs[tid] = trial_config(trial.config)
-                self._resolve(client, tid, [run] if run is not None else [])
-                last = dict(trial.last_result or {})
-                # Every epoch Tune recorded for it (its result.json), else the last result;
-                # epochs already in MLflow are skipped by _deliver_metrics.
-                rows = _result_rows(trial) or ([last] if last else [])
-                items = []
-                for row in rows:
-                    step = result_step(row)
-                    ts = int(row.get("timestamp", time.time()) * 1000)
-                    replay = bool(row.get("diverged")) or bool(row.get("oom"))
-                    metrics = self._metrics(row, step, ts)
-                    items.append(
-                        _Item("recorded metrics", tid, step=step, metrics=metrics, replay_ok=replay)
-                    )
-                # Tune's result timestamp (seconds) is when the trial last reported.
-                ended_ms = int(last["timestamp"] * 1000) if "timestamp" in last else None
-                tags = self._final_tags(last) if status == "FINISHED" else []
-                items.append(
-                    _Item(f"status {status}", tid, status=status, tags=tags, when=ended_ms)
-                )
-                self._deliver_run(client, items)
-
+        data = []
+        for trial, status in ended:
+            tid = trial.trial_id
+            self._learn(tid, trial.config)
+            last = dict(trial.last_result or {})
+            # Every epoch Tune recorded for it (its result.json), else the last result.
+            rows = _result_rows(trial) or ([last] if last else [])
+            data.append((tid, status, last, rows, self._configs[tid], self._specs[tid]))
         self._outbox.put(
-            _Item(f"reconciling {len(ended)} trials ended before a restart", "", call=write)
+            _Item(
+                f"reconciling {len(ended)} trials ended before a restart",
+                "",
+                call=functools.partial(MLflowTracker._write_ended, ended=data),
+            )
         )
+
+    def _write_ended(self, client: MlflowClient, ended: list[tuple]) -> None:
+        """``_reconcile``'s writes: each ended trial's missing epochs, tags and status.
+        ``ended`` holds (trial id, status, last result, result rows, config, spec) each."""
+        runs = {
+            r.data.tags.get(TAG_TRIAL): r
+            for r in find_children(client, self.experiment_id, self.parent_run_id)
+        }
+        for tid, status, last, rows, config, spec in ended:
+            run = runs.get(tid)
+            if run is not None and run.info.status in TERMINAL:
+                continue  # its writes did land before the kill
+            self._configs[tid], self._specs[tid] = config, spec
+            self._resolve(client, tid, [run] if run is not None else [])
+            items = []
+            for row in rows:  # epochs already in MLflow are skipped by _deliver_metrics
+                step = result_step(row)
+                ts = int(row.get("timestamp", time.time()) * 1000)
+                replay = bool(row.get("diverged")) or bool(row.get("oom"))
+                metrics = self._metrics(row, step, ts)
+                items.append(
+                    _Item("recorded metrics", tid, step=step, metrics=metrics, replay_ok=replay)
+                )
+            # Tune's result timestamp (seconds) is when the trial last reported.
+            ended_ms = int(last["timestamp"] * 1000) if "timestamp" in last else None
+            tags = self._final_tags(last) if status == "FINISHED" else []
+            items.append(_Item(f"status {status}", tid, status=status, tags=tags, when=ended_ms))
+            self._deliver_run(client, items)
 
     @property
     def outstanding(self) -> int:
@@ -1235,6 +1279,32 @@ class MLflowTracker(Callback):
         """Wait for every buffered write on every writer (one deadline, ``drain_timeout_s``);
         False if some are still outstanding then (the caller must not report success)."""
         return self._outbox.drain(self.drain_timeout_s)
+
+    def start(self) -> None:
+        """Start the writer process, if any, before the first write needs it."""
+        self._outbox.start()
+
+    def mirror_through(self, mirror: Any) -> None:
+        """Store ``mirror``'s (a ``studies.StudyMirror``) finished trials on this tracker's
+        writer: in its writer process where it has one, so the Optuna storage's ORM work
+        (about 25 statements per trial) leaves the GIL of Tune's event loop as MLflow's does.
+        Each stored trial is linked to its run from the writer's own run ids, and ``drain``
+        waits for the trials too."""
+        key = (mirror.url, mirror.name, mirror.directions, mirror.metrics)
+
+        def sink(trial: Any) -> None:
+            tid = trial.user_attrs.get("flatsweep.trial_id", "?")
+            what = f"trial {tid} into Optuna study {mirror.name}"
+            self._outbox.put(
+                _Item(what, "", call=functools.partial(_store_trial, key=key, trial=trial))
+            )
+
+        mirror.sink = sink
+
+    def close(self) -> None:
+        """Stop the writer process, if any (after ``drain``: what is still queued then is
+        kept in Tune's results, from which a resume delivers it)."""
+        self._outbox.close()
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         # Trials this driver started that never completed were stopped by an interrupt: Tune's
@@ -1256,6 +1326,16 @@ class MLflowTracker(Callback):
             self._set_status(trial, "KILLED", self._device_tags(trial.last_result or {}))
         self.killed = len(open_here)
         self.drain()
+
+
+def _store_trial(tracker: MLflowTracker, client: MlflowClient, key: tuple, trial: Any) -> None:
+    """``mirror_through``'s write, on the tracker's writer: the mirror of ``key`` in this
+    process (made on first use in a writer process) stores ``trial``."""
+    from sweeps.studies import StudyMirror
+
+    mirror = StudyMirror.get(*key)
+    mirror.run_ids = tracker.run_ids
+    mirror.store(trial)
 
 
 # -- reading a sweep back: best, verdict, status, export, report ------------------------------

@@ -37,6 +37,7 @@ CODE_ENV = {
     "FLATSWEEP_OPTUNA_STORAGE",
     "FLATSWEEP_DRAIN_TIMEOUT_S",
     "FLATSWEEP_MLFLOW_WRITERS",
+    "FLATSWEEP_MLFLOW_PROCESS",
 }
 # Set by the shell or the OS, not part of our interface.
 SHELL_VARS = {"HOME", "PATH", "PWD", "SECONDS", "BASH_SOURCE", "TMPDIR"}

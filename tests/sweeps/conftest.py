@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 
 BASE_TRAIN: dict[str, Any] = {
     "model": {"name": "cnn1d"},
@@ -40,6 +41,16 @@ def sweep_dict(name: str = "t", **over: Any) -> dict[str, Any]:
     }
     d.update(over)
     return d
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> tuple[str, MlflowClient, str, str]:
+    """A SQLite MLflow store: (tracking URI, client, experiment id, a parent run's id)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("t", artifact_location=str(tmp_path / "artifacts"))
+    parent = client.create_run(exp, tags={"flatsweep.role": "parent"}).info.run_id
+    return uri, client, exp, parent
 
 
 def _free_port() -> int:

@@ -92,7 +92,9 @@ def test_driver_killed_in_the_confirmation_stage_resumes_without_rerunning_seeds
         train=train,
         scheduler={"name": "fifo"},
         checkpoint_every_s=0,
-        finalists={"top_k": 1, "seeds": 3},
+        # 12 confirmation trials of a second or less: enough for MLflow, whose writes land in
+        # 1-s rounds, to show one finished while another runs (3 seeds could all end in one).
+        finalists={"top_k": 1, "seeds": 6},
     )
     proc = start_driver(["run", str(spec)], tmp_path, env=ray_head)
     client = MlflowClient(sqlite(tmp_path))
@@ -130,7 +132,7 @@ def test_driver_killed_in_the_confirmation_stage_resumes_without_rerunning_seeds
     after = [
         r for r in tracking.children(client, s) if tracking.stage_of(r) in ("finalist", "baseline")
     ]
-    assert len(after) == 3 + 3  # one finalist and the baseline, 3 seeds each, no duplicates
+    assert len(after) == 6 + 6  # one finalist and the baseline, 6 seeds each, no duplicates
     assert {r.info.status for r in after} == {"FINISHED"}
     ends = {r.info.run_id: r.info.end_time for r in after}
     for run_id, end in done_before.items():  # finished seeds were not re-run

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import pytest
 from mlflow.tracking import MlflowClient
 
 from sweeps.tracking import TAG_PARENT, TAG_STOPPED_EARLY, MLflowTracker, _Outbox
@@ -42,15 +40,6 @@ def _result(epoch: int, **extra: float) -> dict[str, Any]:
         "training_iteration": epoch,
         **extra,
     }
-
-
-@pytest.fixture()
-def store(tmp_path: Path) -> tuple[str, MlflowClient, str, str]:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(uri)
-    exp = client.create_experiment("t", artifact_location=str(tmp_path / "artifacts"))
-    parent = client.create_run(exp, tags={"flatsweep.role": "parent"}).info.run_id
-    return uri, client, exp, parent
 
 
 class _Counting(MlflowClient):

@@ -15,7 +15,6 @@ import json
 import pickle
 import threading
 from collections import Counter
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -38,15 +37,6 @@ from tests.sweeps.test_tracking import _report, _result
 
 Store = tuple[str, MlflowClient, str, str]
 WRITERS_ENV = "FLATSWEEP_MLFLOW_WRITERS"
-
-
-@pytest.fixture()
-def store(tmp_path: Path) -> Store:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(uri)
-    exp = client.create_experiment("t", artifact_location=str(tmp_path / "artifacts"))
-    parent = client.create_run(exp, tags={"flatsweep.role": "parent"}).info.run_id
-    return uri, client, exp, parent
 
 
 @pytest.fixture()
@@ -365,6 +355,7 @@ def test_a_pickled_tracker_keeps_its_config_and_writers_only(monkeypatch):
         "drain_timeout_s",
         "stage",
         "writers",
+        "process",
     }
     pickle.dumps(tracker)  # no thread, lock or client in the state
     copy = MLflowTracker.__new__(MLflowTracker)  # what unpickling does, without pickle.loads

@@ -228,8 +228,9 @@ def main() -> None:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from sweeps.tracking import _NOT_TRANSIENT, MLflowTracker
+    from sweeps.tracking import _NOT_TRANSIENT, MLflowTracker, tune_sqlite
 
+    tune_sqlite()  # the driver's SQLite settings (WAL, no fsync per commit) for our connections
     commands = sys.stdin.buffer
     state, fresh = pickle.load(commands)  # noqa: S301 (from our own driver)
     tracker = MLflowTracker.__new__(MLflowTracker)

@@ -105,6 +105,8 @@ class WriterProcess:
             self._seq += 1
             item.seq = self._seq
             self._pending[item.seq] = item
+            if self._broken is not None:
+                return  # no one reads the pipe: it stays owed (and in Tune's results)
             if item.trial and item.trial not in self._known:
                 self._known.add(item.trial)
                 self._outgoing.append(("trial", item.trial, *self._tracker.trial_info(item.trial)))

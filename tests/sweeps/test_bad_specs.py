@@ -232,3 +232,28 @@ def test_the_resolved_spec_carries_every_default_that_is_used():
         train={**sweep_dict()["train"], "perturbation": {"kind": "sam"}}, space={"name": "sam"}
     )
     assert sam.model_dump(mode="json")["train"]["perturbation"]["adaptive"] is False
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "expected"),
+    [
+        ("FLATSWEEP_MLFLOW_PROCESS", "yes", "FLATSWEEP_MLFLOW_PROCESS must be 0 or 1"),
+        ("FLATSWEEP_MLFLOW_WRITERS", "0", "FLATSWEEP_MLFLOW_WRITERS must be a whole number >= 1"),
+    ],
+)
+def test_a_bad_writer_setting_is_one_line_and_starts_nothing(
+    var, value, expected, tmp_path, monkeypatch
+):
+    import ray
+
+    ray_was_up = ray.is_initialized()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv(var, value)
+    (tmp_path / "spec.yaml").write_text(base_text())
+    r = CliRunner().invoke(app, ["run", "spec.yaml"])
+    assert r.exit_code == 2, r.output
+    (line,) = r.output.strip().splitlines()
+    assert line.startswith("error: ") and expected in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]  # no db, no results
+    assert ray.is_initialized() == ray_was_up

@@ -581,14 +581,16 @@ def run_sweep(
     for key, value in _DRIVER_ENV.items():
         os.environ.setdefault(key, value)
     tracking_uri = spec.resolved_tracking_uri()
+    try:  # before anything is written, the tracking database included
+        _writer_process()
+        tracking._writers(tracking_uri, None)
+    except ValueError as e:
+        raise SpecError(str(e)) from None
     tracking.tune_sqlite()
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
-    # Checked before anything is written: a refused warm start, or a bad setting of the
-    # writer, leaves no stray run.
+    # Checked before anything is written: a refused warm start leaves no stray run.
     try:
-        _writer_process()
-        tracking._writers(tracking_uri, None)
         if not resume and search and tracking.find_sweep(client, spec.name) is None:
             studies.check_new(spec.optuna_storage_url(), studies.study_name(spec.name, "search"))
         warm = studies.check_warm_start(

@@ -25,7 +25,12 @@ Stores (``--store sqlite,http``), each run on a fresh one:
 - **http**: a real ``mlflow server`` on 127.0.0.1 (a free port, ``--server-workers`` worker
   processes) on a fresh PostgreSQL database ``flatsweep_bench_<hex>`` (127.0.0.1:5432, user
   postgres), artifacts in a local temporary directory. Its process group is stopped and the
-  database dropped at the end, also on an error.
+  database dropped at the end, also on an error. MLflow 3.17 serves with uvicorn.
+- **gunicorn** (asked for by name): the same server run with ``--gunicorn-opts "--workers N"``.
+  uvicorn, as ``mlflow server --workers`` starts it, answers each request on a kept-alive
+  connection about 40 ms late: its response body waits for the client's delayed ACK of the
+  headers (Nagle; 44 ms per ``/health`` measured here, 4 ms on a fresh connection), so one
+  writer's requests are latency-bound. gunicorn's sync workers close each connection.
 
 When ``MLflowTracker`` takes ``writers`` (several writer threads for HTTP stores), the http
 store runs twice: ``writers=1`` and the tracker's default; otherwise once, with the single
@@ -100,7 +105,8 @@ from sweep_scale import FINAL_METRICS, TRAIN, Meter, append, cpu_s, fmt_load  # 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 TITLE = "mlflow_throughput: MLflow recording through MLflowTracker, trials per minute"
-STORES = ("sqlite", "http")
+STORES = ("sqlite", "http", "gunicorn")
+SERVERS = ("http", "gunicorn")  # the stores that are an mlflow server
 TARGET_PER_MIN = 3000  # issue 10 §1: ">= 3000 trials per minute on SQLite and on ... HTTP"
 WRITERS_ENV = "FLATSWEEP_MLFLOW_WRITERS"
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "postgres"}
@@ -305,7 +311,7 @@ class Store:
 def open_store(kind: str, tmp: Path, server_workers: int) -> Iterator[Store]:
     """A fresh store of ``kind`` under ``tmp``; an http server is stopped (its whole process
     group, which this function created) and its database dropped on the way out."""
-    if kind == "sqlite":
+    if kind not in SERVERS:
         from sweeps.tracking import tune_sqlite
 
         tune_sqlite()  # as the driver does before opening any SQLite database
@@ -329,8 +335,11 @@ def open_store(kind: str, tmp: Path, server_workers: int) -> Iterator[Store]:
                 f"postgresql+psycopg2://{PG['user']}@{PG['host']}:{PG['port']}/{db}",
                 "--artifacts-destination",
                 str(tmp / "mlartifacts"),
-                "--workers",
-                str(server_workers),
+                *(
+                    ["--gunicorn-opts", f"--workers {server_workers}"]
+                    if kind == "gunicorn"
+                    else ["--workers", str(server_workers)]
+                ),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -704,7 +713,9 @@ def parse_writers(text: str) -> list[int | None]:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--trials", type=int, default=1000)
-    p.add_argument("--store", type=parse_stores, default=list(STORES), help="sqlite,http")
+    p.add_argument(
+        "--store", type=parse_stores, default=["sqlite", "http"], help="sqlite,http,gunicorn"
+    )
     p.add_argument("--concurrent", type=int, default=8, help="trials interleaved at once")
     p.add_argument("--rate", type=float, default=0.0, help="trial starts per minute; 0: no limit")
     p.add_argument(
@@ -740,7 +751,7 @@ def plan(stores: Sequence[str], writers: list[int | None] | None, supported: boo
         return [(s, None) for s in stores]
     if writers is not None:
         return [(s, w) for s in stores for w in writers]
-    return [(s, w) for s in stores for w in ([1, None] if s == "http" else [None])]
+    return [(s, w) for s in stores for w in ([1, None] if s in SERVERS else [None])]
 
 
 def machine(load: Sequence[float]) -> str:
@@ -792,7 +803,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tmp = Path(tempfile.mkdtemp(prefix="mlflow_throughput-"))
         try:
             with open_store(kind, tmp, args.server_workers) as store:
-                if kind == "http" and pg_version is None:
+                if kind in SERVERS and pg_version is None:
                     pg_version = _pg("SHOW server_version")[0][0]
                 r = run_once(store, args.trials, writers, args, meter, calls, f"{kind}{i}")
         except Exception as e:  # noqa: BLE001 - a failed run is reported, the others still run
@@ -834,7 +845,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"Tracker: {version}"
         f"{f'; ${WRITERS_ENV}={env}' if env else ''}. Each run on a fresh store: SQLite "
         f"(WAL, `tune_sqlite`) in this process; HTTP: `mlflow server --workers "
-        f"{args.server_workers}` on 127.0.0.1 with a fresh PostgreSQL"
+        f'{args.server_workers}` (uvicorn; gunicorn: `--gunicorn-opts "--workers '
+        f'{args.server_workers}"`) on 127.0.0.1 with a fresh PostgreSQL'
         f"{f' {pg_version}' if pg_version else ''} database, local artifacts.\n"
         f"- measured from the first hook to `drain()` returning True: trials/min = N / wall; "
         f"MLflow calls: outermost public MlflowClient calls; HTTP requests: MLflow's "

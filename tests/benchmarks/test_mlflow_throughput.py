@@ -159,6 +159,9 @@ def test_flags_and_the_plan_of_runs(bench: ModuleType) -> None:
         ("http", None),
     ]
     assert bench.plan(["http"], [2, 8], True) == [("http", 2), ("http", 8)]
+    # The same server under gunicorn is asked for by name, and runs as http does.
+    assert bench.parse_args(["--store", "gunicorn"]).store == ["gunicorn"]
+    assert bench.plan(["gunicorn"], None, True) == [("gunicorn", 1), ("gunicorn", None)]
     # A tracker without it: one run per store, whatever --writers says.
     assert bench.plan(["sqlite", "http"], [2], False) == [("sqlite", None), ("http", None)]
 

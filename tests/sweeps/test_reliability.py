@@ -217,12 +217,21 @@ def test_driver_loss_then_resume_finishes_without_rerunning_or_duplicates(tmp_pa
     )
     proc = start_driver(["run", str(spec)], tmp_path, env=ray_head)
     client = MlflowClient(sqlite(tmp_path))
-    wait_for(
-        lambda: any(k.info.status == "FINISHED" for k in children(client, "driverloss")),
-        300,
-        "a finished trial",
-    )
-    time.sleep(5)
+
+    def finished_and_mid_training() -> bool:
+        # A trial that ended 4 s ago (in Tune's 2-s snapshot for sure) and one that MLflow
+        # shows early in training. Trials of 40 epochs take about 5 s here and MLflow's view
+        # trails Tune's by its 1-s write rounds: a fixed sleep could find none mid-training.
+        kids = children(client, "driverloss")
+        now = time.time() * 1000
+        if not any(k.info.status == "FINISHED" and k.info.end_time <= now - 4000 for k in kids):
+            return False
+        running = [k for k in kids if k.info.status == "RUNNING"]
+        return any(
+            0 < len(client.get_metric_history(k.info.run_id, "val_acc")) < 15 for k in running
+        )
+
+    wait_for(finished_and_mid_training, 300, "a finished trial and one mid-training", 0.2)
     kill_ms = time.time() * 1000
     kill_group(proc)  # SIGKILL: no cleanup at all
     before = {k.data.tags["flatsweep.trial_id"]: k for k in children(client, "driverloss")}

@@ -1231,8 +1231,12 @@ class MLflowTracker(Callback):
             tid = trial.trial_id
             self._learn(tid, trial.config)
             last = dict(trial.last_result or {})
-            # Every epoch Tune recorded for it (its result.json), else the last result.
-            rows = _result_rows(trial) or ([last] if last else [])
+            # Every epoch Tune recorded for it (its result.json), and the last result: the
+            # driver's JSON logger writes result.json, and a kill can cut it before the last
+            # line that Tune's snapshot already holds.
+            rows = _result_rows(trial)
+            if last and (not rows or result_step(last) > result_step(rows[-1])):
+                rows.append(last)
             data.append((tid, status, last, rows, self._configs[tid], self._specs[tid]))
         self._outbox.put(
             _Item(

@@ -205,6 +205,30 @@ def test_a_restarted_driver_closes_runs_whose_last_writes_died_with_the_old_one(
     assert _child_of(client, exp, parent, "landed").info.end_time == landed_end  # untouched
 
 
+def test_a_restarted_driver_adds_the_last_epoch_its_cut_result_json_lacks(store, tmp_path):
+    import json
+
+    uri, client, exp, parent = store
+    old = _tracker(store, interval_s=0.0)
+    trial = _Trial("cut")
+    old.on_trial_start(0, [], trial)
+    _report(old, trial, _result(1))
+    assert old.drain()
+    # Killed as the trial ended: Tune's snapshot holds epoch 3 as its last result, but the
+    # driver's JSON logger had written only epochs 1 and 2 to result.json.
+    (tmp_path / "trial").mkdir()
+    trial.local_path = str(tmp_path / "trial")  # type: ignore[attr-defined]
+    rows = [json.dumps(_result(e)) for e in (1, 2)]
+    (tmp_path / "trial" / "result.json").write_text("\n".join(rows) + "\n")
+    trial.last_result, trial.status = _result(3), "TERMINATED"
+    new = _tracker(store, interval_s=0.0)
+    new.on_experiment_end([trial])
+    run = _child_of(client, exp, parent, "cut")
+    assert run.info.status == "FINISHED"
+    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_acc"))
+    assert steps == [1, 2, 3]
+
+
 def _child_of(client: MlflowClient, exp: str, parent: str, tid: str) -> Any:
     (run,) = client.search_runs(
         [exp],

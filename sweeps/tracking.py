@@ -913,6 +913,7 @@ class MLflowTracker(Callback):
         self._last_step: dict[str, int] = {}  # trial id -> last epoch logged
         self._started: set[str] = set()  # trials this driver saw start (main thread only)
         self._closed: set[str] = set()  # trials this driver saw complete or fail
+        self._backfilled: set[str] = set()  # restored trials whose result.json was queued
         self._start_ms: dict[str, int] = {}  # trial id -> when Tune started it
         self._configs: dict[str, dict[str, Any]] = {}  # trial id -> config, for _resolve
         self._specs: dict[str, dict[str, Any]] = {}  # trial id -> its full TrainSpec (JSON)
@@ -1153,10 +1154,31 @@ class MLflowTracker(Callback):
         self._started.add(trial.trial_id)
         self._start_ms.setdefault(trial.trial_id, int(time.time() * 1000))
         self._set_status(trial, "RUNNING")
+        self._backfill(trial)
 
     def on_trial_restore(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._started.add(trial.trial_id)
         self._set_status(trial, "RUNNING")
+        self._backfill(trial)
+
+    def _backfill(self, trial: Any) -> None:
+        """A trial of a restored stage, started again: the epochs it reported to an earlier
+        driver whose writes died with it (queued, not delivered) are in its result.json, and
+        its checkpoint may be past them, so it will not report them again. Queue every
+        recorded epoch once; those MLflow holds are skipped at delivery (``_deliver_metrics``).
+        """
+        tid = trial.trial_id
+        if self.fresh or tid in self._backfilled:
+            return
+        self._backfilled.add(tid)
+        for row in _result_rows(trial):
+            step = result_step(row)
+            ts = int(row.get("timestamp", time.time()) * 1000)
+            replay = bool(row.get("diverged")) or bool(row.get("oom"))
+            metrics = self._metrics(row, step, ts)
+            self._queue(
+                trial, _Item("recorded metrics", tid, step=step, metrics=metrics, replay_ok=replay)
+            )
 
     @staticmethod
     def _metrics(result: dict[str, Any], step: int, ts: int) -> list[Metric]:

@@ -204,7 +204,10 @@ def test_driver_loss_then_resume_finishes_without_rerunning_or_duplicates(tmp_pa
     train = {
         **LONG_TRAIN,
         "epochs": 40,
-        "data": {"name": "mnist1d", "num_train": 3000, "num_test": 300},
+        # About 15 s per trial here: long enough for one to be in Tune's 2-s snapshot and
+        # still early in training (a trial started after the last snapshot is unknown to the
+        # resumed Tune, which suggests a new one in its place).
+        "data": {"name": "mnist1d", "num_train": 9000, "num_test": 300},
     }
     spec = write_spec(
         tmp_path,
@@ -219,16 +222,19 @@ def test_driver_loss_then_resume_finishes_without_rerunning_or_duplicates(tmp_pa
     client = MlflowClient(sqlite(tmp_path))
 
     def finished_and_mid_training() -> bool:
-        # A trial that ended 4 s ago (in Tune's 2-s snapshot for sure) and one that MLflow
-        # shows early in training. Trials of 40 epochs take about 5 s here and MLflow's view
-        # trails Tune's by its 1-s write rounds: a fixed sleep could find none mid-training.
+        # A trial that ended 4 s ago and one that started 4 s ago (both in Tune's 2-s
+        # snapshot for sure), the second still early in training as MLflow shows it (its view
+        # trails Tune's by the 1-s write rounds). A fixed sleep found none mid-training once
+        # trials took 5 s.
         kids = children(client, "driverloss")
         now = time.time() * 1000
         if not any(k.info.status == "FINISHED" and k.info.end_time <= now - 4000 for k in kids):
             return False
-        running = [k for k in kids if k.info.status == "RUNNING"]
+        running = [
+            k for k in kids if k.info.status == "RUNNING" and k.info.start_time <= now - 4000
+        ]
         return any(
-            0 < len(client.get_metric_history(k.info.run_id, "val_acc")) < 15 for k in running
+            0 < len(client.get_metric_history(k.info.run_id, "val_acc")) < 25 for k in running
         )
 
     wait_for(finished_and_mid_training, 300, "a finished trial and one mid-training", 0.2)

@@ -229,6 +229,36 @@ def test_a_restarted_driver_adds_the_last_epoch_its_cut_result_json_lacks(store,
     assert steps == [1, 2, 3]
 
 
+def test_a_resumed_trial_gets_the_epochs_its_old_driver_never_delivered(store, tmp_path):
+    import json
+
+    uri, client, exp, parent = store
+    old = _tracker(store, interval_s=0.0)
+    trial = _Trial("lost")
+    old.on_trial_start(0, [], trial)
+    _report(old, trial, _result(1))
+    assert old.drain()
+    # Epochs 2 and 3 reach the old driver (Tune writes them to result.json) and its queue,
+    # then it is killed; the trial's last checkpoint is epoch 3, so it resumes at epoch 4.
+    old._outbox = _Outbox(old._deliver, interval_s=3600.0)
+    for epoch in (2, 3):
+        _report(old, trial, _result(epoch))
+    (tmp_path / "trial").mkdir()
+    trial.local_path = str(tmp_path / "trial")  # type: ignore[attr-defined]
+    rows = [json.dumps(_result(e)) for e in (1, 2, 3)]
+    (tmp_path / "trial" / "result.json").write_text("\n".join(rows) + "\n")
+
+    new = _tracker(store, interval_s=0.0)  # a restored stage: not fresh
+    new.on_trial_start(0, [], trial)
+    _report(new, trial, _result(4, restored_from_epoch=3))
+    new.on_trial_complete(0, [], trial)
+    assert new.drain()
+    run = _child_of(client, exp, parent, "lost")
+    assert run.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
+    assert sorted(steps) == [1, 2, 3, 4]  # each once
+
+
 def _child_of(client: MlflowClient, exp: str, parent: str, tid: str) -> Any:
     (run,) = client.search_runs(
         [exp],

@@ -113,9 +113,11 @@ def train_trial(
     if resume is not None:
         restored_from = float(load_checkpoint(resume)["epoch"])
     last_save = time.monotonic()
+    reported = False
 
     def on_epoch_end(metrics: dict[str, float], save: Callable[[str | Path], Path]) -> None:
-        nonlocal last_save
+        nonlocal last_save, reported
+        reported = True
         # epoch 0 restarts from scratch; which epoch a restored trial resumed from is recorded
         extra = {"oom": 0.0, "restored_from_epoch": restored_from, **device}
         # Checkpoint at most every `checkpoint_every_s`: with epochs of a fraction of a second
@@ -139,6 +141,13 @@ def train_trial(
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         tune.report({"oom": 1.0, "diverged": 0.0, "error": str(e).splitlines()[0][:200], **device})
+        return
+    if not reported and result.history and result.status != "diverged":
+        # Restored from its last epoch's checkpoint: the driver that got that epoch's report
+        # died before recording it (the checkpoint is saved before the report), and nothing
+        # is left to train. Report the epoch again from the checkpoint's history, so the
+        # trial's final (and test) metrics are recorded.
+        tune.report({**result.final, "oom": 0.0, "restored_from_epoch": restored_from, **device})
         return
     if result.status == "diverged":
         last = {

@@ -1,0 +1,59 @@
+"""``sweeps.trainable.train_trial`` outside a Tune session: Tune's session functions
+(``tune.report``, ``tune.get_checkpoint``) are replaced by recorders, the training is real.
+
+The fault under test, a driver killed after a trial saved its last checkpoint but before it
+got that epoch's report, is made real by the driver-loss test in ``test_reliability.py`` only
+when the kill happens to land there; here it is made certain.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ray import tune
+
+from sweeps import trainable
+from tests.sweeps.conftest import BASE_TRAIN
+
+BASE = {**BASE_TRAIN, "epochs": 2, "data": {**BASE_TRAIN["data"], "num_train": 200}}
+
+
+@pytest.fixture()
+def session(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
+    """Each report's metrics, and a copy of each checkpoint (Tune's is a temporary dir)."""
+    seen: dict[str, Any] = {"reports": [], "checkpoints": [], "resume": None}
+
+    def report(metrics: dict[str, Any], checkpoint: Any = None) -> None:
+        seen["reports"].append(dict(metrics))
+        if checkpoint is not None:
+            copy = tmp_path / f"ckpt{len(seen['checkpoints'])}"
+            shutil.copytree(checkpoint.path, copy)
+            seen["checkpoints"].append(copy)
+
+    def get_checkpoint() -> Any:
+        resume = seen["resume"]
+        return None if resume is None else tune.Checkpoint.from_directory(str(resume))
+
+    monkeypatch.setattr(trainable.tune, "report", report)
+    monkeypatch.setattr(trainable.tune, "get_checkpoint", get_checkpoint)
+    monkeypatch.setattr(trainable.ray, "get_gpu_ids", lambda: [])
+    return seen
+
+
+def test_a_trial_restored_from_its_last_checkpoint_reports_its_last_epoch_again(session):
+    config = {"perturbation.radius": 0.01}
+    trainable.train_trial(config, base=BASE, worst={"val_acc": 0.0})
+    first = session["reports"]
+    assert [r["epoch"] for r in first] == [1, 2]
+    last = session["checkpoints"][-1]  # saved with epoch 2's report (the last epoch)
+
+    # The driver died before it recorded epoch 2: the trial resumes from that checkpoint.
+    session["reports"], session["resume"] = [], last
+    trainable.train_trial(config, base=BASE, worst={"val_acc": 0.0})
+    (again,) = session["reports"]  # once, and nothing re-trained
+    assert again["epoch"] == 2 and again["restored_from_epoch"] == 2.0
+    for key in ("val_acc", "test_acc", "train_loss"):
+        assert again[key] == first[-1][key], key

@@ -1172,13 +1172,15 @@ class MLflowTracker(Callback):
             return
         self._backfilled.add(tid)
         for row in _result_rows(trial):
-            step = result_step(row)
-            ts = int(row.get("timestamp", time.time()) * 1000)
-            replay = bool(row.get("diverged")) or bool(row.get("oom"))
-            metrics = self._metrics(row, step, ts)
-            self._queue(
-                trial, _Item("recorded metrics", tid, step=step, metrics=metrics, replay_ok=replay)
-            )
+            self._queue(trial, self._recorded(tid, row))
+
+    def _recorded(self, tid: str, row: dict[str, Any]) -> _Item:
+        """The write of one epoch Tune recorded (a result.json row), dated by its timestamp."""
+        step = result_step(row)
+        ts = int(row.get("timestamp", time.time()) * 1000)
+        replay = bool(row.get("diverged")) or bool(row.get("oom"))
+        metrics = self._metrics(row, step, ts)
+        return _Item("recorded metrics", tid, step=step, metrics=metrics, replay_ok=replay)
 
     @staticmethod
     def _metrics(result: dict[str, Any], step: int, ts: int) -> list[Metric]:
@@ -1281,15 +1283,8 @@ class MLflowTracker(Callback):
                 continue  # its writes did land before the kill
             self._configs[tid], self._specs[tid] = config, spec
             self._resolve(client, tid, [run] if run is not None else [])
-            items = []
-            for row in rows:  # epochs already in MLflow are skipped by _deliver_metrics
-                step = result_step(row)
-                ts = int(row.get("timestamp", time.time()) * 1000)
-                replay = bool(row.get("diverged")) or bool(row.get("oom"))
-                metrics = self._metrics(row, step, ts)
-                items.append(
-                    _Item("recorded metrics", tid, step=step, metrics=metrics, replay_ok=replay)
-                )
+            # Epochs already in MLflow are skipped by _deliver_metrics.
+            items = [self._recorded(tid, row) for row in rows]
             # Tune's result timestamp (seconds) is when the trial last reported.
             ended_ms = int(last["timestamp"] * 1000) if "timestamp" in last else None
             tags = self._final_tags(last) if status == "FINISHED" else []

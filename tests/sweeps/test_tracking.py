@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from mlflow.tracking import MlflowClient
@@ -205,9 +206,17 @@ def test_a_restarted_driver_closes_runs_whose_last_writes_died_with_the_old_one(
     assert _child_of(client, exp, parent, "landed").info.end_time == landed_end  # untouched
 
 
-def test_a_restarted_driver_adds_the_last_epoch_its_cut_result_json_lacks(store, tmp_path):
+def _result_json(trial: _Trial, path: Path, epochs: tuple[int, ...]) -> None:
+    """Give ``trial`` a result.json in ``path`` holding ``epochs``, as Tune's logger writes."""
     import json
 
+    path.mkdir()
+    trial.local_path = str(path)  # type: ignore[attr-defined]
+    rows = [json.dumps(_result(e)) for e in epochs]
+    (path / "result.json").write_text("\n".join(rows) + "\n")
+
+
+def test_a_restarted_driver_adds_the_last_epoch_its_cut_result_json_lacks(store, tmp_path):
     uri, client, exp, parent = store
     old = _tracker(store, interval_s=0.0)
     trial = _Trial("cut")
@@ -216,10 +225,7 @@ def test_a_restarted_driver_adds_the_last_epoch_its_cut_result_json_lacks(store,
     assert old.drain()
     # Killed as the trial ended: Tune's snapshot holds epoch 3 as its last result, but the
     # driver's JSON logger had written only epochs 1 and 2 to result.json.
-    (tmp_path / "trial").mkdir()
-    trial.local_path = str(tmp_path / "trial")  # type: ignore[attr-defined]
-    rows = [json.dumps(_result(e)) for e in (1, 2)]
-    (tmp_path / "trial" / "result.json").write_text("\n".join(rows) + "\n")
+    _result_json(trial, tmp_path / "trial", (1, 2))
     trial.last_result, trial.status = _result(3), "TERMINATED"
     new = _tracker(store, interval_s=0.0)
     new.on_experiment_end([trial])
@@ -230,8 +236,6 @@ def test_a_restarted_driver_adds_the_last_epoch_its_cut_result_json_lacks(store,
 
 
 def test_a_resumed_trial_gets_the_epochs_its_old_driver_never_delivered(store, tmp_path):
-    import json
-
     uri, client, exp, parent = store
     old = _tracker(store, interval_s=0.0)
     trial = _Trial("lost")
@@ -243,10 +247,7 @@ def test_a_resumed_trial_gets_the_epochs_its_old_driver_never_delivered(store, t
     old._outbox = _Outbox(old._deliver, interval_s=3600.0)
     for epoch in (2, 3):
         _report(old, trial, _result(epoch))
-    (tmp_path / "trial").mkdir()
-    trial.local_path = str(tmp_path / "trial")  # type: ignore[attr-defined]
-    rows = [json.dumps(_result(e)) for e in (1, 2, 3)]
-    (tmp_path / "trial" / "result.json").write_text("\n".join(rows) + "\n")
+    _result_json(trial, tmp_path / "trial", (1, 2, 3))
 
     new = _tracker(store, interval_s=0.0)  # a restored stage: not fresh
     new.on_trial_start(0, [], trial)

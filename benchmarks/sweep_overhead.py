@@ -606,6 +606,12 @@ def pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def secs(x: float) -> str:
+    """Seconds with three decimals below 10 s: --quick's sums are a few hundredths of a second,
+    which one decimal rounds to a misleading 0.0."""
+    return f"{x:.1f}" if x >= 10 else f"{x:.3f}"
+
+
 def part_overhead(cfg: dict[str, Any], tmp: Path, ray_start_s: float) -> tuple[str, dict]:
     import ray
 
@@ -652,8 +658,8 @@ def part_overhead(cfg: dict[str, Any], tmp: Path, ray_start_s: float) -> tuple[s
         f"| Ray start-up s (ray.init) | {ray_start_s:.1f} |",
         f"| wall s, incl. Ray start-up | {wall_incl:.1f} |",
         f"| wall s, run_sweep excl. Ray start-up | {wall_excl:.1f} |",
-        f"| Σ epoch_seconds s, all trials | {sum_epoch:.1f} |",
-        f"| Σ train_seconds s, all trials | {sum_train:.1f} |",
+        f"| Σ epoch_seconds s, all trials | {secs(sum_epoch)} |",
+        f"| Σ train_seconds s, all trials | {secs(sum_train)} |",
         f"| epoch_seconds per trial s, min / median / max | {min(per_trial):.1f} / "
         f"{statistics.median(per_trial):.1f} / {max(per_trial):.1f} |",
         f"| **overhead (epoch_seconds), excl. Ray start-up** | **{pct(overhead['epoch_excl'])}** |",

@@ -26,11 +26,13 @@ Stores (``--store sqlite,http``), each run on a fresh one:
   processes) on a fresh PostgreSQL database ``flatsweep_bench_<hex>`` (127.0.0.1:5432, user
   postgres), artifacts in a local temporary directory. Its process group is stopped and the
   database dropped at the end, also on an error. MLflow 3.17 serves with uvicorn.
-- **gunicorn** (asked for by name): the same server run with ``--gunicorn-opts "--workers N"``.
-  uvicorn, as ``mlflow server --workers`` starts it, answers each request on a kept-alive
-  connection about 40 ms late: its response body waits for the client's delayed ACK of the
-  headers (Nagle; 44 ms per ``/health`` measured here, 4 ms on a fresh connection), so one
-  writer's requests are latency-bound. gunicorn's sync workers close each connection.
+- **gunicorn** (asked for by name): the same server as ``infra/`` starts it, with
+  ``--gunicorn-opts "--timeout 300 --no-control-socket"`` and N workers. uvicorn, as
+  ``mlflow server --workers`` starts it, answers each request on a kept-alive connection about
+  40 ms late: it never sets ``TCP_NODELAY`` (Kludex/uvicorn#3149), so its response body waits
+  for the client's delayed ACK of the headers (44 ms per ``/health`` measured here, 4 ms on a
+  fresh connection), and one writer's requests are latency-bound. gunicorn's sync workers
+  close each connection.
 
 When ``MLflowTracker`` takes ``writers`` (several writer threads for HTTP stores), the http
 store runs twice: ``writers=1`` and the tracker's default; otherwise once, with the single
@@ -107,6 +109,7 @@ RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 TITLE = "mlflow_throughput: MLflow recording through MLflowTracker, trials per minute"
 STORES = ("sqlite", "http", "gunicorn")
 SERVERS = ("http", "gunicorn")  # the stores that are an mlflow server
+GUNICORN_OPTS = "--timeout 300 --no-control-socket"  # as infra/local/up.sh serves MLflow
 TARGET_PER_MIN = 3000  # issue 10 §1: ">= 3000 trials per minute on SQLite and on ... HTTP"
 WRITERS_ENV = "FLATSWEEP_MLFLOW_WRITERS"
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "postgres"}
@@ -336,7 +339,7 @@ def open_store(kind: str, tmp: Path, server_workers: int) -> Iterator[Store]:
                 "--artifacts-destination",
                 str(tmp / "mlartifacts"),
                 *(
-                    ["--gunicorn-opts", f"--workers {server_workers}"]
+                    ["--workers", str(server_workers), "--gunicorn-opts", GUNICORN_OPTS]
                     if kind == "gunicorn"
                     else ["--workers", str(server_workers)]
                 ),

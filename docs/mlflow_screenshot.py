@@ -178,6 +178,9 @@ def start_mlflow_ui(uri: str, port: int, logfile: Path) -> subprocess.Popen:
     mlflow = BIN / "mlflow"
     cmd = [str(mlflow)] if mlflow.exists() else [sys.executable, "-m", "mlflow"]
     cmd += ["ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
+    # Served as infra/local/up.sh serves it (gunicorn, see docs/cluster.md), so the pictures
+    # are of the UI users get.
+    cmd += ["--gunicorn-opts", "--timeout 300 --no-control-socket"]
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
     # Own process group: the server's workers are stopped together with it.
     return subprocess.Popen(

@@ -13,7 +13,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 # [auth] brings Flask-WTF, without which `--app-name basic-auth` does not start.
 # psycopg2 matches the project's dev pin; boto3 serves --artifacts-destination s3://.
-RUN pip install "mlflow[auth]==3.17.2" "psycopg2-binary==2.9.13" "boto3==1.44.5"
+RUN pip install "mlflow[auth]==3.17.2" "gunicorn==26.2.0" "psycopg2-binary==2.9.13" "boto3==1.44.5"
 
 RUN useradd --create-home --uid 1000 --user-group mlflow
 COPY --chmod=0755 mlflow_entrypoint.py /usr/local/bin/mlflow-entrypoint
@@ -24,4 +24,5 @@ EXPOSE 5000
 # The entrypoint writes the basic-auth ini from the environment and refuses to start
 # without --app-name basic-auth; compose.yaml and k8s/mlflow.yaml pass the full argv.
 ENTRYPOINT ["mlflow-entrypoint"]
-CMD ["--host", "0.0.0.0", "--port", "5000", "--app-name", "basic-auth"]
+CMD ["--host", "0.0.0.0", "--port", "5000", "--app-name", "basic-auth", \
+     "--gunicorn-opts=--timeout 300 --no-control-socket"]

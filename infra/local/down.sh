@@ -3,7 +3,7 @@
 #
 # Each server was started as the leader of its own session, so "our processes" are exactly
 # those whose session id is the pid in the pid file: Ray's GCS, raylet, dashboard and its
-# workers, MLflow's uvicorn workers. Nothing else is touched, which is why this does not call
+# workers, MLflow's gunicorn workers. Nothing else is touched, which is why this does not call
 # `ray stop --force`: that kills every Ray process of every user and cluster on the machine.
 # Logs and data in $FLATSWEEP_STATE_DIR are kept.
 set -euo pipefail

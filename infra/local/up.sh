@@ -209,12 +209,23 @@ if [[ $start_mlflow == 1 ]]; then
         --port "$mlflow_port"
         --artifacts-destination "$artifacts"
         --serve-artifacts
-        # Replaces MLflow's default (loopback plus all private IPs): nothing off this machine
-        # can reach a loopback server, and any port is allowed so `ssh -L` tunnels work.
-        --allowed-hosts "localhost,localhost:*,127.0.0.1,127.0.0.1:*"
+        # gunicorn, not MLflow's default uvicorn: `uvicorn --workers N` leaves Nagle on for
+        # every connection (Kludex/uvicorn#3149), so each request on a kept-alive connection
+        # waits ~40 ms for the client's delayed ACK and one writer records ~360 trials a
+        # minute (benchmarks/RESULTS.md, mlflow_throughput). gunicorn's sync workers: ~2000.
+        # --timeout: artifacts are uploaded through this server (--serve-artifacts), and
+        # gunicorn kills a worker whose request takes longer than its 30-s default.
+        # --no-control-socket: gunicorn 26 otherwise listens on ~/.gunicorn/gunicorn.ctl,
+        # one path for every server of the user, which nothing here needs.
+        --gunicorn-opts "--timeout 300 --no-control-socket"
     )
     log "starting MLflow on 127.0.0.1:$mlflow_port, log $mlflow_log"
-    start_in_new_session "$mlflow_log" "$mlflow_bin" "${mlflow_args[@]}" >"$mlflow_pid_file"
+    # The Host headers MLflow answers to, in place of its default (loopback plus all private
+    # IPs): nothing off this machine can reach a loopback server, and any port is allowed so
+    # `ssh -L` tunnels work. An environment variable, not --allowed-hosts, which `mlflow
+    # server` refuses beside --gunicorn-opts; the Flask app's middleware reads it the same.
+    MLFLOW_SERVER_ALLOWED_HOSTS="localhost,localhost:*,127.0.0.1,127.0.0.1:*" \
+        start_in_new_session "$mlflow_log" "$mlflow_bin" "${mlflow_args[@]}" >"$mlflow_pid_file"
 fi
 
 # --- wait until both answer ---------------------------------------------------------------

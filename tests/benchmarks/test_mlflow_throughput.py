@@ -162,6 +162,9 @@ def test_flags_and_the_plan_of_runs(bench: ModuleType) -> None:
     # The same server under gunicorn is asked for by name, and runs as http does.
     assert bench.parse_args(["--store", "gunicorn"]).store == ["gunicorn"]
     assert bench.plan(["gunicorn"], None, True) == [("gunicorn", 1), ("gunicorn", None)]
+    # ... with the options the server infra/ starts has.
+    up = (ROOT / "infra" / "local" / "up.sh").read_text()
+    assert f'--gunicorn-opts "{bench.GUNICORN_OPTS}"' in up
     # A tracker without it: one run per store, whatever --writers says.
     assert bench.plan(["sqlite", "http"], [2], False) == [("sqlite", None), ("http", None)]
 

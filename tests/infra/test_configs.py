@@ -5,7 +5,9 @@ Offline and fast: nothing here builds an image, starts a container or opens a so
 """
 
 import importlib.util
+import json
 import re
+import shlex
 import shutil
 import subprocess
 import tomllib
@@ -211,7 +213,9 @@ def test_pinned_versions_agree_with_pyproject():
     mentions = []
     for path in sorted(p for p in INFRA.rglob("*") if p.is_file()):
         text = path.read_text()
-        for name, version in re.findall(r"\b(ray|mlflow|torch)(?:\[[^\]]*\])?==([\w.]+)", text):
+        for name, version in re.findall(
+            r"\b(ray|mlflow|torch|gunicorn)(?:\[[^\]]*\])?==([\w.]+)", text
+        ):
             mentions.append((rel(path), name, version))
         for version in re.findall(r"flatsweep-mlflow:([\w.]+)", text):
             mentions.append((rel(path), "mlflow", version))
@@ -274,6 +278,34 @@ def test_k8s_mlflow_runs_basic_auth():
     assert args[args.index("--app-name") + 1] == "basic-auth"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["envFrom"] == [{"secretRef": {"name": "mlflow-server"}}]
+
+
+def test_every_mlflow_server_infra_starts_runs_gunicorn_with_one_set_of_options():
+    """uvicorn --workers N answers kept-alive requests ~40 ms late (Kludex/uvicorn#3149), so
+    up.sh, compose, k8s and the image's default command all serve with gunicorn, alike."""
+
+    def opts(args: list[str]) -> list[str]:
+        found = [a.split("=", 1)[1] for a in args if a.startswith("--gunicorn-opts=")]
+        found += [b for a, b in zip(args, args[1:], strict=False) if a == "--gunicorn-opts"]
+        return found
+
+    up = (INFRA / "local" / "up.sh").read_text()
+    (deployment,) = [d for d in k8s_kind("Deployment") if d["metadata"]["name"] == "mlflow"]
+    (container,) = containers(deployment["spec"]["template"]["spec"])
+    cmd = re.search(
+        r"^CMD (\[.*?\])", (INFRA / "docker" / "mlflow.Dockerfile").read_text(), re.M | re.S
+    )
+    found = {
+        "up.sh": [shlex.split(m)[0] for m in re.findall(r"^\s*--gunicorn-opts (.+)$", up, re.M)],
+        "compose": opts(compose()["services"]["mlflow"]["command"]),
+        "k8s": opts(container["args"]),
+        "mlflow.Dockerfile CMD": opts(json.loads(cmd[1].replace("\\\n", ""))),
+    }
+    assert all(len(v) == 1 for v in found.values()), found
+    assert len({v[0] for v in found.values()}) == 1, found
+    (value,) = found["up.sh"]
+    assert "--no-control-socket" in shlex.split(value)
+    assert not re.search(r"--(bind|b)\b", value), "the bind address is mlflow's --host"
 
 
 def test_k8s_services_are_cluster_ip():

@@ -76,8 +76,10 @@ def loopback(ip: str) -> bool:
     return ip in ("127.0.0.1", "::ffff:127.0.0.1", "::1")
 
 
-def http_status(url: str, token: str | None = None) -> int:
+def http_status(url: str, token: str | None = None, host: str | None = None) -> int:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if host:
+        headers["Host"] = host
     try:
         with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
             return r.status
@@ -169,6 +171,13 @@ def test_up_serves_on_loopback_and_down_leaves_nothing(stack_env, backend):
 
         with urllib.request.urlopen(f"{mlflow}/health", timeout=10) as r:
             assert r.read() == b"OK"
+            # Not uvicorn, whose kept-alive answers wait ~40 ms (see up.sh).
+            assert r.headers["Server"].startswith("gunicorn"), r.headers
+        # A foreign Host header is refused (DNS rebinding), a loopback one with any port served.
+        search = f"{mlflow}/api/2.0/mlflow/experiments/search?max_results=1"
+        assert http_status(search, host="attacker.example") == 403
+        assert http_status(search, host="localhost:8080") == 200
+        assert http_status(search) == 200
         assert http_status(f"{dashboard}/api/version") == 401
         assert http_status(f"{dashboard}/api/version", token=token[::-1]) == 403
         with urllib.request.urlopen(

@@ -374,7 +374,13 @@ def test_a_killed_trial_process_leaves_its_run_failed_not_running(tmp_path):
     assert run.info.status == "FAILED", run.info
 
 
-def test_basic_auth_server_refuses_anonymous_and_the_default_password(tmp_path):
+# MLflow's default server (uvicorn), and gunicorn as infra/ starts it (test_configs checks that
+# up.sh, compose, k8s and the image agree on these options).
+SERVERS = {"uvicorn": [], "gunicorn": ["--gunicorn-opts", "--timeout 300 --no-control-socket"]}
+
+
+@pytest.mark.parametrize("kind", sorted(SERVERS))
+def test_basic_auth_server_refuses_anonymous_and_the_default_password(tmp_path, kind):
     import base64
     import urllib.error
     import urllib.request
@@ -408,6 +414,7 @@ def test_basic_auth_server_refuses_anonymous_and_the_default_password(tmp_path):
             f"sqlite:///{tmp_path / 'm.db'}",
             "--workers",
             "1",
+            *SERVERS[kind],
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -432,6 +439,8 @@ def test_basic_auth_server_refuses_anonymous_and_the_default_password(tmp_path):
         assert status(None, None) == 401
         assert status("admin", "password1234") == 401  # MLflow's shipped default
         assert status("admin", password) == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as r:  # noqa: S310
+            assert r.headers["Server"].startswith(kind), r.headers
     finally:
         kill_group(server, signal.SIGTERM)
 

@@ -308,6 +308,7 @@ def _run_stage(
     import search_spaces
     from sweeps.progress import Progress
     from sweeps.ray_internals import (
+        ForgetEndedTrialStats,
         InterruptWatch,
         RepairCheckpoints,
         bounded_snapshots,
@@ -359,6 +360,7 @@ def _run_stage(
         tracker,
         Progress(spec, slots, enabled=progress, stage=stage.name, total=num_trials),
         JsonLoggerCallback(),
+        ForgetEndedTrialStats(spec.metrics),
     ]
     if gpu_warning is not None:
         callbacks.append(gpu_warning)

@@ -164,6 +164,24 @@ def test_every_slot_is_used(finished):
     assert most == 2
 
 
+def test_tunes_snapshot_keeps_only_the_objectives_statistics_of_finished_trials(finished):
+    """ForgetEndedTrialStats: the running statistics of every other reported key are gone
+    from what the driver holds, hence from the snapshot ``Tuner.restore`` reads."""
+    tmp, spec, result, client = finished
+    keep = {*spec.metrics, "training_iteration"}
+    terminated = 0
+    for path in (tmp / "ray").rglob("experiment_state-*.json"):
+        for trial_json, meta_json in json.loads(path.read_text())["trial_data"]:
+            if json.loads(trial_json)["status"] != "TERMINATED":
+                continue
+            meta = json.loads(meta_json)
+            assert set(meta["metric_analysis"]) <= keep, sorted(meta["metric_analysis"])
+            assert set(meta["metric_n_steps"]) <= keep
+            assert set(spec.metrics) <= set(meta["metric_analysis"])
+            terminated += 1
+    assert terminated >= spec.num_samples
+
+
 def _study(exp_dir: Path):  # noqa: ANN202
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch

@@ -127,3 +127,42 @@ def test_bounded_snapshots_keeps_tunes_adaptive_period_above_a_2s_floor(monkeypa
     with bounded_snapshots(2.0):
         m = Manager(storage=None, checkpoint_period="auto")
         assert m._checkpoint_period == 10.0
+
+
+def test_a_finished_trial_keeps_only_its_objectives_statistics():
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+
+    from sweeps.ray_internals import ForgetEndedTrialStats
+
+    meta = _TrainingRunMetadata()
+    for step in (1, 2, 3):
+        for key in ("val_acc", "train_loss", "lr", "training_iteration"):
+            meta.update_metric(key, 0.1 * step, step=step)
+    before = meta.get_json_state()
+    trial = SimpleNamespace(run_metadata=meta)
+    ForgetEndedTrialStats(["val_acc"]).on_trial_complete(0, [], trial)
+
+    kept = {"val_acc", "training_iteration"}
+    assert set(meta.metric_analysis) == set(meta.metric_n_steps) == kept
+    assert meta.metric_analysis["val_acc"]["max"] == pytest.approx(0.3)  # untouched
+    # The snapshot JSON is rebuilt without them (Tune caches it).
+    after = meta.get_json_state()
+    assert '"train_loss"' in before and '"train_loss"' not in after and len(after) < len(before)
+    # A metric reported again later (a trial Tune re-runs) starts afresh; a kept one goes on.
+    meta.update_metric("train_loss", 0.5, step=4)
+    meta.update_metric("val_acc", 0.7, step=4)
+    assert meta.metric_analysis["train_loss"]["last-5-avg"] == 0.5
+    assert meta.metric_analysis["val_acc"]["last-5-avg"] == pytest.approx(
+        (0.1 + 0.2 + 0.3 + 0.7) / 4
+    )
+
+
+def test_an_errored_trial_keeps_its_statistics():
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+
+    from sweeps.ray_internals import ForgetEndedTrialStats
+
+    meta = _TrainingRunMetadata()
+    meta.update_metric("train_loss", 1.0)
+    ForgetEndedTrialStats(["val_acc"]).on_trial_error(0, [], SimpleNamespace(run_metadata=meta))
+    assert set(meta.metric_analysis) == set(meta.metric_n_steps) == {"train_loss"}

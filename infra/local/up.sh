@@ -224,7 +224,11 @@ if [[ $start_mlflow == 1 ]]; then
     # IPs): nothing off this machine can reach a loopback server, and any port is allowed so
     # `ssh -L` tunnels work. An environment variable, not --allowed-hosts, which `mlflow
     # server` refuses beside --gunicorn-opts; the Flask app's middleware reads it the same.
+    # Job execution off by default: MLflow 3's server jobs (GenAI scorers, prompt optimisation)
+    # run in huey consumer processes that poll the store all the time, CPU taken from the
+    # trials on this machine; sweeps never start a job.
     MLFLOW_SERVER_ALLOWED_HOSTS="localhost,localhost:*,127.0.0.1,127.0.0.1:*" \
+        MLFLOW_SERVER_ENABLE_JOB_EXECUTION=${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false} \
         start_in_new_session "$mlflow_log" "$mlflow_bin" "${mlflow_args[@]}" >"$mlflow_pid_file"
 fi
 

@@ -282,7 +282,8 @@ def test_k8s_mlflow_runs_basic_auth():
 
 def test_every_mlflow_server_infra_starts_runs_gunicorn_with_one_set_of_options():
     """uvicorn --workers N answers kept-alive requests ~40 ms late (Kludex/uvicorn#3149), so
-    up.sh, compose, k8s and the image's default command all serve with gunicorn, alike."""
+    up.sh, compose, k8s and the image's default command all serve with gunicorn, alike, and
+    up.sh, compose and k8s turn MLflow's job execution off."""
 
     def opts(args: list[str]) -> list[str]:
         found = [a.split("=", 1)[1] for a in args if a.startswith("--gunicorn-opts=")]
@@ -306,6 +307,14 @@ def test_every_mlflow_server_infra_starts_runs_gunicorn_with_one_set_of_options(
     (value,) = found["up.sh"]
     assert "--no-control-socket" in shlex.split(value)
     assert not re.search(r"--(bind|b)\b", value), "the bind address is mlflow's --host"
+    # ... and without MLflow's job consumers (huey), which poll the store all the time.
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+    assert (
+        compose()["services"]["mlflow"]["environment"]["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"]
+        == "false"
+    )
+    assert "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}" in up
 
 
 def test_k8s_services_are_cluster_ip():

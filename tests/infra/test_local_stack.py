@@ -190,6 +190,10 @@ def test_up_serves_on_loopback_and_down_leaves_nothing(stack_env, backend):
             assert f"ray[default,tune]=={json.load(r)['ray_version']}" in pinned["dependencies"]
 
         ray_pid, mlflow_pid = sessions
+        # No job-execution consumers polling the store (MLFLOW_SERVER_ENABLE_JOB_EXECUTION).
+        commands = [" ".join(psutil().Process(p).cmdline()) for p in session_members(mlflow_pid)]
+        assert any("gunicorn" in c for c in commands), commands
+        assert not [c for c in commands if "huey" in c], commands
         mlflow_sockets = listening(session_members(mlflow_pid))
         assert ("127.0.0.1", int(env["MLFLOW_PORT"])) in mlflow_sockets
         assert all(loopback(ip) for ip, _ in mlflow_sockets), mlflow_sockets

@@ -6,6 +6,7 @@ client server listen on every interface whatever up.sh passes (infra/README.md),
 the dashboard and MLflow are held to loopback here.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -191,7 +192,10 @@ def test_up_serves_on_loopback_and_down_leaves_nothing(stack_env, backend):
 
         ray_pid, mlflow_pid = sessions
         # No job-execution consumers polling the store (MLFLOW_SERVER_ENABLE_JOB_EXECUTION).
-        commands = [" ".join(psutil().Process(p).cmdline()) for p in session_members(mlflow_pid)]
+        commands = []
+        for pid in session_members(mlflow_pid):
+            with contextlib.suppress(psutil().NoSuchProcess):  # a process that just exited
+                commands.append(" ".join(psutil().Process(pid).cmdline()))
         assert any("gunicorn" in c for c in commands), commands
         assert not [c for c in commands if "huey" in c], commands
         mlflow_sockets = listening(session_members(mlflow_pid))

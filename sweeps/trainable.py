@@ -114,12 +114,12 @@ def train_trial(
         restored_from = float(load_checkpoint(resume)["epoch"])
     last_save = time.monotonic()
     reported = False
+    # epoch 0 restarts from scratch; which epoch a restored trial resumed from is recorded
+    extra = {"oom": 0.0, "restored_from_epoch": restored_from, **device}
 
     def on_epoch_end(metrics: dict[str, float], save: Callable[[str | Path], Path]) -> None:
         nonlocal last_save, reported
         reported = True
-        # epoch 0 restarts from scratch; which epoch a restored trial resumed from is recorded
-        extra = {"oom": 0.0, "restored_from_epoch": restored_from, **device}
         # Checkpoint at most every `checkpoint_every_s`: with epochs of a fraction of a second
         # a checkpoint per epoch would dominate the trial (and force Tune snapshots).
         if time.monotonic() - last_save < checkpoint_every_s and metrics["epoch"] < spec.epochs:
@@ -147,7 +147,7 @@ def train_trial(
         # died before recording it (the checkpoint is saved before the report), and nothing
         # is left to train. Report the epoch again from the checkpoint's history, so the
         # trial's final (and test) metrics are recorded.
-        tune.report({**result.final, "oom": 0.0, "restored_from_epoch": restored_from, **device})
+        tune.report({**result.final, **extra})
         return
     if result.status == "diverged":
         last = {

@@ -216,13 +216,19 @@ def _result_json(trial: _Trial, path: Path, epochs: tuple[int, ...]) -> None:
     (path / "result.json").write_text("\n".join(rows) + "\n")
 
 
-def test_a_restarted_driver_adds_the_last_epoch_its_cut_result_json_lacks(store, tmp_path):
-    uri, client, exp, parent = store
+def _first_epoch_delivered(store, tid: str) -> tuple[MLflowTracker, _Trial]:
+    """An old driver's tracker that started trial ``tid`` and delivered its epoch 1."""
     old = _tracker(store, interval_s=0.0)
-    trial = _Trial("cut")
+    trial = _Trial(tid)
     old.on_trial_start(0, [], trial)
     _report(old, trial, _result(1))
     assert old.drain()
+    return old, trial
+
+
+def test_a_restarted_driver_adds_the_last_epoch_its_cut_result_json_lacks(store, tmp_path):
+    uri, client, exp, parent = store
+    old, trial = _first_epoch_delivered(store, "cut")
     # Killed as the trial ended: Tune's snapshot holds epoch 3 as its last result, but the
     # driver's JSON logger had written only epochs 1 and 2 to result.json.
     _result_json(trial, tmp_path / "trial", (1, 2))
@@ -237,11 +243,7 @@ def test_a_restarted_driver_adds_the_last_epoch_its_cut_result_json_lacks(store,
 
 def test_a_resumed_trial_gets_the_epochs_its_old_driver_never_delivered(store, tmp_path):
     uri, client, exp, parent = store
-    old = _tracker(store, interval_s=0.0)
-    trial = _Trial("lost")
-    old.on_trial_start(0, [], trial)
-    _report(old, trial, _result(1))
-    assert old.drain()
+    old, trial = _first_epoch_delivered(store, "lost")
     # Epochs 2 and 3 reach the old driver (Tune writes them to result.json) and its queue,
     # then it is killed; the trial's last checkpoint is epoch 3, so it resumes at epoch 4.
     old._outbox = _Outbox(old._deliver, interval_s=3600.0)

@@ -749,6 +749,7 @@ def launch(
                     "--rate",
                     "50",
                     "--nonblocking",
+                    "--subprocesses",
                     "-o",
                     str(profile / f"{arm}-{n}.txt"),
                 ],

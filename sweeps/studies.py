@@ -163,7 +163,12 @@ def reconcile(
     study.set_user_attr(ATTR_RUN + "s", dict(sorted(run_ids.items())))
     if metrics and study.metric_names != metrics:
         study.set_metric_names(metrics)  # the dashboard's axes then read "val_acc"
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+    # Asked of the RDB storage itself, which filters by state in SQL: the study's cached
+    # storage would read every trial (about 1 s at 3000) to find none.
+    running = st.get_all_trials(
+        st.get_study_id_from_name(name), deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)
+    )
+    for t in running:
         st.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
 
 

@@ -254,10 +254,17 @@ def main() -> None:
         except _NOT_TRANSIENT as e:
             send(("broken", f"{type(e).__name__}: {e}"))
             raise
-        # The run ids this delivery created or found (a reconciliation finds several).
+        # The run ids this delivery created or found. A trial's writes touch its own run only;
+        # a one-off call (a reconciliation) may find several, so only then is the whole map
+        # scanned: per delivery that scan would grow with the number of trials.
         # list() of a dict's items is one step under the GIL: the other writers may add.
+        tid = batch[0].trial
+        if batch[0].call is None and tid:
+            found = [(tid, tracker.run_ids[tid])] if tid in tracker.run_ids else []
+        else:
+            found = list(tracker.run_ids.items())
         with lock:
-            new = {t: r for t, r in list(tracker.run_ids.items()) if t not in told}
+            new = {t: r for t, r in found if t not in told}
             told.update(new)
         send(("done", [item.seq for item in batch], new))
 

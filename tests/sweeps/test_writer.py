@@ -109,6 +109,10 @@ def test_a_fresh_two_epoch_trial_costs_three_calls(store, calls):
     assert tracker.drain()
 
     assert [c.name for c in calls] == ["create_run", "log_batch", "set_terminated"]
+    # The closing tags, known when the run is created, ride on create_run: the log_batch
+    # carries none (MLflow's SQL store writes them in a transaction of their own).
+    assert TAG_DEVICE in calls[0].kw["tags"] and TAG_STOPPED_EARLY in calls[0].kw["tags"]
+    assert not calls[1].kw.get("tags")
     run = _runs(store)["a"]
     assert tracker.run_ids == {"a": run.info.run_id}
     assert run.info.status == "FINISHED"

@@ -10,10 +10,10 @@ finds runs by tags instead (``flatsweep.sweep``, ``flatsweep.trial_id``), which 
 operation idempotent across ``sweeps resume`` and driver restarts.
 
 It runs in the driver only and logs with ``log_batch``: a short trial costs three calls
-(``create_run``, one ``log_batch`` with its params, every epoch's metrics and its final tags,
-``set_terminated``), and epochs reported close together are merged; nothing is logged from
-inside the training step. Writes go through background writer threads: one for a SQLite or
-file store (one writer at a time there), four for an HTTP server
+(``create_run`` with its tags, final ones included, one ``log_batch`` with its params and
+every epoch's metrics, ``set_terminated``), and epochs reported close together are merged;
+nothing is logged from inside the training step. Writes go through background writer
+threads: one for a SQLite or file store (one writer at a time there), four for an HTTP server
 (``FLATSWEEP_MLFLOW_WRITERS``), each trial on one writer so its writes keep their order. A
 sweep runs those threads in a writer process of the driver's (``process=True``,
 :mod:`sweeps.writer_process`), so the store's ORM work never holds the GIL of Tune's event
@@ -862,10 +862,11 @@ class MLflowTracker(Callback):
     The hooks only enqueue (``_Outbox``); writer threads deliver, in this process or (with
     ``process=True``) in a writer process of their own (:mod:`sweeps.writer_process`), where
     the store's ORM work does not hold the driver's GIL. A short fresh trial costs
-    three MLflow calls: ``create_run`` (with its tags, dated by Tune's start event), one
-    ``log_batch`` with its params, every queued epoch's metrics and its final tags, and
-    ``set_terminated`` (dated by Tune's end event). A longer trial adds one ``log_batch`` per
-    delivery round it spans.
+    three MLflow calls: ``create_run`` (with its tags, dated by Tune's start event; a trial
+    that ended within the delivery round that creates its run has its final tags there too),
+    one ``log_batch`` with its params and every queued epoch's metrics (and the final tags of
+    a run created earlier), and ``set_terminated`` (dated by Tune's end event). A longer trial
+    adds one ``log_batch`` per delivery round it spans.
 
     Args:
         writers: writer threads, each with its own ``MlflowClient``; a trial stays on one.

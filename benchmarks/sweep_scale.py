@@ -289,6 +289,10 @@ class Observations:
         self.snapshots: list[float] = []
         self.fit: list[tuple[float, float]] = []  # (start, duration) of Tuner.fit
         self.fit_rss_mb: list[float] = []  # the driver's RSS as each Tuner.fit returned
+        # (trials completed, the driver's RSS MB then), every 5% of the trials: the slope
+        # between 25% and 100% is the growth per trial, without start-up's one-off costs.
+        self.rss_by_trials: list[tuple[int, float]] = []
+        self.rss_every = 1
         self.writer_cpu_s = 0.0  # the MLflow writer processes' CPU, all stages together
         self.writer_rss_peak_mb = 0.0  # the largest peak RSS of one writer process
 
@@ -303,6 +307,8 @@ class Observations:
 
     def complete(self, args: tuple, kwargs: dict, out: Any, start: float, dt: float) -> None:
         self.completed_at.append(start)
+        if len(self.completed_at) % self.rss_every == 0:
+            self.rss_by_trials.append((len(self.completed_at), rss_mb()[0]))
         error = args[3] if len(args) > 3 else kwargs.get("error", False)
         self.errors += bool(error)
 
@@ -362,6 +368,7 @@ SERVICE_TIMED = [
         ("on_trial_start", "on_trial_result", "on_trial_complete", "drain", "_resolve"),
     ),
     ("sweeps.progress", "Progress", ("on_step_end", "on_trial_complete")),
+    ("sweeps.trim", None, ("release_freed_memory",)),
 ]
 
 
@@ -462,6 +469,21 @@ def base_spec(spec: Any) -> dict[str, Any]:
     return base
 
 
+def rss_slope(r: dict[str, Any]) -> str:
+    """The driver's RSS at a quarter and at all of the trials completed, and the growth per
+    1000 trials between them: what each further trial costs, start-up excluded."""
+    points = r.get("rss_by_trials") or []
+    if len(points) < 2:
+        return "-"
+    total = points[-1][0]
+    first = next((p for p in points if p[0] >= total / 4), points[0])
+    last = points[-1]
+    if last[0] == first[0]:
+        return "-"
+    slope = (last[1] - first[1]) * 1000 / (last[0] - first[0])
+    return f"{first[1]:.0f} → {last[1]:.0f} ({slope:.0f})"
+
+
 def rss_mb() -> tuple[float, float]:
     """(current RSS, peak RSS) of this process in MB, from /proc (VmRSS, VmHWM)."""
     fields: dict[str, float] = {}
@@ -537,6 +559,7 @@ def run_arm(arm: str, n: int, tmp: Path, args: argparse.Namespace) -> dict[str, 
 
     meter = Meter()
     obs = Observations(meter)
+    obs.rss_every = max(1, n // 20)
     install_common(meter, obs)
     slots = args.slots or os.cpu_count() or 1
     spec, text = make_spec(
@@ -609,6 +632,7 @@ def run_arm(arm: str, n: int, tmp: Path, args: argparse.Namespace) -> dict[str, 
         searcher_state_bytes=newest_bytes(storage, "searcher-state*.pkl"),
         fit=obs.fit,
         fit_rss_mb=obs.fit_rss_mb,
+        rss_by_trials=obs.rss_by_trials,
         writer_cpu_s=obs.writer_cpu_s,
         writer_rss_peak_mb=obs.writer_rss_peak_mb,
         calls=dict(meter.calls),
@@ -877,6 +901,10 @@ def detail_table(n: int, svc: dict[str, Any], plain: dict[str, Any]) -> str:
                 else f"{r['fit_rss_mb'][-1]:.0f} "
                 f"({(r['fit_rss_mb'][-1] - r['rss_start_mb']) * 1000 / n:.0f})"
             ),
+        ),
+        (
+            "driver RSS MB at 25% → 100% of trials completed (slope per 1000 trials)",
+            rss_slope,
         ),
         (
             "Tune snapshots written: count / s / largest s (s in checkpoint())",

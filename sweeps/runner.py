@@ -315,6 +315,7 @@ def _run_stage(
         restore_tuner,
     )
     from sweeps.trainable import ROW, train_trial
+    from sweeps.trim import ReleaseFreedMemory
 
     confirm = stage.rows is not None
     num_trials = len(stage.rows) if confirm else spec.num_samples
@@ -361,6 +362,7 @@ def _run_stage(
         Progress(spec, slots, enabled=progress, stage=stage.name, total=num_trials),
         JsonLoggerCallback(),
         ForgetEndedTrialStats(spec.metrics),
+        ReleaseFreedMemory(),
     ]
     if gpu_warning is not None:
         callbacks.append(gpu_warning)

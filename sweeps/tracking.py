@@ -1247,9 +1247,18 @@ class MLflowTracker(Callback):
         self._queue(trial, item)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._closed.add(trial.trial_id)
+        tid = trial.trial_id
+        self._closed.add(tid)
         # Tune updates trial.last_result before this hook (its searcher reads it too).
         self._set_status(trial, "FINISHED", self._final_tags(trial.last_result or {}))
+        if getattr(self, "process", False):
+            # The writer process was sent the trial's config and spec with its first write
+            # (``trial_info``), and a finished trial writes no more: the driver's copies
+            # (about 2 KB a trial) would stay for the sweep's lifetime. A failed trial keeps
+            # them, since Tune may retry it.
+            self._configs.pop(tid, None)
+            self._specs.pop(tid, None)
+            self._start_ms.pop(tid, None)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._closed.add(trial.trial_id)

@@ -83,6 +83,9 @@ def test_every_write_lands_from_a_separate_process(store):
     assert sorted(steps) == [1, 2]
     assert runs["t3"].data.tags[TAG_STOPPED_EARLY] == "0"
     assert tracker._client is None  # the driver itself made no MLflow client
+    # The driver forgot what it sent for the finished trials (the child has it); the failed
+    # one, which Tune may retry, is still known.
+    assert set(tracker._specs) == set(tracker._configs) == {"bad"}
 
     tracker.close()
     assert child.wait(timeout=10) == 0

@@ -27,7 +27,9 @@ Measured in each driver subprocess (``Meter`` wraps the functions named below in
   imports, ``ray.init`` and the creation of the empty MLflow and Optuna databases come before
   and are reported apart;
 - the driver's CPU seconds over that interval (``getrusage(RUSAGE_SELF)``, all its threads)
-  per trial, and its peak RSS (``ru_maxrss``, the same as ``VmHWM``) with its RSS at the start;
+  per trial, and its peak RSS (``ru_maxrss``, the same as ``VmHWM``) with its RSS at the start,
+  when ``Tuner.fit`` returned, and at every 5% of the trials completed (the slope between 25%
+  and 100% is the growth per trial, start-up excluded);
 - the service's ``MlflowClient`` calls per trial (outermost calls only: ``log_text`` calling
   ``log_artifact`` counts once) and their payload bytes per trial: the keys and values of the
   call's arguments (strings as UTF-8, numbers as their text, MLflow entities by their fields,

@@ -281,7 +281,7 @@ class Meter:
 class Observations:
     """What the shared hooks saw: suggestion times, completions, the trials' training time."""
 
-    def __init__(self, meter: Meter) -> None:
+    def __init__(self, meter: Meter, trials: int) -> None:
         self.meter = meter
         self.suggest_s: list[float] = []
         self.completed_at: list[float] = []
@@ -294,7 +294,7 @@ class Observations:
         # (trials completed, the driver's RSS MB then), every 5% of the trials: the slope
         # between 25% and 100% is the growth per trial, without start-up's one-off costs.
         self.rss_by_trials: list[tuple[int, float]] = []
-        self.rss_every = 1
+        self.rss_every = max(1, trials // 20)
         self.writer_cpu_s = 0.0  # the MLflow writer processes' CPU, all stages together
         self.writer_rss_peak_mb = 0.0  # the largest peak RSS of one writer process
 
@@ -560,8 +560,7 @@ def run_arm(arm: str, n: int, tmp: Path, args: argparse.Namespace) -> dict[str, 
     import ray
 
     meter = Meter()
-    obs = Observations(meter)
-    obs.rss_every = max(1, n // 20)
+    obs = Observations(meter, n)
     install_common(meter, obs)
     slots = args.slots or os.cpu_count() or 1
     spec, text = make_spec(

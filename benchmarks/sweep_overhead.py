@@ -191,9 +191,7 @@ def make_spec(
 
     from sweeps.spec import SweepSpec, check_space
 
-    train = {**TRAIN, "epochs": cfg["epochs"]}
-    data = cfg.get("data", TRAIN["data"])
-    train["data"] = {**data, "num_train": cfg["num_train"], "num_test": cfg["num_test"]}
+    train = {**TRAIN, "epochs": cfg["epochs"], "data": data_spec(cfg)}
     raw = {
         "name": name,
         "train": train,
@@ -459,6 +457,130 @@ def run_one(spec: Any, text: str) -> Sweep:
     return sweep
 
 
+def run_plain(spec: Any) -> Sweep:
+    """The same trials run by a plain Ray Tune script, as ``benchmarks/sweep_scale.py``'s plain
+    arm writes it: the service's trainable and base spec, Optuna's sampler through Tune's
+    ``OptunaSearch``, FIFO, ``reuse_actors=True``; no MLflow, no result buffering. Trial and
+    epoch times come from a callback in this driver, taken where the service's tracker takes
+    them (on_trial_start/complete, on_trial_result)."""
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    import search_spaces
+    from sweeps.runner import _base, _slots
+    from sweeps.searchers import SAMPLERS
+    from sweeps.trainable import train_trial
+
+    class Times(tune.Callback):
+        # Plain lists only: Tune pickles its callbacks into the experiment state.
+        def __init__(self) -> None:
+            self.events: list[tuple[str, str, float]] = []
+            self.epochs: dict[str, list[Epoch]] = {}
+
+        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.events.append(("on_trial_start", trial.trial_id, time.time()))
+
+        def on_trial_result(
+            self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+        ) -> None:
+            if "epoch_seconds" in result:
+                self.epochs.setdefault(trial.trial_id, []).append(
+                    Epoch(
+                        step=int(result["epoch"]),
+                        ts=time.time(),
+                        epoch_seconds=result["epoch_seconds"],
+                        train_seconds=result["train_seconds"],
+                        val_acc=result["val_acc"],
+                        iter_s=result.get("time_this_iter_s"),
+                        pid=result.get("pid"),
+                        checkpointed=bool(result.get("should_checkpoint")),
+                    )
+                )
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.events.append(("on_trial_complete", trial.trial_id, time.time()))
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.events.append(("on_trial_error", trial.trial_id, time.time()))
+
+    slots = _slots(spec, spec.num_samples)
+    times, driver = Times(), DriverTimes()
+    with LoadWatch() as load:
+        c0, t0 = time.process_time(), time.time()
+        trainable = tune.with_resources(
+            tune.with_parameters(
+                train_trial,
+                base=_base(spec),
+                worst={"val_acc": spec.diverged_value},
+                checkpoint_every_s=spec.checkpoint_every_s,
+            ),
+            {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
+        )
+        searcher = OptunaSearch(
+            space=search_spaces.define_by_run(spec.space_name, spec.ranges()),
+            metric="val_acc",
+            mode="max",
+            sampler=SAMPLERS.get(spec.searcher.sampler).build(spec),
+        )
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=ConcurrencyLimiter(searcher, max_concurrent=slots),
+                num_samples=spec.num_samples,
+                reuse_actors=True,
+            ),
+            run_config=tune.RunConfig(
+                name=f"{spec.name}-plain",
+                storage_path=spec.resolved_storage(),
+                callbacks=[times],
+                verbose=0,
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            ),
+        )
+        driver.events.append(("Tuner.fit", "", time.time()))
+        grid = tuner.fit()
+        t1, cpu = time.time(), time.process_time() - c0
+    assert grid.num_errors == 0, f"{grid.num_errors} plain Tune trials failed"
+    driver.events.extend(times.events)
+    starts = {tid: t for hook, tid, t in times.events if hook == "on_trial_start"}
+    ends = {tid: t for hook, tid, t in times.events if hook in TRIAL_EVENTS[1:]}
+    trials = [
+        Trial(tid, starts[tid], ends[tid], starts[tid], ends[tid], "FINISHED", False, es)
+        for tid, es in times.epochs.items()
+    ]
+    print(f"[sweep_overhead] plain Tune: {len(trials)} trials in {t1 - t0:.1f} s", file=sys.stderr)
+    return Sweep(
+        f"{spec.name}-plain",
+        None,
+        t0,
+        t1,
+        cpu,
+        driver,
+        load,
+        sorted(trials, key=lambda t: t.start),
+        spec.checkpoint_every_s,
+    )
+
+
+def data_spec(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The ``train.data`` section of a part's sweeps."""
+    data = cfg.get("data", TRAIN["data"])
+    return {**data, "num_train": cfg["num_train"], "num_test": cfg["num_test"]}
+
+
+def warm_datasets(cfgs: Sequence[dict[str, Any]]) -> float:
+    """Generate the parts' datasets into the on-disk cache before anything is timed (a one-off
+    per machine and dataset, like the MLflow schema); return the seconds taken."""
+    from trainers.data import DATASETS, DataSpec
+
+    t = time.perf_counter()
+    for cfg in cfgs:
+        data = DataSpec.model_validate(data_spec(cfg))
+        DATASETS.get(data.name).load(data)
+    return time.perf_counter() - t
+
+
 def start_ray() -> float:
     """Start a fresh local Ray as ``sweeps.runner._init_ray`` would; return the seconds taken."""
     import ray
@@ -506,6 +628,24 @@ def idle_slot_seconds(
     return idle
 
 
+def worker_of(epoch: Epoch) -> float:
+    """The worker's share of an epoch's report: Tune's ``time_this_iter_s`` less the epoch."""
+    return 0.0 if epoch.iter_s is None else epoch.iter_s - epoch.epoch_seconds
+
+
+def result_batches(epochs: Sequence[Epoch]) -> list[list[Epoch]]:
+    """Epochs grouped by the driver call that delivered them. Tune may hand the driver several
+    results at once (``sweeps.ray_internals.buffered_results``); the driver then logs them
+    within milliseconds, while results that came one by one are at least an epoch apart."""
+    batches: list[list[Epoch]] = []
+    for x in epochs:
+        if batches and x.ts - batches[-1][-1].ts < 0.5 * x.epoch_seconds:
+            batches[-1].append(x)
+        else:
+            batches.append([x])
+    return batches
+
+
 def decompose(sweep: Sweep, slots: int) -> tuple[list[tuple[str, float]], dict[str, float]]:
     """Where the slot-seconds of ``run_sweep`` went: (label, slot-seconds) rows that sum to
     slots x wall, and per-epoch medians. Trial start/end are the driver's on_trial_start /
@@ -518,25 +658,33 @@ def decompose(sweep: Sweep, slots: int) -> tuple[list[tuple[str, float]], dict[s
     fit_start = next((t for k, _, t in sweep.driver.events if k == "Tuner.fit"), sweep.t0)
     training = sum(t.epoch_seconds for t in trials)
     worker_epoch, roundtrip, closing = 0.0, 0.0, 0.0
-    worker_ckpt, worker_plain, roundtrip_per_epoch = [], [], []
+    worker_ckpt: list[float] = []
+    worker_plain: list[float] = []
+    roundtrip_per_batch: list[float] = []
+    batch_sizes: list[int] = []
     # The first trial in each worker process pays that process's imports; a reused actor's
     # trials do not (Tune's result rows carry the worker pid).
     seen_pids: set[int | None] = set()
     fresh, reused = [], []
     for t in sorted(trials, key=lambda t: t.start):
-        e = t.epochs
-        (reused if e[0].pid in seen_pids else fresh).append(e[0].ts - t.start - e[0].epoch_seconds)
+        batches = result_batches(t.epochs)
+        e, first = t.epochs, batches[0]
+        # Before epoch 1: from the trial's start to its first batch's arrival, less that
+        # batch's training and the reports of its later epochs (counted below).
+        pre = first[-1].ts - t.start - sum(x.epoch_seconds + worker_of(x) for x in first)
+        (reused if e[0].pid in seen_pids else fresh).append(pre + worker_of(e[0]))
         seen_pids.add(e[0].pid)
-        for prev, cur in zip(e, e[1:], strict=False):
-            gap = cur.ts - prev.ts - cur.epoch_seconds
-            if cur.iter_s is not None:
-                worker = cur.iter_s - cur.epoch_seconds
-                worker_epoch += worker
-                roundtrip += gap - worker
-                (worker_ckpt if cur.checkpointed else worker_plain).append(worker)
-                roundtrip_per_epoch.append(gap - worker)
-            else:  # no Tune result row: count it all as round trip
-                roundtrip += gap
+        for x in e[1:]:  # the worker's share of every later epoch's report
+            if x.iter_s is not None:
+                worker_epoch += worker_of(x)
+                (worker_ckpt if x.checkpointed else worker_plain).append(worker_of(x))
+        for prev, cur in zip(batches, batches[1:], strict=False):
+            # A batch's round trip: its arrival after the previous one, less what the worker
+            # spent on its epochs (training and report).
+            gap = cur[-1].ts - prev[-1].ts - sum(x.epoch_seconds + worker_of(x) for x in cur)
+            roundtrip += gap
+            roundtrip_per_batch.append(gap)
+        batch_sizes.extend(len(b) for b in batches)
         closing += t.end - e[-1].ts
     rows = [
         ("training: Σ epoch_seconds (train + evaluation)", training),
@@ -563,7 +711,10 @@ def decompose(sweep: Sweep, slots: int) -> tuple[list[tuple[str, float]], dict[s
             sum(reused),
         ),
         ("per epoch ≥ 2, worker: checkpoint (when due) + tune.report", worker_epoch),
-        ("per epoch ≥ 2, driver round trip (result → callbacks → next train)", roundtrip),
+        (
+            "per result batch ≥ 2, driver round trip (results → callbacks → next train)",
+            roundtrip,
+        ),
         ("trial close (last result → on_trial_complete)", closing),
         (
             "tail: idle slots after the last trial started",
@@ -593,7 +744,8 @@ def decompose(sweep: Sweep, slots: int) -> tuple[list[tuple[str, float]], dict[s
         "worker_ckpt_ms": median(worker_ckpt, 1e3),
         "worker_ckpt_n": len(worker_ckpt),
         "worker_ms": median(worker_plain, 1e3),
-        "roundtrip_ms": median(roundtrip_per_epoch, 1e3),
+        "roundtrip_ms": median(roundtrip_per_batch, 1e3),
+        "batch_size": median(batch_sizes),
         "mlflow_lag_s": median([t.mlflow_start - t.start for t in sweep.trials]),
     }
     return rows, per_epoch
@@ -627,6 +779,10 @@ def part_overhead(cfg: dict[str, Any], tmp: Path, ray_start_s: float) -> tuple[s
     )
     slots = _slots(spec, spec.num_samples)
     sweep = run_one(spec, text)
+    plain = run_plain(spec)
+    plain_epoch = sum(t.epoch_seconds for t in plain.trials)
+    plain_overhead = 1 - plain_epoch / (plain.wall * slots)
+    plain_rows, plain_per_epoch = decompose(plain, slots)
     trials = sweep.trials
     mlflow_ivs = [(t.mlflow_start, t.mlflow_end) for t in trials]
     driver_ivs = [(t.start, t.end) for t in trials]
@@ -666,11 +822,17 @@ def part_overhead(cfg: dict[str, Any], tmp: Path, ray_start_s: float) -> tuple[s
         f"| overhead (epoch_seconds), incl. Ray start-up | {pct(overhead['epoch_incl'])} |",
         f"| overhead (train_seconds), excl. Ray start-up | {pct(overhead['train_excl'])} |",
         f"| overhead (train_seconds), incl. Ray start-up | {pct(overhead['train_incl'])} |",
+        f"| plain Ray Tune, the same trials: wall s / Σ epoch_seconds s "
+        f"| {plain.wall:.1f} / {secs(plain_epoch)} |",
+        f"| **plain Ray Tune: overhead (epoch_seconds)** | **{pct(plain_overhead)}** |",
         f"| median epoch_seconds s | {per_epoch['epoch_s']:.3f} |",
         f"| median per-epoch worker tune.report ms, without / with a checkpoint "
         f"({per_epoch['worker_ckpt_n']} epochs) | {per_epoch['worker_ms']:.1f} / "
         f"{per_epoch['worker_ckpt_ms']:.1f} |",
-        f"| median per-epoch driver round trip ms | {per_epoch['roundtrip_ms']:.1f} |",
+        f"| median driver round trip ms per result batch / results per batch "
+        f"| {per_epoch['roundtrip_ms']:.1f} / {per_epoch['batch_size']:.0f} |",
+        f"| the same, plain Ray Tune | {plain_per_epoch['roundtrip_ms']:.1f} / "
+        f"{plain_per_epoch['batch_size']:.0f} |",
         f"| worker processes (actors) used by the trials | {per_epoch['actors']} |",
         f"| median trial start → first result − epoch 1 s, new actor / reused actor "
         f"| {per_epoch['first_fresh_s']:.2f} / {per_epoch['first_reused_s']:.2f} |",
@@ -685,18 +847,32 @@ def part_overhead(cfg: dict[str, Any], tmp: Path, ray_start_s: float) -> tuple[s
     ]
     dec = [
         f"Where the {slots} × {wall_excl:.1f} = {capacity:.1f} slot-seconds of run_sweep (excl. "
-        "Ray start-up) went. Trial start/end: the driver's on_trial_start/on_trial_complete; "
-        "epoch ends: the MLflow metric timestamps (taken in the driver when the result "
-        "arrives); worker share of an epoch's report: Tune's `time_this_iter_s` − "
-        "`epoch_seconds`.",
+        "Ray start-up) went, and where the plain Tune script's "
+        f"{slots} × {plain.wall:.1f} = {slots * plain.wall:.1f} went. Trial start/end: the "
+        "driver's on_trial_start/on_trial_complete; epoch ends: when the driver got the "
+        "result (the service: its MLflow metric timestamps; plain: a callback); worker share "
+        "of an epoch's report: Tune's `time_this_iter_s` − `epoch_seconds`. A result batch is "
+        "the results one driver call delivered.",
         "",
-        "| where | slot-s | share |",
-        "|---|---:|---:|",
+        "| where | service slot-s | share | plain Tune slot-s | share |",
+        "|---|---:|---:|---:|---:|",
     ]
-    for label, value in decomposition:
-        dec.append(f"| {label} | {value:.1f} | {pct(value / capacity)} |")
+    plain_by_row = dict(enumerate(plain_rows))
+    plain_capacity = slots * plain.wall
+    for i, (label, value) in enumerate(decomposition):
+        p_label, p_value = plain_by_row.get(i, ("", math.nan))
+        if p_label.split(" (")[0] != label.split(" (")[0]:
+            p_value = math.nan  # a row only one arm has
+        dec.append(
+            f"| {label} | {value:.1f} | {pct(value / capacity)} | {p_value:.1f} "
+            f"| {pct(p_value / plain_capacity)} |"
+        )
     accounted = sum(v for _, v in decomposition)
-    dec.append(f"| (sum of rows) | {accounted:.1f} | {pct(accounted / capacity)} |")
+    p_accounted = sum(v for _, v in plain_rows)
+    dec.append(
+        f"| (sum of rows) | {accounted:.1f} | {pct(accounted / capacity)} | {p_accounted:.1f} "
+        f"| {pct(p_accounted / plain_capacity)} |"
+    )
     notes = [
         f"config: {describe_data(cfg)}, cnn1d, AMP with inner_steps 1 "
         f"(radius searched in {RADIUS}), batch 128, {cfg['trials']} trials × {cfg['epochs']} "
@@ -710,6 +886,8 @@ def part_overhead(cfg: dict[str, Any], tmp: Path, ray_start_s: float) -> tuple[s
     ]
     values = {
         "overhead": overhead,
+        "plain_overhead": plain_overhead,
+        "plain_wall": plain.wall,
         "slots": slots,
         "max_concurrent": max_overlap(mlflow_ivs),
         "wall_excl": wall_excl,
@@ -886,6 +1064,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from trainers.data.datasets import cache_dir
 
     cached = len(list(cache_dir().glob("*.npz"))) if cache_dir().is_dir() else 0
+    warm_s = None if args.cold_cache else warm_datasets([over_cfg, search_cfg])
     try:
         load_before_ray = os.getloadavg()
         if args.quick:
@@ -907,8 +1086,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             f"{fmt_load(load_before_ray)}; MLflow SQLite schema creation (before timing): "
             f"{mlflow_s:.1f} s\n"
             f"- dataset cache ({'--cold-cache' if args.cold_cache else cache_dir()}): "
-            f"{cached} files at start; with none, each new worker generates MNIST-1D itself "
-            f"(seconds)\n"
+            f"{cached} files at start; "
+            + (
+                "empty: each new worker generates MNIST-1D itself (seconds)\n"
+                if warm_s is None
+                else f"filled before timing in {warm_s:.1f} s (a one-off per machine)\n"
+            )
         )
         parts = ["overhead", "search"] if args.part == "all" else [args.part]
         for part in parts:

@@ -34,6 +34,8 @@ OVERHEAD_ROWS = [
     "overhead (epoch_seconds), incl. Ray start-up",
     "overhead (train_seconds), excl. Ray start-up",
     "overhead (train_seconds), incl. Ray start-up",
+    "plain Ray Tune, the same trials: wall s / Σ epoch_seconds s",
+    "**plain Ray Tune: overhead (epoch_seconds)**",
     "median epoch_seconds s",
     "worker processes (actors) used by the trials",
 ]
@@ -92,11 +94,14 @@ def test_quick_run_appends_both_parts(tmp_path: Path) -> None:
         nums = numbers(values[key])
         assert nums and all(v > 0 for v in nums), (label, values[key])
     assert numbers(values["trials finished / epochs each"]) == [2, 3]
-    # The decomposition's rows add up to slots x wall (100% of the capacity).
+    # The decomposition's rows add up to slots x wall (100% of the capacity), for the service
+    # (columns 1-2) and for the plain Tune script on the same trials (columns 3-4).
     *rows, total = decomposition
     assert total[0] == "(sum of rows)"
-    assert sum(numbers(r[1])[0] for r in rows) == pytest.approx(numbers(total[1])[0], abs=0.2)
-    assert numbers(total[2])[0] == pytest.approx(100.0, abs=1.0)
+    for value, share in ((1, 2), (3, 4)):
+        parts = [numbers(r[value])[0] for r in rows]
+        assert sum(parts) == pytest.approx(numbers(total[value])[0], abs=0.2)
+        assert numbers(total[share])[0] == pytest.approx(100.0, abs=1.0)
     training = next(r for r in rows if r[0].startswith("training"))
     assert numbers(training[1])[0] > 0
 

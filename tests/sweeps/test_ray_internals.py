@@ -166,3 +166,93 @@ def test_an_errored_trial_keeps_its_statistics():
     meta.update_metric("train_loss", 1.0)
     ForgetEndedTrialStats(["val_acc"]).on_trial_error(0, [], SimpleNamespace(run_metadata=meta))
     assert set(meta.metric_analysis) == set(meta.metric_n_steps) == {"train_loss"}
+
+
+def _run_buffered(tmp_path, trainable, monkeypatch, **run: object):
+    """Tune on the session's Ray inside ``buffered_results``; every remote call Tune sends a
+    trial and every batch of results it processes, in order."""
+    from ray import tune
+    from ray.tune.execution.tune_controller import TuneController
+
+    from sweeps.ray_internals import buffered_results
+
+    events: list[tuple[str, object]] = []
+    schedule, process = TuneController._schedule_trial_task, TuneController._process_trial_results
+
+    def scheduled(self, trial, method_name, *a, **k):
+        events.append(("call", method_name))
+        return schedule(self, trial, method_name, *a, **k)
+
+    def processed(self, trial, results):
+        events.append(("results", [r.get("training_iteration") for r in results]))
+        return process(self, trial, results)
+
+    monkeypatch.setattr(TuneController, "_schedule_trial_task", scheduled)
+    monkeypatch.setattr(TuneController, "_process_trial_results", processed)
+    with buffered_results(1.0):
+        grid = tune.Tuner(
+            trainable, run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0, **run)
+        ).fit()
+    return grid, events
+
+
+def _short_epochs(checkpoint_at: tuple[int, ...]):
+    def trainable(config):
+        import tempfile
+        import time
+
+        from ray import tune
+
+        for epoch in range(1, 7):
+            time.sleep(0.02)
+            if epoch in checkpoint_at:
+                with tempfile.TemporaryDirectory() as d:
+                    Path(d, "epoch").write_text(str(epoch))
+                    tune.report({"epoch": epoch}, checkpoint=tune.Checkpoint.from_directory(d))
+            else:
+                tune.report({"epoch": epoch})
+
+    return trainable
+
+
+def test_buffered_results_arrive_in_fewer_calls_and_a_checkpoint_ends_a_buffer(
+    ray_local, tmp_path, monkeypatch
+):
+    """Six 20-ms epochs with checkpoints at 3 and 6: two buffers, each closed by its checkpoint,
+    then the function's end. Every call Tune sends gets its results processed: without the
+    patched ``_on_training_result`` a third ``train_buffered`` races the one after the save
+    and fails unhandled in the worker."""
+    grid, events = _run_buffered(tmp_path, _short_epochs((3, 6)), monkeypatch)
+    assert grid.num_errors == 0
+    assert grid[0].metrics["epoch"] == 6
+    assert grid[0].checkpoint is not None
+    assert Path(grid[0].checkpoint.path, "epoch").read_text() == "6"
+    calls = [name for kind, name in events if kind == "call"]
+    batches = [r for kind, r in events if kind == "results"]
+    assert calls.count("train_buffered") == len(batches) == 3
+    assert calls.count("train") == 0
+    assert batches[:2] == [[1, 2, 3], [4, 5, 6]]  # the third: the function's end
+    assert calls.count("save") == 2
+
+
+def test_results_after_a_stop_in_the_same_buffer_are_dropped(ray_local, tmp_path, monkeypatch):
+    grid, events = _run_buffered(
+        tmp_path, _short_epochs(()), monkeypatch, stop={"training_iteration": 2}
+    )
+    assert grid.num_errors == 0
+    assert grid[0].metrics["training_iteration"] == 2  # epochs 3.. came in the buffer, unseen
+    assert [r for kind, r in events if kind == "results"] == [[1, 2, 3, 4, 5, 6, None]]
+
+
+def test_a_users_buffer_setting_leaves_tune_as_it_is(monkeypatch):
+    from ray.tune.execution.tune_controller import TuneController
+
+    from sweeps.ray_internals import buffered_results
+
+    original = TuneController._schedule_trial_train
+    with buffered_results(1.0):
+        assert TuneController._schedule_trial_train is not original
+    assert TuneController._schedule_trial_train is original
+    monkeypatch.setenv("TUNE_RESULT_BUFFER_LENGTH", "1")
+    with buffered_results(1.0):
+        assert TuneController._schedule_trial_train is original

@@ -23,6 +23,16 @@ def test_paired_difference_matches_hand_computation() -> None:
     assert d.confidence == 0.95
 
 
+@pytest.mark.parametrize("n", [2, 3, 5, 10, 31])
+@pytest.mark.parametrize("confidence", [0.8, 0.95, 0.99])
+def test_the_half_width_is_scipys_student_t_quantile(n: int, confidence: float) -> None:
+    from scipy import stats
+
+    d = paired_difference([float(i * i) for i in range(n)], [0.0] * n, confidence)
+    t = stats.t.ppf((1.0 + confidence) / 2.0, df=n - 1)
+    assert d.ci_high - d.mean == pytest.approx(t * d.std / math.sqrt(n), rel=1e-12)
+
+
 def test_confidence_widens_the_interval() -> None:
     a, b = [1.0, 2.0, 3.0, 5.0], [0.0, 0.5, 1.0, 1.0]
     narrow, wide = paired_difference(a, b, 0.8), paired_difference(a, b, 0.99)

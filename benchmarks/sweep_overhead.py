@@ -17,17 +17,24 @@ timer around train + evaluation of one epoch, before the epoch's checkpoint and 
 same ratio with ``train_seconds`` (training only, no evaluation) is reported too. The wall time
 is measured twice: including Ray start-up (this script's ``ray.init``, with the arguments
 ``run_sweep`` would use) and excluding it (``run_sweep`` alone; it reuses the initialised Ray).
-The MLflow database is created before timing (a one-off per database, reported separately).
+The MLflow database is created, and the datasets generated into the on-disk cache (unless
+``--cold-cache``), before timing: one-offs per database and machine, reported separately.
 The slot-seconds that are not training are then split by where they went, from timestamps:
 ``run_sweep``'s own set-up before ``Tuner.fit``, Tune's set-up and the first workers' start-up
 until the first trial starts, gaps between trials in a slot (actor reuse), set-up inside a trial
 before its first epoch (imports in a new worker, data generation, model; new and reused workers
 apart, told by the worker pid in Tune's results), per-epoch checkpoint + report in the worker,
-the per-epoch round trip through the driver (result processing, callbacks, next ``train``
-call), closing a trial, the tail (idle slots once no trial is left to start) and the teardown.
+the round trip through the driver per batch of results (result processing, callbacks, next
+``train`` call; the service lets Tune hand over a second of short epochs at once,
+``sweeps.ray_internals.buffered_results``), closing a trial, the tail (idle slots once no
+trial is left to start) and the teardown.
 The driver's own time in the MLflow tracker's hooks, Tune's experiment snapshots and the Optuna
 searcher is measured directly by wrapping those methods in this process (the driver), which also
-records when the driver saw each trial start and complete.
+records when the driver saw each trial start and complete. The same trials then run as a
+plain Ray Tune script would run them (the service's trainable and sampler, FIFO, actor reuse;
+no MLflow, no result batches), timed by a callback and split the same way, side by side: what
+Ray Tune and torch cost on their own (worker start-up, imports, per-result round trips) is
+the floor under the service's number.
 
 Part 2, ``search``: the same trial budget for ASHA + TPE and for FIFO + random search on the
 ``amp`` space (MNIST-1D, cnn1d, 15 epochs), one seed each. Reported per arm: total wall time,

@@ -17,11 +17,6 @@ FAILED and a resume delivers it from Tune's results). The child:
   spawned child re-imports the driver's ``__main__``, which may be a user's unguarded script);
 - imports MLflow and Ray Tune's callback base only: each trial's spec is resolved in the
   driver, so the child needs neither ``trainers`` nor torch (about 250 MB, not 850);
-- runs at a lower CPU priority (nice +10) than the driver and the trials: where they share
-  cores, its start (importing MLflow, about 2.3 s of CPU) no longer delays the first trials'
-  workers (importing torch) by about 1 s (``benchmarks/sweep_overhead.py``), and a write
-  waits rather than a trial. On a cluster's head node, away from the trials, it changes
-  nothing;
 - runs in its own session and ignores SIGINT and SIGTERM, so a Ctrl-C or ``ray job stop``
   that the driver handles gracefully cannot kill the writes it is about to drain;
 - exits when its stdin closes: after ``close``, or when the driver died. What it had not yet
@@ -47,9 +42,6 @@ if TYPE_CHECKING:
     from sweeps.tracking import MLflowTracker, _Item
 
 log = logging.getLogger(__name__)
-
-#: The writer child's nice increment (a lower CPU priority than the driver and the trials).
-WRITER_NICE = 10
 
 # The child's program: the driver's import path first (a Ray job's working directory, a test's
 # rootdir), then the writer loop.
@@ -233,7 +225,6 @@ def main() -> None:
     """The child: read the tracker's settings, then writes, deliver them with a thread-mode
     tracker and acknowledge each delivery; exit when stdin closes."""
     _ignore_signals()
-    os.nice(WRITER_NICE)  # before the imports: the module doc says why
     # Acknowledgements own the real stdout; anything a library prints goes to stderr.
     acks: IO[bytes] = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)

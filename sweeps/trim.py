@@ -6,9 +6,10 @@ trials), but glibc's allocator keeps freed memory in its arenas, so the process'
 with the number of trials although Python holds no more objects. ``malloc_trim(0)`` returns
 the free pages. Measured with ``benchmarks/sweep_scale.py`` (1000 trials of about 0.05 s,
 2 cores): between 25% and 100% of the trials the driver grew 123 MB per 1000 trials without
-it and about 73 with it every 100 trials (the default is every 50: a trim takes about 2 ms
-at a driver's ~1 GB). Dask's workers do the same for the same reason
-(``distributed``'s worker memory documentation, "Memory not released back to the OS").
+it, about 73 with it every 100 trials, 46-60 every 50 (five runs) and 40 every 25 (one run),
+the default: a trim takes about 2 ms at a driver's ~1 GB, 80 ms per 1000 trials. Dask's
+workers do the same for the same reason (``distributed``'s worker memory documentation,
+"Memory not released back to the OS").
 
 Where the C library has no ``malloc_trim`` (macOS, musl) this is a no-op.
 """
@@ -52,7 +53,7 @@ class ReleaseFreedMemory(Callback):
     not per trial. Holds only counters, so it pickles into Tune's experiment state.
     """
 
-    def __init__(self, every: int = 50) -> None:
+    def __init__(self, every: int = 25) -> None:
         if every < 1:
             raise ValueError(f"every must be at least 1, but got {every}")
         self.every = every

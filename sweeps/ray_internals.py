@@ -293,11 +293,17 @@ def buffered_results(max_wait_s: float = 1.0, max_results: int = 1000) -> Iterat
     (``train_buffered`` returns on them), so a checkpoint is registered as soon as it is
     written. The cost: the scheduler sees a result up to ``max_wait_s`` later, so a trial
     that ASHA stops trains on for at most that long; results after a STOP decision are
-    dropped by Tune. Trials that Tune checkpoints itself (``checkpoint_at_end``,
-    ``checkpoint_frequency``) are not buffered, as in Tune. A ``TUNE_RESULT_BUFFER_LENGTH``
-    set in the environment leaves Tune's own behaviour in place.
+    dropped by Tune. Only FIFO and ASHA trials are buffered: a scheduler that pauses trials
+    (synchronous HyperBand, PBT) would see the results after its PAUSE too, and the paused
+    trial would resume past the rung it was paused at. Trials that Tune checkpoints itself
+    (``checkpoint_at_end``, ``checkpoint_frequency``) are not buffered either, as in Tune. A
+    ``TUNE_RESULT_BUFFER_LENGTH`` set in the environment leaves Tune's own behaviour in place.
     """
     from ray.tune.execution.tune_controller import TuneController
+    from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
+
+    # Exact types: HyperBandScheduler, which pauses, is a FIFOScheduler subclass.
+    never_pause = {FIFOScheduler, AsyncHyperBandScheduler}
 
     if "TUNE_RESULT_BUFFER_LENGTH" in os.environ:
         yield
@@ -305,7 +311,11 @@ def buffered_results(max_wait_s: float = 1.0, max_results: int = 1000) -> Iterat
     schedule = TuneController._schedule_trial_train
 
     def buffered(self: Any, trial: Any) -> None:
-        if trial.checkpoint_at_end or trial.checkpoint_freq > 0:
+        if (
+            trial.checkpoint_at_end
+            or trial.checkpoint_freq > 0
+            or type(self._scheduler_alg) not in never_pause
+        ):
             schedule(self, trial)
             return
         self._schedule_trial_task(

@@ -168,7 +168,7 @@ def test_an_errored_trial_keeps_its_statistics():
     assert set(meta.metric_analysis) == set(meta.metric_n_steps) == {"train_loss"}
 
 
-def _run_buffered(tmp_path, trainable, monkeypatch, **run: object):
+def _run_buffered(tmp_path, trainable, monkeypatch, scheduler=None, **run: object):
     """Tune on the session's Ray inside ``buffered_results``; every remote call Tune sends a
     trial and every batch of results it processes, in order."""
     from ray import tune
@@ -191,7 +191,9 @@ def _run_buffered(tmp_path, trainable, monkeypatch, **run: object):
     monkeypatch.setattr(TuneController, "_process_trial_results", processed)
     with buffered_results(1.0):
         grid = tune.Tuner(
-            trainable, run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0, **run)
+            trainable,
+            tune_config=tune.TuneConfig(scheduler=scheduler),
+            run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0, **run),
         ).fit()
     return grid, events
 
@@ -256,3 +258,22 @@ def test_a_users_buffer_setting_leaves_tune_as_it_is(monkeypatch):
     monkeypatch.setenv("TUNE_RESULT_BUFFER_LENGTH", "1")
     with buffered_results(1.0):
         assert TuneController._schedule_trial_train is original
+
+
+@pytest.mark.parametrize("scheduler", ["asha", "hyperband"])
+def test_only_schedulers_that_never_pause_get_batches(ray_local, tmp_path, monkeypatch, scheduler):
+    """ASHA's results come in batches; synchronous HyperBand pauses trials at its rungs, so its
+    trials get one result per call, as in Tune."""
+    from ray.tune.schedulers import ASHAScheduler, HyperBandScheduler
+
+    built = {
+        "asha": ASHAScheduler(metric="epoch", mode="max", max_t=6, grace_period=2),
+        "hyperband": HyperBandScheduler(metric="epoch", mode="max", max_t=6),
+    }[scheduler]
+    grid, events = _run_buffered(tmp_path, _short_epochs(()), monkeypatch, scheduler=built)
+    assert grid.num_errors == 0
+    calls = [name for kind, name in events if kind == "call"]
+    if scheduler == "asha":
+        assert calls.count("train_buffered") >= 1 and calls.count("train") == 0
+    else:
+        assert calls.count("train_buffered") == 0 and calls.count("train") >= 6

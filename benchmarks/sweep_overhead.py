@@ -75,6 +75,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_host.py
 from _host import code_state, cpu_model  # noqa: E402
+from sweep_scale import plain_tune  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 INTRO = (
@@ -465,25 +466,23 @@ def run_one(spec: Any, text: str) -> Sweep:
 
 
 def run_plain(spec: Any) -> Sweep:
-    """The same trials run by a plain Ray Tune script, as ``benchmarks/sweep_scale.py``'s plain
-    arm writes it: the service's trainable and base spec, Optuna's sampler through Tune's
-    ``OptunaSearch``, FIFO, ``reuse_actors=True``; no MLflow, no result buffering. Trial and
-    epoch times come from a callback in this driver, taken where the service's tracker takes
-    them (on_trial_start/complete, on_trial_result)."""
+    """The same trials run by ``benchmarks/sweep_scale.py``'s plain Ray Tune script: the
+    service's trainable and base spec, Optuna's sampler through Tune's ``OptunaSearch``, FIFO,
+    ``reuse_actors=True``; no MLflow, no result buffering. Trial and epoch times come from a
+    callback in this driver, taken where the service's tracker takes them
+    (on_trial_start/complete, on_trial_result)."""
     from ray import tune
-    from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
-    import search_spaces
     from sweeps.runner import _base, _slots
-    from sweeps.searchers import SAMPLERS
-    from sweeps.trainable import train_trial
 
     class Times(tune.Callback):
         # Plain lists only: Tune pickles its callbacks into the experiment state.
         def __init__(self) -> None:
             self.events: list[tuple[str, str, float]] = []
             self.epochs: dict[str, list[Epoch]] = {}
+
+        def setup(self, **info: Any) -> None:  # Tune calls it as Tuner.fit begins
+            self.events.append(("Tuner.fit", "", time.time()))
 
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self.events.append(("on_trial_start", trial.trial_id, time.time()))
@@ -515,38 +514,14 @@ def run_plain(spec: Any) -> Sweep:
     times, driver = Times(), DriverTimes()
     with LoadWatch() as load:
         c0, t0 = time.process_time(), time.time()
-        trainable = tune.with_resources(
-            tune.with_parameters(
-                train_trial,
-                base=_base(spec),
-                worst={"val_acc": spec.diverged_value},
-                checkpoint_every_s=spec.checkpoint_every_s,
-            ),
-            {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
+        grid = plain_tune(
+            spec,
+            _base(spec),
+            slots,
+            spec.num_samples,
+            name=f"{spec.name}-plain",
+            callbacks=[times],
         )
-        searcher = OptunaSearch(
-            space=search_spaces.define_by_run(spec.space_name, spec.ranges()),
-            metric="val_acc",
-            mode="max",
-            sampler=SAMPLERS.get(spec.searcher.sampler).build(spec),
-        )
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=ConcurrencyLimiter(searcher, max_concurrent=slots),
-                num_samples=spec.num_samples,
-                reuse_actors=True,
-            ),
-            run_config=tune.RunConfig(
-                name=f"{spec.name}-plain",
-                storage_path=spec.resolved_storage(),
-                callbacks=[times],
-                verbose=0,
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            ),
-        )
-        driver.events.append(("Tuner.fit", "", time.time()))
-        grid = tuner.fit()
         t1, cpu = time.time(), time.process_time() - c0
     assert grid.num_errors == 0, f"{grid.num_errors} plain Tune trials failed"
     driver.events.extend(times.events)

@@ -606,8 +606,7 @@ def run_arm(arm: str, n: int, tmp: Path, args: argparse.Namespace) -> dict[str, 
 
             run_sweep(spec, text)
         else:
-            num = _plain(spec, base, slots, n)
-            out["plain_trials"] = num
+            out["plain_trials"] = len(plain_tune(spec, base, slots, n))
         wall = meter.now()
         out["driver_cpu_s"] = cpu_s() - cpu0
         rss_end, rss_peak = rss_mb()
@@ -644,8 +643,18 @@ def run_arm(arm: str, n: int, tmp: Path, args: argparse.Namespace) -> dict[str, 
     return out
 
 
-def _plain(spec: Any, base: dict[str, Any], slots: int, n: int) -> int:
-    """The plain Ray Tune script: the service's trainable and searcher, no MLflow."""
+def plain_tune(
+    spec: Any,
+    base: dict[str, Any],
+    slots: int,
+    n: int,
+    *,
+    name: str | None = None,
+    callbacks: Sequence[Any] = (),
+) -> Any:
+    """The plain Ray Tune script: the service's trainable and searcher, no MLflow; returns
+    Tune's ResultGrid. ``benchmarks/sweep_overhead.py`` runs it too, with its own timing
+    callbacks and experiment name."""
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
@@ -677,14 +686,14 @@ def _plain(spec: Any, base: dict[str, Any], slots: int, n: int) -> int:
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
-            name=spec.name,
+            name=name or spec.name,
             storage_path=spec.resolved_storage(),
+            callbacks=list(callbacks),
             verbose=0,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         ),
     )
-    grid = tuner.fit()
-    return len(grid)
+    return tuner.fit()
 
 
 # -- the orchestrator ----------------------------------------------------------------------------

@@ -131,8 +131,16 @@ def test_runs_and_artifacts_land_in_the_server_on_postgres_and_s3(tmp_path, serv
 
 
 def test_a_30_second_tracking_outage_loses_nothing(tmp_path, server):
+    # 30 epochs (about 0.3 s each on a fast machine) keep the trials training through the
+    # outage: with 8, a fast CI machine once finished the sweep's writes before the server stopped.
+    epochs = 30
     spec = write_spec(
-        tmp_path, "outage", server.uri, num_samples=4, train=LONG_TRAIN, scheduler={"name": "fifo"}
+        tmp_path,
+        "outage",
+        server.uri,
+        num_samples=4,
+        train={**LONG_TRAIN, "epochs": epochs},
+        scheduler={"name": "fifo"},
     )
     proc = start_driver(["run", str(spec)], tmp_path, env=server.env)
     client = MlflowClient(server.uri)
@@ -142,6 +150,7 @@ def test_a_30_second_tracking_outage_loses_nothing(tmp_path, server):
         "a first epoch in MLflow",
     )
     server.stop()
+    assert proc.poll() is None, "the sweep ended before the outage began"
     time.sleep(30)
     server.start()
     assert proc.wait(timeout=600) == 0, (tmp_path / "driver.log").read_text()[-3000:]
@@ -152,7 +161,7 @@ def test_a_30_second_tracking_outage_loses_nothing(tmp_path, server):
     for k in kids:
         assert k.info.status == "FINISHED"
         steps = sorted(m.step for m in client.get_metric_history(k.info.run_id, "val_acc"))
-        assert steps == list(range(1, 9)), (k.data.tags["flatsweep.trial_id"], steps)
+        assert steps == list(range(1, epochs + 1)), (k.data.tags["flatsweep.trial_id"], steps)
 
 
 def test_node_loss_restores_trials_from_checkpoints(tmp_path):

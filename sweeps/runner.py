@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,6 +168,38 @@ class _GpuOnCpuWarning(Callback):
         )
 
 
+class _WarmReport(Callback):
+    """Imports the report's libraries on a background thread once a slot idles for good.
+
+    When every trial of a stage has started and one has ended, the slot it leaves is idle
+    until the stage ends, so the ~1.3 s of imports the end-of-sweep report needs
+    (``sweeps.report.import_dependencies``) run there instead of after the last trial. Earlier
+    they would take CPU from training trials. Holds only counters, so it pickles into Tune's
+    experiment state.
+    """
+
+    def __init__(self, num_trials: int) -> None:
+        self.num_trials = num_trials
+        self.started: set[str] = set()
+        self.warmed = False
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.started.add(trial.trial_id)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self.warmed or len(self.started) < self.num_trials:
+            return
+        self.warmed = True
+        from sweeps.report import import_dependencies
+
+        threading.Thread(
+            target=import_dependencies, name="flatsweep-warm-report", daemon=True
+        ).start()
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.on_trial_complete(iteration, trials, trial, **info)
+
+
 class Interrupted(Exception):
     """The sweep was stopped by Ctrl-C or SIGTERM; its state is saved for ``sweeps resume``."""
 
@@ -181,12 +214,23 @@ def _drain_timeout_s() -> float:
     return float(os.environ.get("FLATSWEEP_DRAIN_TIMEOUT_S", "300"))
 
 
-def _writer_process() -> bool:
-    """Whether MLflow writes go through a writer process ($FLATSWEEP_MLFLOW_PROCESS, default
-    1; 0 keeps them on threads of the driver, as before it existed)."""
-    raw = os.environ.get("FLATSWEEP_MLFLOW_PROCESS", "1").strip()
-    if raw not in ("0", "1"):
-        raise ValueError(f"FLATSWEEP_MLFLOW_PROCESS must be 0 or 1, but got {raw!r}")
+# A writer process costs about 3.5 s of CPU to start (it imports MLflow and Tune's callback
+# base) and about 250 MB; threads of the driver cost about 30 ms of the driver's GIL per trial.
+# Below about a hundred trials the process costs more than it saves: on a 2-core machine its
+# start-up delays the first trials' workers by about 1 s each (benchmarks/sweep_overhead.py).
+PROCESS_WRITER_MIN_TRIALS = 100
+
+
+def _writer_process(num_trials: int | None = None) -> bool:
+    """Whether a stage of ``num_trials`` trials writes to MLflow through a writer process
+    ($FLATSWEEP_MLFLOW_PROCESS: ``1`` always, ``0`` never, ``auto``, the default, from
+    ``PROCESS_WRITER_MIN_TRIALS`` trials on). Without ``num_trials`` it only checks the value.
+    """
+    raw = os.environ.get("FLATSWEEP_MLFLOW_PROCESS", "auto").strip()
+    if raw not in ("0", "1", "auto"):
+        raise ValueError(f"FLATSWEEP_MLFLOW_PROCESS must be 0, 1 or auto, but got {raw!r}")
+    if raw == "auto":
+        return num_trials is not None and num_trials >= PROCESS_WRITER_MIN_TRIALS
     return raw == "1"
 
 
@@ -344,7 +388,7 @@ def _run_stage(
         drain_timeout_s=_drain_timeout_s(),
         stage=stage.stage_tag,
         fresh=not restoring,
-        process=_writer_process(),
+        process=_writer_process(num_trials),
     )
     tracker.start()
     mirror = None
@@ -364,6 +408,7 @@ def _run_stage(
         JsonLoggerCallback(),
         ForgetEndedTrialStats(spec.metrics),
         ReleaseFreedMemory(),
+        _WarmReport(num_trials),
     ]
     if gpu_warning is not None:
         callbacks.append(gpu_warning)

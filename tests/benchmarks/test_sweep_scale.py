@@ -7,6 +7,7 @@ cores), so it is a ``cluster`` test. Speed is measured, never asserted.
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import subprocess
 import sys
@@ -193,6 +194,9 @@ def test_twelve_trials_side_by_side(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=600,
+        # The writer process the benchmark's 1000s of trials get by default (12 would get
+        # threads of the driver: runner.PROCESS_WRITER_MIN_TRIALS).
+        env={**os.environ, "FLATSWEEP_MLFLOW_PROCESS": "1"},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert not results.exists()  # --no-record

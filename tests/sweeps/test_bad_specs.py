@@ -237,7 +237,7 @@ def test_the_resolved_spec_carries_every_default_that_is_used():
 @pytest.mark.parametrize(
     ("var", "value", "expected"),
     [
-        ("FLATSWEEP_MLFLOW_PROCESS", "yes", "FLATSWEEP_MLFLOW_PROCESS must be 0 or 1"),
+        ("FLATSWEEP_MLFLOW_PROCESS", "yes", "FLATSWEEP_MLFLOW_PROCESS must be 0, 1 or auto"),
         ("FLATSWEEP_MLFLOW_WRITERS", "0", "FLATSWEEP_MLFLOW_WRITERS must be a whole number >= 1"),
     ],
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 import subprocess
@@ -304,3 +305,66 @@ def test_import_pulls_in_no_mlflow_ray_or_plotting() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_import_dependencies_covers_what_drawing_a_report_imports(tmp_path: Path) -> None:
+    # What the driver warms up ahead (sweeps.runner._WarmReport) must be what write_report
+    # would otherwise import after the last trial: here nothing heavy is left for it.
+    code = f"""
+import json, sys
+from pathlib import Path
+from tests.sweeps.test_report import _record
+from sweeps.report import import_dependencies, write_report
+import_dependencies()
+before = set(sys.modules)
+write_report(_record(), Path({str(tmp_path)!r}))
+print(json.dumps(sorted(set(sys.modules) - before)))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    new = json.loads(out.stdout.strip().splitlines()[-1])
+    heavy = [m for m in new if m.split(".")[0] in {"optuna", "sklearn", "scipy", "markdown_it"}]
+    assert heavy == [], heavy
+    # Matplotlib's compiled triangulation helpers and Pillow's image plugins load on first use.
+    assert all(m.split(".")[0] in {"matplotlib", "PIL"} for m in new), new
+    assert len(new) <= 12, new
+
+
+class _Trial:
+    def __init__(self, trial_id: str) -> None:
+        self.trial_id = trial_id
+
+
+def test_the_report_warms_up_once_every_trial_started_and_a_slot_idles(monkeypatch) -> None:
+    import pickle
+    import threading
+
+    import sweeps.report
+    from sweeps.runner import _WarmReport
+
+    calls = []
+    done = threading.Event()
+
+    def fake() -> None:
+        calls.append(threading.current_thread().name)
+        done.set()
+
+    monkeypatch.setattr(sweeps.report, "import_dependencies", fake)
+    cb = _WarmReport(num_trials=3)
+    trials = [_Trial(f"t{i}") for i in range(3)]
+    cb.on_trial_start(0, trials, trials[0])
+    cb.on_trial_start(0, trials, trials[1])
+    cb.on_trial_start(0, trials, trials[0])  # a restarted trial is not a new one
+    cb.on_trial_complete(0, trials, trials[0])
+    assert not cb.warmed  # the third trial still needs the freed slot
+    cb.on_trial_start(0, trials, trials[2])
+    cb.on_trial_error(0, trials, trials[1])  # now a slot stays idle
+    assert done.wait(10) and calls == ["flatsweep-warm-report"]
+    cb.on_trial_complete(0, trials, trials[2])
+    assert calls == ["flatsweep-warm-report"]  # once
+    assert pickle.loads(pickle.dumps(cb)).warmed  # noqa: S301 - our own bytes; Tune pickles it

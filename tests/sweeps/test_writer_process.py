@@ -217,3 +217,27 @@ def test_the_optuna_mirror_is_stored_by_the_writer_process_with_run_links(store,
     # It did all that without torch (the specs come resolved from the driver): ~250 MB, not 850.
     assert "libtorch" not in Path(f"/proc/{_child(tracker).pid}/maps").read_text()
     tracker.close()
+
+
+@pytest.mark.parametrize(
+    ("setting", "trials", "expected"),
+    [
+        (None, 8, False),  # a small stage: the process would cost more than it saves
+        (None, 99, False),
+        (None, 100, True),
+        ("auto", 3000, True),
+        ("1", 8, True),
+        ("0", 3000, False),
+        (" 1 ", 8, True),
+    ],
+)
+def test_stages_of_many_trials_get_the_writer_process(setting, trials, expected, monkeypatch):
+    from sweeps import runner
+
+    if setting is None:
+        monkeypatch.delenv("FLATSWEEP_MLFLOW_PROCESS", raising=False)
+    else:
+        monkeypatch.setenv("FLATSWEEP_MLFLOW_PROCESS", setting)
+    assert runner.PROCESS_WRITER_MIN_TRIALS == 100
+    assert runner._writer_process(trials) is expected
+    assert runner._writer_process() is (setting is not None and setting.strip() == "1")

@@ -29,7 +29,7 @@ Measured in each driver subprocess (``Meter`` wraps the functions named below in
 - the driver's CPU seconds over that interval (``getrusage(RUSAGE_SELF)``, all its threads)
   per trial, and its peak RSS (``ru_maxrss``, the same as ``VmHWM``) with its RSS at the start,
   when ``Tuner.fit`` returned, and at every 5% of the trials completed (the slope between 25%
-  and 100% is the growth per trial, start-up excluded);
+  and 95% is the growth per trial, start-up and the end's one-off imports excluded);
 - the service's ``MlflowClient`` calls per trial (outermost calls only: ``log_text`` calling
   ``log_artifact`` counts once) and their payload bytes per trial: the keys and values of the
   call's arguments (strings as UTF-8, numbers as their text, MLflow entities by their fields,
@@ -292,7 +292,7 @@ class Observations:
         self.fit: list[tuple[float, float]] = []  # (start, duration) of Tuner.fit
         self.fit_rss_mb: list[float] = []  # the driver's RSS as each Tuner.fit returned
         # (trials completed, the driver's RSS MB then), every 5% of the trials: the slope
-        # between 25% and 100% is the growth per trial, without start-up's one-off costs.
+        # between 25% and 95% is the growth per trial, without start-up's or the end's one-offs.
         self.rss_by_trials: list[tuple[int, float]] = []
         self.rss_every = max(1, trials // 20)
         self.writer_cpu_s = 0.0  # the MLflow writer processes' CPU, all stages together
@@ -472,14 +472,17 @@ def base_spec(spec: Any) -> dict[str, Any]:
 
 
 def rss_slope(r: dict[str, Any]) -> str:
-    """The driver's RSS at a quarter and at all of the trials completed, and the growth per
-    1000 trials between them: what each further trial costs, start-up excluded."""
+    """The driver's RSS at a quarter and at 95% of the trials completed, and the growth per
+    1000 trials between them: what each further trial costs, start-up and the end excluded."""
     points = r.get("rss_by_trials") or []
     if len(points) < 2:
         return "-"
     total = points[-1][0]
     first = next((p for p in points if p[0] >= total / 4), points[0])
-    last = points[-1]
+    # Not the last sample: as the last trials run, the service's driver imports the end-of-sweep
+    # report's libraries (about 100 MB once, sweeps.runner._WarmReport), a one-off that is no
+    # trial's growth. Plain Tune's driver measures the same way.
+    last = max((p for p in points if p[0] <= total * 0.95), default=points[-1])
     if last[0] == first[0]:
         return "-"
     slope = (last[1] - first[1]) * 1000 / (last[0] - first[0])
@@ -913,7 +916,7 @@ def detail_table(n: int, svc: dict[str, Any], plain: dict[str, Any]) -> str:
             ),
         ),
         (
-            "driver RSS MB at 25% → 100% of trials completed (slope per 1000 trials)",
+            "driver RSS MB at 25% → 95% of trials completed (slope per 1000 trials)",
             rss_slope,
         ),
         (

@@ -165,6 +165,17 @@ def test_table_and_lost_line_from_measurements(scale: ModuleType) -> None:
     assert "NOT ALL RECORDS (2 lost)" in scale.nothing_lost_line(svc)
 
 
+def test_rss_slope_is_the_growth_from_a_quarter_to_95_percent_of_the_trials(
+    scale: ModuleType,
+) -> None:
+    # 1 MB per 10 trials, then a one-off 100 MB at the end (the report's imports, as the
+    # last trials run): the slope is the per-trial growth, not the one-off.
+    points = [(n, 500.0 + n / 10) for n in range(50, 1001, 50)]
+    points[-1] = (1000, points[-1][1] + 100.0)
+    assert scale.rss_slope({"rss_by_trials": points}) == "525 → 595 (100)"
+    assert scale.rss_slope({"rss_by_trials": points[:1]}) == "-"
+
+
 def test_flags_and_a_tracking_uri_without_credentials(scale: ModuleType) -> None:
     with pytest.raises(SystemExit):
         scale.parse_args(["--trials", "0"])

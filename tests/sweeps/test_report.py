@@ -336,8 +336,8 @@ print(json.dumps(sorted(set(sys.modules) - before)))
 
 
 class _Trial:
-    def __init__(self, trial_id: str) -> None:
-        self.trial_id = trial_id
+    def __init__(self, trial_id: str, status: str = "PENDING") -> None:
+        self.trial_id, self.status = trial_id, status
 
 
 def test_the_report_warms_up_once_every_trial_started_and_a_slot_idles(monkeypatch) -> None:
@@ -356,15 +356,23 @@ def test_the_report_warms_up_once_every_trial_started_and_a_slot_idles(monkeypat
 
     monkeypatch.setattr(sweeps.report, "import_dependencies", fake)
     cb = _WarmReport(num_trials=3)
-    trials = [_Trial(f"t{i}") for i in range(3)]
-    cb.on_trial_start(0, trials, trials[0])
-    cb.on_trial_start(0, trials, trials[1])
-    cb.on_trial_start(0, trials, trials[0])  # a restarted trial is not a new one
-    cb.on_trial_complete(0, trials, trials[0])
-    assert not cb.warmed  # the third trial still needs the freed slot
-    cb.on_trial_start(0, trials, trials[2])
-    cb.on_trial_error(0, trials, trials[1])  # now a slot stays idle
+    t0, t1 = _Trial("t0", "RUNNING"), _Trial("t1", "RUNNING")
+    t0.status = "TERMINATED"
+    cb.on_trial_complete(0, [t0, t1], t0)
+    assert not cb.warmed  # the searcher has not made the third trial yet
+    t2 = _Trial("t2")
+    trials = [t0, t1, t2]
+    t1.status = "TERMINATED"
+    cb.on_trial_complete(0, trials, t1)
+    assert not cb.warmed  # the third trial still waits for the freed slot
+    t2.status = "RUNNING"
+    t0.status = "PENDING"  # a restarted trial waits for a slot again
+    cb.on_trial_error(0, trials, t1)
+    assert not cb.warmed
+    t0.status = "ERROR"
+    cb.on_trial_error(0, trials, t0)  # every trial started: a slot now stays idle
     assert done.wait(10) and calls == ["flatsweep-warm-report"]
-    cb.on_trial_complete(0, trials, trials[2])
+    t2.status = "TERMINATED"
+    cb.on_trial_complete(0, trials, t2)
     assert calls == ["flatsweep-warm-report"]  # once
     assert pickle.loads(pickle.dumps(cb)).warmed  # noqa: S301 - our own bytes; Tune pickles it

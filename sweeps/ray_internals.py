@@ -239,6 +239,12 @@ class ForgetEndedTrialStats(Callback):
     Only on ``on_trial_complete`` (TERMINATED: it reports no more). An errored trial may be
     retried and report again, so its statistics stay. Both dicts lose the same keys, so a
     metric reported again later starts afresh in ``update_metric`` instead of failing.
+
+    The trial's registered checkpoints (at most ``num_to_keep``) keep their paths but only
+    the same keys of the result they were saved with: a finished trial is never restored
+    from them, and nothing but ``Result.best_checkpoints`` reads their metrics. Its last
+    result is left whole: a resumed driver closes a run from it when the run's last writes
+    died with the driver before they landed (``tracking.MLflowTracker._reconcile``).
     """
 
     def __init__(self, keep: Sequence[str]) -> None:
@@ -250,6 +256,12 @@ class ForgetEndedTrialStats(Callback):
         # (_TrainingRunMetadata.__setattr__).
         meta.metric_analysis = {k: v for k, v in meta.metric_analysis.items() if k in self._keep}
         meta.metric_n_steps = {k: v for k, v in meta.metric_n_steps.items() if k in self._keep}
+        manager = meta.checkpoint_manager
+        if manager is not None:
+            kept = [*manager._checkpoint_results, manager._latest_checkpoint_result]
+            for result in {id(r): r for r in kept if r is not None}.values():
+                result.metrics = {k: v for k, v in result.metrics.items() if k in self._keep}
+            meta.invalidate_cache()  # its snapshot JSON holds the checkpoints' metrics too
 
 
 @contextlib.contextmanager

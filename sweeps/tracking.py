@@ -618,6 +618,7 @@ class _Item:
     # module-level function with data) when the writer is a separate process.
     call: Callable[[MLflowTracker, MlflowClient], Any] | None = None
     seq: int = 0  # its number in a writer process's acknowledgements
+    queued: float = 0.0  # when the outbox took it (time.monotonic)
     skip: bool | None = None  # an epoch logged before; decided at its first delivery attempt
     sent: int = 0  # how many of ``payload`` have landed
 
@@ -711,10 +712,15 @@ class _Outbox:
     A trial is given to one writer at first sight (round-robin) and each writer has its own
     queue, so the writes of one run stay in order while different runs go in parallel (an
     HTTP store answers several requests at once; each writer waits on its own round trips).
-    A writer works in rounds ``interval_s`` apart; a round delivers everything queued, each
-    run's writes merged as ``_take`` allows. With epochs of a fraction of a second, one store
-    commit per epoch was the driver's largest CPU cost (it competes with the trials for the
-    same cores).
+    A writer works in rounds ``interval_s`` apart; a round delivers every run that is due,
+    each run's writes merged as ``_take`` allows. A run is due when a status change (its
+    creation, its end) or a one-off write is queued, when its oldest queued epoch has waited
+    ``metrics_every_s``, and always while draining. With epochs of a fraction of a second, one
+    store commit per epoch was the driver's largest CPU cost (it competes with the trials for
+    the same cores); one per second per run was still about 18 ms of SQLite work per call,
+    2-4 calls a second with two trials running (``benchmarks/sweep_overhead.py``), and with
+    a hundred trials running it would be more than one writer can do. A running trial's
+    curves in the MLflow UI are thus up to ``metrics_every_s`` (plus a round) behind.
     """
 
     def __init__(
@@ -722,10 +728,12 @@ class _Outbox:
         deliver: Callable[[int, list[_Item]], None],
         interval_s: float = 1.0,
         writers: int = 1,
+        metrics_every_s: float = 5.0,
     ) -> None:
         if writers < 1:
             raise ValueError(f"writers must be at least 1, but got {writers=}")
         self.interval_s = interval_s
+        self.metrics_every_s = metrics_every_s
         self._deliver = deliver  # (writer index, one delivery's items)
         self._cv = threading.Condition()  # one lock for all writers: drain waits for them all
         # Per writer: trial id -> its undelivered items in order, trials in order of arrival.
@@ -735,6 +743,7 @@ class _Outbox:
         self._count = 0  # items queued and not yet delivered, all writers together
         self._broken: set[int] = set()  # writers stopped on an error retrying cannot fix
         self._draining = 0
+        self._puts = 0  # writes ever queued: a sleeping writer sees a new one come
         self.rounds = 0  # delivery rounds so far, all writers together
 
     @property
@@ -753,13 +762,29 @@ class _Outbox:
         """A writer stopped on an error retrying cannot fix; its writes stay outstanding."""
         return bool(self._broken)
 
+    def _due(self, items: deque[_Item], now: float) -> bool:
+        """Whether a run's queued writes go in this round (the class doc). A status change
+        or one-off write sits at the head (an opening) or the tail (a closing) of its run's
+        queue; one in the middle goes with the epochs around it."""
+        head, tail = items[0], items[-1]
+        return (
+            self._draining > 0
+            or head.status is not None
+            or head.call is not None
+            or tail.status is not None
+            or tail.call is not None
+            or now - head.queued >= self.metrics_every_s
+        )
+
     def put(self, item: _Item) -> None:
+        item.queued = time.monotonic()
         with self._cv:
             writer = self._writer_of.get(item.trial)
             if writer is None:
                 writer = self._writer_of[item.trial] = len(self._writer_of) % len(self._queues)
             self._queues[writer].setdefault(item.trial, deque()).append(item)
             self._count += 1
+            self._puts += 1
             self._cv.notify_all()
             if self._threads[writer] is None:
                 thread = threading.Thread(
@@ -796,13 +821,14 @@ class _Outbox:
                 self._cv.wait_for(lambda: bool(queue))
                 # Coalesce: let a round's worth of results queue up, unless draining.
                 self._cv.wait_for(lambda: self._draining > 0, timeout=self.interval_s)
-            # Then deliver everything queued before waiting again: with many trials the queue
+            # Then deliver everything due before waiting again: with many trials the queue
             # empties in one round instead of one run per interval.
             while True:
                 with self._cv:
-                    if not queue:
+                    now = time.monotonic()
+                    tid = next((t for t, items in queue.items() if self._due(items, now)), None)
+                    if tid is None:
                         break
-                    tid = next(iter(queue))
                     batch = _take(queue[tid])
                 try:
                     retry(self._deliver, writer, batch)
@@ -831,6 +857,15 @@ class _Outbox:
                     self._cv.notify_all()
             with self._cv:
                 self.rounds += 1
+                if queue and not self._draining:
+                    # Only epochs that are not due yet: sleep until the first of them is, or a
+                    # new write or a drain comes (then a round's wait as usual).
+                    first = min(items[0].queued for items in queue.values())
+                    puts = self._puts
+                    self._cv.wait_for(
+                        lambda puts=puts: self._draining > 0 or self._puts != puts,
+                        timeout=max(0.0, first + self.metrics_every_s - time.monotonic()),
+                    )
 
     def start(self) -> None:
         """Nothing to start: a writer thread starts at its first write."""

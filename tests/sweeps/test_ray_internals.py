@@ -157,6 +157,33 @@ def test_a_finished_trial_keeps_only_its_objectives_statistics():
     )
 
 
+def test_a_finished_trials_checkpoints_keep_their_paths_and_only_the_objectives(tmp_path):
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+
+    from sweeps.ray_internals import ForgetEndedTrialStats
+
+    full = {"val_acc": 0.5, "train_loss": 1.0, "hostname": "h", "training_iteration": 2}
+    trial = trial_with(tmp_path, (1, 1), (2, 2), next_index=3)
+    manager = trial.run_metadata.checkpoint_manager
+    for result in manager._checkpoint_results:
+        result.metrics = dict(full)
+    meta = _TrainingRunMetadata()
+    meta.checkpoint_manager = manager
+    meta.last_result = dict(full)
+    before = meta.get_json_state()
+    ForgetEndedTrialStats(["val_acc"]).on_trial_complete(0, [], SimpleNamespace(run_metadata=meta))
+
+    assert [Path(r.checkpoint.path).name for r in manager._checkpoint_results] == [
+        "checkpoint_000001",
+        "checkpoint_000002",
+    ]
+    for result in (*manager._checkpoint_results, manager._latest_checkpoint_result):
+        assert result.metrics == {"val_acc": 0.5, "training_iteration": 2}
+    assert meta.last_result == full  # a resumed driver may close the run from it
+    after = meta.get_json_state()  # rebuilt, not the cached one
+    assert len(after) < len(before)
+
+
 def test_an_errored_trial_keeps_its_statistics():
     from ray.tune.trainable.metadata import _TrainingRunMetadata
 

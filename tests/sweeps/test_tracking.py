@@ -94,6 +94,60 @@ def test_epochs_reported_close_together_land_in_few_batches(store):
     assert max(batches) <= 1000
 
 
+def _until(check: Any, timeout_s: float = 10.0) -> float:
+    """Seconds until ``check()`` held (fails after ``timeout_s``)."""
+    t0 = time.monotonic()
+    while not check():
+        assert time.monotonic() - t0 < timeout_s, "timed out"
+        time.sleep(0.05)
+    return time.monotonic() - t0
+
+
+def test_a_running_trials_epochs_wait_for_metrics_every_s_but_its_start_and_end_do_not(store):
+    """With a 30-s metrics period the run is created and closed within seconds, while its
+    epochs wait: until the run closes, which takes them along."""
+    uri, client, exp, parent = store
+    tracker = _tracker(store, interval_s=0.0)
+    tracker._outbox.metrics_every_s = 30.0
+    trial = _Trial("m")
+    tracker.on_trial_start(0, [], trial)
+    _until(lambda: len(client.search_runs([exp])) == 2)  # the parent and this run
+    for epoch in range(1, 6):
+        _report(tracker, trial, _result(epoch))
+    time.sleep(1.0)
+    run_id = _child(client, exp, parent).info.run_id
+    assert client.get_metric_history(run_id, "val_acc") == []  # not due yet
+    trial.status = "TERMINATED"
+    tracker.on_trial_complete(0, [], trial)
+    _until(lambda: client.get_run(run_id).info.status == "FINISHED")
+    history = client.get_metric_history(run_id, "val_acc")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4, 5]
+    assert tracker._client.batches == [15]  # type: ignore[union-attr]  # 5 epochs x 3, one call
+
+
+def test_a_running_trials_epochs_land_once_per_metrics_every_s(store):
+    """Twenty epochs 0.1 s apart with a 0.5-s period: a few calls, not one per epoch, and
+    the first epochs land while the trial still runs."""
+    uri, client, exp, parent = store
+    tracker = _tracker(store, interval_s=0.0)
+    tracker._outbox.metrics_every_s = 0.5
+    trial = _Trial("p")
+    tracker.on_trial_start(0, [], trial)
+    for epoch in range(1, 21):
+        _report(tracker, trial, _result(epoch))
+        time.sleep(0.1)
+    run_id = _child(client, exp, parent).info.run_id
+    assert client.get_metric_history(run_id, "val_acc")  # landed on the way
+    trial.status = "TERMINATED"
+    tracker.on_trial_complete(0, [], trial)
+    assert tracker.drain()
+    history = client.get_metric_history(run_id, "val_acc")
+    assert sorted(m.step for m in history) == list(range(1, 21))
+    batches = tracker._client.batches  # type: ignore[union-attr]
+    assert sum(batches) == 60
+    assert 2 <= len(batches) <= 8  # about one per 0.5 s of the 2 s; not 20
+
+
 def test_a_restart_after_finish_keeps_status_order_and_every_epoch(store):
     uri, client, exp, parent = store
     tracker = _tracker(store, interval_s=0.2)

@@ -924,7 +924,7 @@ class MLflowTracker(Callback):
     that ended within the delivery round that creates its run has its final tags there too),
     one ``log_batch`` with its params and every queued epoch's metrics (and the final tags of
     a run created earlier), and ``set_terminated`` (dated by Tune's end event). A longer trial
-    adds one ``log_batch`` per delivery round it spans.
+    adds one ``log_batch`` per ``_Outbox.metrics_every_s`` (5 s) of its life.
 
     Args:
         writers: writer threads, each with its own ``MlflowClient``; a trial stays on one.

@@ -340,7 +340,7 @@ class _Trial:
         self.trial_id, self.status = trial_id, status
 
 
-def test_the_report_warms_up_once_every_trial_started_and_a_slot_idles(monkeypatch) -> None:
+def test_the_report_warms_up_once_when_every_trial_has_started(monkeypatch) -> None:
     import pickle
     import threading
 
@@ -357,21 +357,21 @@ def test_the_report_warms_up_once_every_trial_started_and_a_slot_idles(monkeypat
     monkeypatch.setattr(sweeps.report, "import_dependencies", fake)
     cb = _WarmReport(num_trials=3)
     t0, t1 = _Trial("t0", "RUNNING"), _Trial("t1", "RUNNING")
-    t0.status = "TERMINATED"
-    cb.on_trial_complete(0, [t0, t1], t0)
+    cb.on_trial_start(0, [t0, t1], t1)
     assert not cb.warmed  # the searcher has not made the third trial yet
     t2 = _Trial("t2")
     trials = [t0, t1, t2]
-    t1.status = "TERMINATED"
-    cb.on_trial_complete(0, trials, t1)
-    assert not cb.warmed  # the third trial still waits for the freed slot
-    t2.status = "RUNNING"
-    t0.status = "PENDING"  # a restarted trial waits for a slot again
+    t0.status = "TERMINATED"
+    cb.on_trial_complete(0, trials, t0)
+    assert not cb.warmed  # the third trial waits for the freed slot
+    t1.status = "PENDING"  # a trial restarted after an error waits for a slot again
     cb.on_trial_error(0, trials, t1)
+    cb.on_trial_start(0, trials, t2)  # Tune's order: the hook, then the status RUNNING
+    t2.status = "RUNNING"
     assert not cb.warmed
-    t0.status = "ERROR"
-    cb.on_trial_error(0, trials, t0)  # every trial started: a slot now stays idle
+    cb.on_trial_start(0, trials, t1)  # the last to start, still PENDING in the hook
     assert done.wait(10) and calls == ["flatsweep-warm-report"]
+    t1.status = "RUNNING"
     t2.status = "TERMINATED"
     cb.on_trial_complete(0, trials, t2)
     assert calls == ["flatsweep-warm-report"]  # once

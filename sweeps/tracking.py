@@ -11,14 +11,15 @@ operation idempotent across ``sweeps resume`` and driver restarts.
 
 It runs in the driver only and logs with ``log_batch``: a short trial costs three calls
 (``create_run`` with its tags, final ones included, one ``log_batch`` with its params and
-every epoch's metrics, ``set_terminated``), and epochs reported close together are merged;
-nothing is logged from inside the training step. Writes go through background writer
-threads: one for a SQLite or file store (one writer at a time there), four for an HTTP server
-(``FLATSWEEP_MLFLOW_WRITERS``), each trial on one writer so its writes keep their order. A
-sweep runs those threads in a writer process of the driver's (``process=True``,
-:mod:`sweeps.writer_process`), so the store's ORM work never holds the GIL of Tune's event
-loop. Writes that fail (tracking server down) are buffered in order and retried, so a
-tracking outage loses nothing as long as the driver lives.
+every epoch's metrics, ``set_terminated``), and a running trial's epochs are merged into one
+call per 5 s (``_Outbox``); nothing is logged from inside the training step. Writes go
+through background writer threads: one for a SQLite or file store (one writer at a time
+there), four for an HTTP server (``FLATSWEEP_MLFLOW_WRITERS``), each trial on one writer so
+its writes keep their order. A stage of 100 trials or more runs those threads in a writer
+process of the driver's (``process=True``, :mod:`sweeps.writer_process`), so the store's ORM
+work never holds the GIL of Tune's event loop. Writes that fail (tracking server down) are
+buffered in order and retried, so a tracking outage loses nothing as long as the driver
+lives.
 
 A fresh MLflow 3.17 browser shows run names and descriptions, not params: child runs are named
 after their searched values (``amp r=0.0039 K=2 ilr=0.39``), finalist and baseline runs after

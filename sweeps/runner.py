@@ -647,6 +647,7 @@ def run_sweep(
     try:  # before anything is written, the tracking database included
         _writer_process()
         tracking._writers(tracking_uri, None)
+        tracking._metrics_every_s()
     except ValueError as e:
         raise SpecError(str(e)) from None
     tracking.tune_sqlite()

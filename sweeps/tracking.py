@@ -718,7 +718,7 @@ class _Outbox:
     creation, its end) or a one-off write is queued, when its oldest queued epoch has waited
     ``metrics_every_s``, and always while draining. With epochs of a fraction of a second, one
     store commit per epoch was the driver's largest CPU cost (it competes with the trials for
-    the same cores); one per second per run was still about 18 ms of SQLite work per call,
+    the same cores); one per second per run was still about 20 ms of SQLite work per call,
     2-4 calls a second with two trials running (``benchmarks/sweep_overhead.py``), and with
     a hundred trials running it would be more than one writer can do. A running trial's
     curves in the MLflow UI are thus up to ``metrics_every_s`` (plus a round) behind.
@@ -729,12 +729,13 @@ class _Outbox:
         deliver: Callable[[int, list[_Item]], None],
         interval_s: float = 1.0,
         writers: int = 1,
-        metrics_every_s: float = 5.0,
+        metrics_every_s: float | None = None,
     ) -> None:
         if writers < 1:
             raise ValueError(f"writers must be at least 1, but got {writers=}")
         self.interval_s = interval_s
-        self.metrics_every_s = metrics_every_s
+        # None: FLATSWEEP_MLFLOW_METRICS_EVERY_S, else 5 s (a writer process inherits it).
+        self.metrics_every_s = _metrics_every_s() if metrics_every_s is None else metrics_every_s
         self._deliver = deliver  # (writer index, one delivery's items)
         self._cv = threading.Condition()  # one lock for all writers: drain waits for them all
         # Per writer: trial id -> its undelivered items in order, trials in order of arrival.
@@ -915,6 +916,25 @@ def _writers(tracking_uri: str, writers: int | None) -> int:
     return writers
 
 
+def _metrics_every_s() -> float:
+    """How long a running trial's epochs may wait for delivery (``_Outbox``): the
+    environment's ``FLATSWEEP_MLFLOW_METRICS_EVERY_S`` if set, else 5 s."""
+    import os
+
+    raw = os.environ.get("FLATSWEEP_MLFLOW_METRICS_EVERY_S", "").strip()
+    if not raw:
+        return 5.0
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(
+            f"FLATSWEEP_MLFLOW_METRICS_EVERY_S must be a number of seconds >= 0, but got {raw!r}"
+        )
+    return value
+
+
 class MLflowTracker(Callback):
     """Tune callback writing child runs under an existing parent run.
 
@@ -925,7 +945,8 @@ class MLflowTracker(Callback):
     that ended within the delivery round that creates its run has its final tags there too),
     one ``log_batch`` with its params and every queued epoch's metrics (and the final tags of
     a run created earlier), and ``set_terminated`` (dated by Tune's end event). A longer trial
-    adds one ``log_batch`` per ``_Outbox.metrics_every_s`` (5 s) of its life.
+    adds one ``log_batch`` per ``_Outbox.metrics_every_s`` of its life (5 s, or
+    ``FLATSWEEP_MLFLOW_METRICS_EVERY_S``).
 
     Args:
         writers: writer threads, each with its own ``MlflowClient``; a trial stays on one.

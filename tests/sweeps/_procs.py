@@ -52,7 +52,11 @@ def write_spec(tmp: Path, name: str, tracking_uri: str, **over: Any) -> Path:
 def start_driver(
     args: list[str], tmp: Path, env: dict[str, str] | None = None, log_name: str = "driver.log"
 ) -> subprocess.Popen:
-    """``python -m sweeps ARGS`` in its own process group, output to a log file."""
+    """``python -m sweeps ARGS`` in its own process group, output to a log file.
+
+    These tests watch running trials' epochs arrive in MLflow, so a driver writes them each
+    second (``FLATSWEEP_MLFLOW_METRICS_EVERY_S``; 5 s by default) unless ``env`` says
+    otherwise."""
     log = open(tmp / log_name, "ab")  # noqa: SIM115 - closed with the process
     return subprocess.Popen(
         [sys.executable, "-m", "sweeps", *args, "--quiet"],
@@ -60,7 +64,7 @@ def start_driver(
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, "FLATSWEEP_MLFLOW_METRICS_EVERY_S": "1", **(env or {})},
     )
 
 

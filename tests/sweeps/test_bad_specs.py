@@ -239,6 +239,13 @@ def test_the_resolved_spec_carries_every_default_that_is_used():
     [
         ("FLATSWEEP_MLFLOW_PROCESS", "yes", "FLATSWEEP_MLFLOW_PROCESS must be 0, 1 or auto"),
         ("FLATSWEEP_MLFLOW_WRITERS", "0", "FLATSWEEP_MLFLOW_WRITERS must be a whole number >= 1"),
+        (
+            "FLATSWEEP_MLFLOW_METRICS_EVERY_S",
+            "soon",
+            "FLATSWEEP_MLFLOW_METRICS_EVERY_S must be a number of seconds >= 0, but got 'soon'",
+        ),
+        ("FLATSWEEP_MLFLOW_METRICS_EVERY_S", "-1", "must be a number of seconds >= 0"),
+        ("FLATSWEEP_MLFLOW_METRICS_EVERY_S", "nan", "must be a number of seconds >= 0"),
     ],
 )
 def test_a_bad_writer_setting_is_one_line_and_starts_nothing(

@@ -148,6 +148,14 @@ def test_a_running_trials_epochs_land_once_per_metrics_every_s(store):
     assert 2 <= len(batches) <= 8  # about one per 0.5 s of the 2 s; not 20
 
 
+def test_the_metrics_period_comes_from_the_environment(monkeypatch):
+    monkeypatch.delenv("FLATSWEEP_MLFLOW_METRICS_EVERY_S", raising=False)
+    assert _Outbox(lambda w, b: None).metrics_every_s == 5.0
+    monkeypatch.setenv("FLATSWEEP_MLFLOW_METRICS_EVERY_S", "0.5")
+    assert _Outbox(lambda w, b: None).metrics_every_s == 0.5
+    assert _Outbox(lambda w, b: None, metrics_every_s=2.0).metrics_every_s == 2.0
+
+
 def test_a_restart_after_finish_keeps_status_order_and_every_epoch(store):
     uri, client, exp, parent = store
     tracker = _tracker(store, interval_s=0.2)

@@ -205,7 +205,7 @@ class _WarmReport(Callback):
         self._check(trials, starting=trial)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        # A trial Tune restarts after an error waits PENDING; when it leaves, it may be last.
+        # The last PENDING trial may leave without starting (stopped while it waited).
         self._check(trials)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

@@ -16,6 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from sweeps.tracking import TAG_PARENT, TAG_STOPPED_EARLY, MLflowTracker, _Outbox
+from tests.sweeps._procs import wait_for
 from tests.sweeps.conftest import BASE_TRAIN
 
 
@@ -94,15 +95,6 @@ def test_epochs_reported_close_together_land_in_few_batches(store):
     assert max(batches) <= 1000
 
 
-def _until(check: Any, timeout_s: float = 10.0) -> float:
-    """Seconds until ``check()`` held (fails after ``timeout_s``)."""
-    t0 = time.monotonic()
-    while not check():
-        assert time.monotonic() - t0 < timeout_s, "timed out"
-        time.sleep(0.05)
-    return time.monotonic() - t0
-
-
 def test_a_running_trials_epochs_wait_for_metrics_every_s_but_its_start_and_end_do_not(store):
     """With a 30-s metrics period the run is created and closed within seconds, while its
     epochs wait: until the run closes, which takes them along."""
@@ -111,7 +103,8 @@ def test_a_running_trials_epochs_wait_for_metrics_every_s_but_its_start_and_end_
     tracker._outbox.metrics_every_s = 30.0
     trial = _Trial("m")
     tracker.on_trial_start(0, [], trial)
-    _until(lambda: len(client.search_runs([exp])) == 2)  # the parent and this run
+    # The parent and this run, well within the 30-s period.
+    wait_for(lambda: len(client.search_runs([exp])) == 2, 10, "the run created", 0.05)
     for epoch in range(1, 6):
         _report(tracker, trial, _result(epoch))
     time.sleep(1.0)
@@ -119,7 +112,7 @@ def test_a_running_trials_epochs_wait_for_metrics_every_s_but_its_start_and_end_
     assert client.get_metric_history(run_id, "val_acc") == []  # not due yet
     trial.status = "TERMINATED"
     tracker.on_trial_complete(0, [], trial)
-    _until(lambda: client.get_run(run_id).info.status == "FINISHED")
+    wait_for(lambda: client.get_run(run_id).info.status == "FINISHED", 10, "the run closed", 0.05)
     history = client.get_metric_history(run_id, "val_acc")
     assert sorted(m.step for m in history) == [1, 2, 3, 4, 5]
     assert tracker._client.batches == [15]  # type: ignore[union-attr]  # 5 epochs x 3, one call

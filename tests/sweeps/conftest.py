@@ -85,12 +85,16 @@ def ray_head(tmp_path):
         f"--temp-dir={temp}",
     ]
     log = open(tmp_path / "ray_head.log", "ab")  # noqa: SIM115 - closed below
+    # The teardown signals the whole group, so the GCS stops with the head; Ray 2.60's
+    # SIGTERM drain (a GCS call, up to 30 s) could then only run out its time, as it did in
+    # two of these tests' teardowns (30 s each).
+    no_drain = {"RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
     head = subprocess.Popen(
         cmd,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
-        env={**os.environ, **auth},
+        env={**os.environ, **auth, **no_drain},
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # the GCS port answers once the head is up

@@ -34,6 +34,10 @@ Stores (``--store sqlite,http``), each run on a fresh one:
   fresh connection), and one writer's requests are latency-bound. gunicorn's sync workers
   close each connection.
 
+Both servers run as ``infra/`` runs them, without MLflow 3's server jobs (GenAI scorers,
+prompt optimisation; ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false`` unless the environment sets
+it): on a database store they would start eight more processes that import MLflow.
+
 When ``MLflowTracker`` takes ``writers`` (several writer threads for HTTP stores), the http
 store runs twice: ``writers=1`` and the tracker's default; otherwise once, with the single
 writer the tracker has. ``--writers`` chooses other counts.
@@ -109,6 +113,15 @@ RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 TITLE = "mlflow_throughput: MLflow recording through MLflowTracker, trials per minute"
 STORES = ("sqlite", "http", "gunicorn")
 SERVERS = ("http", "gunicorn")  # the stores that are an mlflow server
+# As infra/ starts the server (local/up.sh, compose, k8s): MLflow 3's server jobs are off unless
+# the environment turns them on. On a database store they are on by default and start eight
+# processes (a job runner and huey consumers) that each import MLflow (about 2 s of CPU and
+# 240 MB each, measured here), inside the measured window and the server's process group.
+SERVER_ENV = {
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": os.environ.get(
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false"
+    )
+}
 GUNICORN_OPTS = "--timeout 300 --no-control-socket"  # as infra/local/up.sh serves MLflow
 TARGET_PER_MIN = 3000  # issue 10 §1: ">= 3000 trials per minute on SQLite and on ... HTTP"
 WRITERS_ENV = "FLATSWEEP_MLFLOW_WRITERS"
@@ -347,6 +360,7 @@ def open_store(kind: str, tmp: Path, server_workers: int) -> Iterator[Store]:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env={**os.environ, **SERVER_ENV},
         )
         log.close()  # the server holds its own descriptor
         uri = f"http://127.0.0.1:{port}"
@@ -562,6 +576,7 @@ def run_once(
     meter.paused = True
     wall, driver_cpu = end - t0, cpu_s() - cpu0
     server_cpu = proc_cpu_s(store.server_pids()) - server0 if store.server is not None else None
+    server_procs = len(group_pids(store.server.pid)) if store.server is not None else None
     tracker.on_experiment_end(trials)  # as Tune ends the experiment (all trials closed: no-op)
     records = check_records(client, sweep.experiment_id, sweep.parent_id, n)
     with contextlib.redirect_stdout(io.StringIO()):
@@ -583,6 +598,7 @@ def run_once(
         "request_s": meter.seconds.get("http.request", 0.0),
         "driver_cpu_s": driver_cpu,
         "server_cpu_s": server_cpu,
+        "server_procs": server_procs,
         "hooks_s": sum(v for k, v in meter.seconds.items() if k.startswith("hooks.")),
         "records": records,
         "load_before": load_before,
@@ -652,6 +668,8 @@ def calls_line(r: dict[str, Any]) -> str:
             f"; HTTP requests {per_trial(r['requests'])}; "
             f"{r['request_s'] / count * 1000:.1f} ms per request (mean round trip)"
         )
+    if r.get("server_procs") is not None:
+        line += f"; the server's process group: {r['server_procs']} processes"
     return line
 
 

@@ -241,6 +241,12 @@ def test_twenty_trials_on_the_postgresql_backed_http_server(tmp_path: Path) -> N
     counts = Counter(r[1].split(" ")[0] for r in cells)
     assert counts["default"] == 1
     assert "POST runs/create 1.00" in proc.stdout  # one run created per trial
+    # The server runs as infra/ runs it: the CLI, uvicorn and its 2 workers (and perhaps a
+    # multiprocessing helper), not MLflow 3's job runner and huey consumers (13 processes).
+    procs = [
+        int(n) for n in re.findall(r"the server's process group: (\d+) processes", proc.stdout)
+    ]
+    assert len(procs) == len(rows) and all(n <= 2 + 3 for n in procs), procs
     # the driver's environment stops set_terminated from reading each run back to print it
     assert "GET runs/get 1.00" not in proc.stdout
     assert databases() == before  # the benchmark's database was dropped

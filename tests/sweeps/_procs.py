@@ -20,6 +20,9 @@ from mlflow.tracking import MlflowClient
 from tests.sweeps.conftest import sweep_dict
 
 BIN = Path(sys.executable).parent
+# An `mlflow server` as infra/ starts one: MLflow 3's server jobs off. On a database store they
+# are on by default and add eight processes, each importing MLflow, to every test server.
+SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 def free_port() -> int:
@@ -145,6 +148,7 @@ class MlflowServer:
         self.uri = f"http://127.0.0.1:{self.port}"
         self.env = {
             **os.environ,
+            **SERVER_ENV,
             "MLFLOW_S3_ENDPOINT_URL": s3_endpoint,
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",

@@ -154,11 +154,12 @@ class _SqliteServer:
         self.proc = None
 
     def start(self) -> None:
+        import os
         import subprocess
         import sys
         from pathlib import Path
 
-        from tests.sweeps._procs import wait_http
+        from tests.sweeps._procs import SERVER_ENV, wait_http
 
         log = open(self.tmp / "server.log", "ab")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(
@@ -179,6 +180,7 @@ class _SqliteServer:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env={**os.environ, **SERVER_ENV},
         )
         wait_http(f"{self.uri}/health", 120)
 

@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.sweeps._procs import (
     BIN,
+    SERVER_ENV,
     MlflowServer,
     children,
     free_port,
@@ -405,6 +406,7 @@ def test_basic_auth_server_refuses_anonymous_and_the_default_password(tmp_path, 
     )
     env = {
         **os.environ,
+        **SERVER_ENV,
         "MLFLOW_AUTH_CONFIG_PATH": str(ini),
         "MLFLOW_FLASK_SERVER_SECRET_KEY": os.urandom(16).hex(),
     }

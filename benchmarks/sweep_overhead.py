@@ -654,6 +654,7 @@ def decompose(sweep: Sweep, slots: int) -> tuple[list[tuple[str, float]], dict[s
     # trials do not (Tune's result rows carry the worker pid).
     seen_pids: set[int | None] = set()
     fresh, reused = [], []
+    fresh_worker: list[float] = []
     for t in sorted(trials, key=lambda t: t.start):
         batches = result_batches(t.epochs)
         e, first = t.epochs, batches[0]
@@ -661,6 +662,8 @@ def decompose(sweep: Sweep, slots: int) -> tuple[list[tuple[str, float]], dict[s
         # batch's training and the reports of its later epochs (counted below).
         pre = first[-1].ts - t.start - sum(x.epoch_seconds + worker_of(x) for x in first)
         (reused if e[0].pid in seen_pids else fresh).append(pre + worker_of(e[0]))
+        if e[0].pid not in seen_pids:  # the part inside the worker's first `train` call
+            fresh_worker.append(worker_of(e[0]))
         seen_pids.add(e[0].pid)
         for x in e[1:]:  # the worker's share of every later epoch's report
             if x.iter_s is not None:
@@ -728,6 +731,7 @@ def decompose(sweep: Sweep, slots: int) -> tuple[list[tuple[str, float]], dict[s
         "actors": len(seen_pids),
         "first_fresh_s": median(fresh),
         "first_reused_s": median(reused),
+        "first_fresh_worker_s": median(fresh_worker),
         "epoch_s": median([e.epoch_seconds for t in trials for e in t.epochs]),
         "worker_ckpt_ms": median(worker_ckpt, 1e3),
         "worker_ckpt_n": len(worker_ckpt),
@@ -826,6 +830,9 @@ def part_overhead(cfg: dict[str, Any], tmp: Path, ray_start_s: float) -> tuple[s
         f"| worker processes (actors) used by the trials | {per_epoch['actors']} |",
         f"| median trial start → first result − epoch 1 s, new actor / reused actor "
         f"| {per_epoch['first_fresh_s']:.2f} / {per_epoch['first_reused_s']:.2f} |",
+        f"| of which in the new actor's first `train` call (set-up, epoch 1's report), service "
+        f"/ plain Ray Tune s | {per_epoch['first_fresh_worker_s']:.2f} / "
+        f"{plain_per_epoch['first_fresh_worker_s']:.2f} |",
         f"| median MLflow run start − driver on_trial_start s | {per_epoch['mlflow_lag_s']:.2f} |",
         f"| driver s in MLflowTracker hooks | {d.total('MLflowTracker'):.2f} |",
         f"| driver s in MlflowClient writes ({d.calls.get('MlflowClient.log_batch', 0)} "

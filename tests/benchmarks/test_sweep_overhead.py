@@ -94,6 +94,13 @@ def test_quick_run_appends_both_parts(tmp_path: Path) -> None:
         nums = numbers(values[key])
         assert nums and all(v > 0 for v in nums), (label, values[key])
     assert numbers(values["trials finished / epochs each"]) == [2, 3]
+    # A new actor's wait for its first result, and the part of it inside its first `train`
+    # call (where imports and set-up run), in both arms: a part, so no larger than the whole.
+    whole = numbers(
+        values["median trial start → first result − epoch 1 s, new actor / reused actor"]
+    )
+    inner = next(v for k, v in values.items() if k.startswith("of which in the new actor's"))
+    assert len(numbers(inner)) == 2 and 0 < numbers(inner)[0] <= whole[0] + 0.01, (inner, whole)
     # The decomposition's rows add up to slots x wall (100% of the capacity), for the service
     # (columns 1-2) and for the plain Tune script on the same trials (columns 3-4).
     *rows, total = decomposition

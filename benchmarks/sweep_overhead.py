@@ -661,9 +661,11 @@ def decompose(sweep: Sweep, slots: int) -> tuple[list[tuple[str, float]], dict[s
         # Before epoch 1: from the trial's start to its first batch's arrival, less that
         # batch's training and the reports of its later epochs (counted below).
         pre = first[-1].ts - t.start - sum(x.epoch_seconds + worker_of(x) for x in first)
-        (reused if e[0].pid in seen_pids else fresh).append(pre + worker_of(e[0]))
-        if e[0].pid not in seen_pids:  # the part inside the worker's first `train` call
-            fresh_worker.append(worker_of(e[0]))
+        if e[0].pid in seen_pids:
+            reused.append(pre + worker_of(e[0]))
+        else:
+            fresh.append(pre + worker_of(e[0]))
+            fresh_worker.append(worker_of(e[0]))  # the part inside its first `train` call
         seen_pids.add(e[0].pid)
         for x in e[1:]:  # the worker's share of every later epoch's report
             if x.iter_s is not None:
@@ -1080,9 +1082,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             f"- code: {code_state()}\n"
             f"- command: `{command}`{quick}\n"
             f"- Ray start-up (ray.init, local, no dashboard): {ray_s:.1f} s, load before it "
-            f"{fmt_load(load_before_ray)}; MLflow and Optuna SQLite schema creation (before "
-            f"timing): "
-            f"{mlflow_s:.1f} s\n"
+            f"{fmt_load(load_before_ray)}; MLflow and Optuna SQLite schema creation "
+            f"(before timing): {mlflow_s:.1f} s\n"
             f"- dataset cache ({'--cold-cache' if args.cold_cache else cache_dir()}): "
             f"{cached} files at start; "
             + (

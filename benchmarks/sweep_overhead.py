@@ -19,7 +19,9 @@ is measured twice: including Ray start-up (this script's ``ray.init``, with the 
 ``run_sweep`` would use) and excluding it (``run_sweep`` alone; it reuses the initialised Ray).
 The MLflow database and the Optuna study database beside it are created, and the datasets
 generated into the on-disk cache (unless ``--cold-cache``), before timing: one-offs per
-database and machine, reported separately.
+database and machine, reported separately. Before anything else a full run also times what
+each new trial worker imports (``WORKER_IMPORTS``: Ray, Tune, torch, the trainers and
+``torch._dynamo``) in a fresh interpreter: a floor under both arms on this machine.
 The slot-seconds that are not training are then split by where they went, from timestamps:
 ``run_sweep``'s own set-up before ``Tuner.fit``, Tune's set-up and the first workers' start-up
 until the first trial starts, gaps between trials in a slot (actor reuse), set-up inside a trial
@@ -59,12 +61,14 @@ import argparse
 import concurrent.futures
 import contextlib
 import datetime
+import json
 import math
 import os
 import platform
 import shlex
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -75,7 +79,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_host.py
-from _host import code_state, cpu_model  # noqa: E402
+from _host import ROOT, code_state, cpu_model  # noqa: E402
 from sweep_scale import plain_tune  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -564,13 +568,49 @@ def warm_datasets(cfgs: Sequence[dict[str, Any]]) -> float:
     return time.perf_counter() - t
 
 
+# What a new trial worker imports before its first epoch, whoever drives it: Ray's worker, Tune
+# (its trainable wrapper), torch, the trainable's module (the trainers) and, at the first
+# optimizer, torch._dynamo (torch.optim's `_disable_dynamo` wrapper imports it).
+WORKER_IMPORTS = ("ray", "ray.tune", "torch", "sweeps.trainable", "torch._dynamo")
+_IMPORT_TIMER = (
+    "import importlib, json, sys, time\n"
+    "out = []\n"
+    "for name in sys.argv[1:]:\n"
+    "    t = time.perf_counter()\n"
+    "    importlib.import_module(name)\n"
+    "    out.append(time.perf_counter() - t)\n"
+    "print(json.dumps(out))\n"
+)
+
+
+def import_floor(modules: Sequence[str] = WORKER_IMPORTS) -> list[tuple[str, float]]:
+    """Seconds each of ``modules`` takes to import, in turn, in a fresh interpreter.
+
+    With ``WORKER_IMPORTS`` that is what every new trial worker pays before its first epoch,
+    in the service and in a plain Tune script alike: a floor under both arms' overhead on this
+    machine. Timed alone, before Ray starts; in a sweep the workers start at once beside the
+    driver and take longer.
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", _IMPORT_TIMER, *modules],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    return list(zip(modules, json.loads(done.stdout.splitlines()[-1]), strict=True))
+
+
 def start_ray() -> float:
-    """Start a fresh local Ray as ``sweeps.runner._init_ray`` would; return the seconds taken."""
+    """Start a fresh local Ray as ``sweeps.runner._init_ray`` does (``LOCAL_RAY``: always a new
+    instance of our own, never someone else's running cluster); return the seconds taken."""
     import ray
 
+    from sweeps.runner import LOCAL_RAY
+
     t = time.perf_counter()
-    # address="local": always a new instance of our own, never someone else's running cluster.
-    ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(**LOCAL_RAY)
     return time.perf_counter() - t
 
 
@@ -758,7 +798,12 @@ def secs(x: float) -> str:
     return f"{x:.1f}" if x >= 10 else f"{x:.3f}"
 
 
-def part_overhead(cfg: dict[str, Any], tmp: Path, ray_start_s: float) -> tuple[str, dict]:
+def part_overhead(
+    cfg: dict[str, Any],
+    tmp: Path,
+    ray_start_s: float,
+    floor: Sequence[tuple[str, float]] | None = None,
+) -> tuple[str, dict]:
     import ray
 
     from sweeps.runner import _slots
@@ -844,6 +889,16 @@ def part_overhead(cfg: dict[str, Any], tmp: Path, ray_start_s: float) -> tuple[s
         f"| driver s in OptunaSearch | {d.total('OptunaSearch'):.2f} |",
         f"| driver process CPU s during run_sweep (all threads) | {sweep.driver_cpu_s:.1f} |",
     ]
+    if floor:
+        per_worker = sum(s for _, s in floor)
+        lines.append(
+            f"| a new worker's imports, timed alone in a fresh interpreter before Ray started "
+            f"({', '.join(m for m, _ in floor)}) s; × {slots} slots, share of the slot time "
+            f"| {' + '.join(f'{s:.2f}' for _, s in floor)} = {per_worker:.2f}; "
+            f"{slots * per_worker:.1f} slot-s = {pct(slots * per_worker / capacity)} |"
+        )
+    else:
+        lines.append("| a new worker's imports, timed alone | not measured (--quick) |")
     dec = [
         f"Where the {slots} × {wall_excl:.1f} = {capacity:.1f} slot-seconds of run_sweep (excl. "
         "Ray start-up) went, and where the plain Tune script's "
@@ -895,6 +950,7 @@ def part_overhead(cfg: dict[str, Any], tmp: Path, ray_start_s: float) -> tuple[s
         "sum_train": sum_train,
         "decomposition": decomposition,
         "per_epoch": per_epoch,
+        "import_floor": list(floor or []),
     }
     body = (
         "\n".join(f"- {n}" for n in notes)
@@ -1063,6 +1119,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from trainers.data.datasets import cache_dir
 
     cached = len(list(cache_dir().glob("*.npz"))) if cache_dir().is_dir() else 0
+    # First, on an idle machine: what every new worker imports (skipped by the smoke run).
+    floor = None if args.quick or args.part == "search" else import_floor()
     warm_s = None if args.cold_cache else warm_datasets([over_cfg, search_cfg])
     try:
         load_before_ray = os.getloadavg()
@@ -1096,7 +1154,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for part in parts:
             when = datetime.datetime.now(datetime.UTC)
             if part == "overhead":
-                body, values = part_overhead(over_cfg, tmp, ray_s)
+                body, values = part_overhead(over_cfg, tmp, ray_s, floor)
                 title = "sweep_overhead: Ray Tune + MLflow overhead per slot"
             else:
                 body, values = part_search(search_cfg, asha, tmp)

@@ -595,9 +595,18 @@ def run_arm(arm: str, n: int, tmp: Path, args: argparse.Namespace) -> dict[str, 
         meter.paused = False
         out["db_setup_s"] = time.perf_counter() - t
     out["import_s"] = time.perf_counter() - t_import
+    # "local": a Ray of our own, never one another process started (stopped below); the
+    # service's arm starts it as the service does (sweeps.runner.LOCAL_RAY).
+    ray_init = {
+        "address": "local",
+        "include_dashboard": False,
+        "log_to_driver": False,
+        "configure_logging": False,
+    }
+    if arm == "service":
+        ray_init = sweeps.runner.LOCAL_RAY
     t = time.perf_counter()
-    # "local": a Ray of our own, never one another process started (stopped below).
-    ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(**ray_init)
     out["ray_init_s"] = time.perf_counter() - t
     out["ray_cpus"] = ray.cluster_resources().get("CPU", 0)
     try:

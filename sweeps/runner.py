@@ -293,6 +293,22 @@ def _slots(spec: SweepSpec, num_trials: int) -> int:
     return max(1, min(min(fits), num_trials))
 
 
+#: ``ray.init`` arguments of the Ray a sweep starts for itself when no cluster is named.
+#: ``address="local"`` starts our own Ray rather than joining whatever cluster this machine
+#: last ran (``ray.init(address=None)`` does that). ``prestart_worker_first_driver`` off: Ray
+#: 2.60 starts one idle Python worker per CPU as the first driver connects, but the sweep's
+#: trials never run on them (a job's actors get workers started for that job; the prestarted
+#: ones idle until Ray stops them, seen in the raylet's log), and on 2 cores starting them
+#: made ``ray.init`` 4.6-6.1 s instead of 2.5-3.7 (benchmarks/README.md, sweep_overhead.py).
+LOCAL_RAY: dict[str, Any] = {
+    "address": "local",
+    "include_dashboard": False,
+    "log_to_driver": False,
+    "configure_logging": False,
+    "_system_config": {"prestart_worker_first_driver": False},
+}
+
+
 def _init_ray() -> None:
     import ray
 
@@ -303,13 +319,12 @@ def _init_ray() -> None:
         # That is a Jobs API address (for ``sweeps submit``), not a driver address.
         os.environ.pop("RAY_ADDRESS")
         address = ""
-    # "local": start our own Ray rather than joining whatever cluster this machine last ran
-    # (ray.init(address=None) does that); inside a Ray job RAY_ADDRESS names its cluster.
+    if not address:
+        ray.init(**LOCAL_RAY)
+        return
+    # Inside a Ray job (or with RAY_ADDRESS set) join that cluster: its settings are its own.
     ray.init(
-        address=address or "local",
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
+        address=address, include_dashboard=False, log_to_driver=False, configure_logging=False
     )
 
 

@@ -7,6 +7,7 @@ asserted: no timing thresholds beyond a guard against a hung run.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -100,6 +101,8 @@ def test_quick_run_appends_both_parts(tmp_path: Path) -> None:
         values["median trial start → first result − epoch 1 s, new actor / reused actor"]
     )
     inner = next(v for k, v in values.items() if k.startswith("of which in the new actor's"))
+    # The import floor is measured by full runs only (test_import_floor covers it).
+    assert values["a new worker's imports, timed alone"] == "not measured (--quick)"
     assert len(numbers(inner)) == 2 and 0 < numbers(inner)[0] <= whole[0] + 0.01, (inner, whole)
     # The decomposition's rows add up to slots x wall (100% of the capacity), for the service
     # (columns 1-2) and for the plain Tune script on the same trials (columns 3-4).
@@ -126,3 +129,20 @@ def test_quick_run_appends_both_parts(tmp_path: Path) -> None:
         assert wall > 0 and training_s > 0 and 0 < t_full <= wall and 0 < t_any <= t_full
         assert 0 < best <= best_any <= 1
         assert setup > 0 and 0 < over < 100
+
+
+def test_import_floor_times_each_module_in_turn_in_a_fresh_interpreter() -> None:
+    """``import_floor`` (the full run's floor row) reports one positive time per module, in
+    order, from an interpreter of its own: ``ray`` is imported there, not in the caller."""
+    code = (
+        "import json, sys; sys.path.insert(0, 'benchmarks'); import sweep_overhead as s; "
+        "print(json.dumps([s.import_floor(('json', 'ray')), 'ray' in sys.modules]))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    floor, ray_here = json.loads(proc.stdout.splitlines()[-1])
+    assert [m for m, _ in floor] == ["json", "ray"]
+    assert all(s > 0 for _, s in floor) and floor[1][1] > floor[0][1]  # ray is no stdlib module
+    assert not ray_here

@@ -296,10 +296,12 @@ def _slots(spec: SweepSpec, num_trials: int) -> int:
 #: ``ray.init`` arguments of the Ray a sweep starts for itself when no cluster is named.
 #: ``address="local"`` starts our own Ray rather than joining whatever cluster this machine
 #: last ran (``ray.init(address=None)`` does that). ``prestart_worker_first_driver`` off: Ray
-#: 2.60 starts one idle Python worker per CPU as the first driver connects, but the sweep's
-#: trials never run on them (a job's actors get workers started for that job; the prestarted
-#: ones idle until Ray stops them, seen in the raylet's log), and on 2 cores starting them
-#: made ``ray.init`` 4.6-6.1 s instead of 2.5-3.7 (benchmarks/README.md, sweep_overhead.py).
+#: 2.60 starts one idle Python worker per CPU as the first driver connects, but Tune creates
+#: its trial actors with a runtime environment of their own (``env_vars``, in Tune's
+#: ``execution/class_cache.py``), which those workers do not have, so no trial ever runs on
+#: them: Ray starts new workers for the trials and stops the idle ones later. Without them
+#: ``ray.init`` took a median 3.4-3.8 s instead of 4.5-4.6 on 2 cores, and the trials started
+#: as soon (``benchmarks/ray_start.py``).
 LOCAL_RAY: dict[str, Any] = {
     "address": "local",
     "include_dashboard": False,
@@ -323,9 +325,7 @@ def _init_ray() -> None:
         ray.init(**LOCAL_RAY)
         return
     # Inside a Ray job (or with RAY_ADDRESS set) join that cluster: its settings are its own.
-    ray.init(
-        address=address, include_dashboard=False, log_to_driver=False, configure_logging=False
-    )
+    ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
 
 
 @dataclass

@@ -19,7 +19,7 @@ arguments without ``_system_config``). Per start:
 - the CPU seconds of the driver's child processes (Ray's) from before ``ray.init`` until the
   fit ended: what the start-up took from the cores the trials train on.
 
-    python benchmarks/ray_start.py                 # 6 starts per arm (~2 min on 2 cores)
+    python benchmarks/ray_start.py                 # 6 starts per arm (~3 min on 2 cores)
     python benchmarks/ray_start.py --quick         # 1 start per arm (the test's)
 
 Prints a markdown section and appends it to ``benchmarks/RESULTS.md`` (``--results``

@@ -1,13 +1,14 @@
 """Ray start-up: the local Ray a sweep starts for itself against Ray's default, side by side.
 
-A sweep with no cluster named starts its own Ray with ``sweeps.runner.LOCAL_RAY``, which turns
-off Ray 2.60's worker prestart (``prestart_worker_first_driver``): as the first driver connects,
-Ray starts one idle Python worker per CPU, but Ray Tune creates its trial actors with a runtime
-environment of their own (``env_vars``, ``ray/tune/execution/class_cache.py``), so they never
-fit those workers and Ray starts new ones for them. This script measures what that costs.
+A sweep with no cluster named starts its own Ray with ``sweeps.runner.local_ray_init()``,
+which turns off Ray 2.60's worker prestart (``prestart_worker_first_driver``): as the first
+driver connects, Ray starts one idle Python worker per CPU, but Ray Tune creates its trial
+actors with a runtime environment of their own (``env_vars``,
+``ray/tune/execution/class_cache.py``), so they never fit those workers and Ray starts new
+ones for them. This script measures what that costs.
 
 Each start runs in a fresh subprocess (its own Ray, stopped by it), the two arms alternating,
-``--repeats`` times each: ``service`` (``ray.init(**LOCAL_RAY)``) and ``default`` (the same
+``--repeats`` times each: ``service`` (``ray.init(**local_ray_init())``) and ``default`` (the same
 arguments without ``_system_config``). Per start:
 
 - ``ray.init`` seconds;
@@ -55,7 +56,7 @@ import json, os, sys, time
 os.environ.pop("RAY_ADDRESS", None)  # our own local Ray, never a shared cluster
 import ray
 from ray import tune
-from sweeps.runner import LOCAL_RAY
+from sweeps.runner import local_ray_init
 
 
 def children_cpu():
@@ -116,7 +117,7 @@ def trial(config):
     tune.report({"pid": os.getpid()})
 
 
-kwargs = dict(LOCAL_RAY)
+kwargs = local_ray_init()
 if sys.argv[1] == "default":
     del kwargs["_system_config"]
 cpu0 = children_cpu()
@@ -226,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[dict[str, Any]]]:
         f"- command: `{command}`{quick}\n"
         f"- load average before: {fmt_load(load)}, after: {fmt_load(os.getloadavg())}\n"
         "- arms, alternating, each start a fresh subprocess with its own Ray: service = "
-        "`ray.init(**sweeps.runner.LOCAL_RAY)` (worker prestart off); default = the same "
+        "`ray.init(**sweeps.runner.local_ray_init())` (worker prestart off); default = the same "
         "arguments without `_system_config`. Ray's CPU: the driver's child processes (GCS, "
         "raylet, agents, workers).\n\n"
         f"{table(runs)}\n"

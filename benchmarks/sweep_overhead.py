@@ -603,14 +603,15 @@ def import_floor(modules: Sequence[str] = WORKER_IMPORTS) -> list[tuple[str, flo
 
 
 def start_ray() -> float:
-    """Start a fresh local Ray as ``sweeps.runner._init_ray`` does (``LOCAL_RAY``: always a new
-    instance of our own, never someone else's running cluster); return the seconds taken."""
+    """Start a fresh local Ray as ``sweeps.runner._init_ray`` does (``local_ray_init()``:
+    always a new instance of our own, never someone else's running cluster); return the
+    seconds taken."""
     import ray
 
-    from sweeps.runner import LOCAL_RAY
+    from sweeps.runner import local_ray_init
 
     t = time.perf_counter()
-    ray.init(**LOCAL_RAY)
+    ray.init(**local_ray_init())
     return time.perf_counter() - t
 
 

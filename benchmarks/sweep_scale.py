@@ -596,7 +596,7 @@ def run_arm(arm: str, n: int, tmp: Path, args: argparse.Namespace) -> dict[str, 
         out["db_setup_s"] = time.perf_counter() - t
     out["import_s"] = time.perf_counter() - t_import
     # "local": a Ray of our own, never one another process started (stopped below); the
-    # service's arm starts it as the service does (sweeps.runner.LOCAL_RAY).
+    # service's arm starts it as the service does (sweeps.runner.local_ray_init()).
     ray_init = {
         "address": "local",
         "include_dashboard": False,
@@ -604,7 +604,7 @@ def run_arm(arm: str, n: int, tmp: Path, args: argparse.Namespace) -> dict[str, 
         "configure_logging": False,
     }
     if arm == "service":
-        ray_init = sweeps.runner.LOCAL_RAY
+        ray_init = sweeps.runner.local_ray_init()
     t = time.perf_counter()
     ray.init(**ray_init)
     out["ray_init_s"] = time.perf_counter() - t

@@ -293,22 +293,28 @@ def _slots(spec: SweepSpec, num_trials: int) -> int:
     return max(1, min(min(fits), num_trials))
 
 
-#: ``ray.init`` arguments of the Ray a sweep starts for itself when no cluster is named.
-#: ``address="local"`` starts our own Ray rather than joining whatever cluster this machine
-#: last ran (``ray.init(address=None)`` does that). ``prestart_worker_first_driver`` off: Ray
-#: 2.60 starts one idle Python worker per CPU as the first driver connects, but Tune creates
-#: its trial actors with a runtime environment of their own (``env_vars``, in Tune's
-#: ``execution/class_cache.py``), which those workers do not have, so no trial ever runs on
-#: them: Ray starts new workers for the trials and stops the idle ones later. Without them
-#: ``ray.init`` took a median 3.4-3.8 s instead of 4.5-4.6 on 2 cores, and the trials started
-#: as soon (``benchmarks/ray_start.py``).
-LOCAL_RAY: dict[str, Any] = {
-    "address": "local",
-    "include_dashboard": False,
-    "log_to_driver": False,
-    "configure_logging": False,
-    "_system_config": {"prestart_worker_first_driver": False},
-}
+def local_ray_init() -> dict[str, Any]:
+    """``ray.init`` arguments of the Ray a sweep starts for itself when no cluster is named.
+
+    ``address="local"`` starts our own Ray rather than joining whatever cluster this machine
+    last ran (``ray.init(address=None)`` does that). ``prestart_worker_first_driver`` off: Ray
+    2.60 starts one idle Python worker per CPU as the first driver connects, but Tune creates
+    its trial actors with a runtime environment of their own (``env_vars``, in Tune's
+    ``execution/class_cache.py``), which those workers do not have, so no trial ever runs on
+    them: Ray starts new workers for the trials and stops the idle ones later. Without them
+    ``ray.init`` took a median 3.4-3.8 s instead of 4.5-4.6 on 2 cores, and the trials started
+    as soon (``benchmarks/ray_start.py``).
+
+    A new dict each call: Ray writes its session's object-spilling settings into the
+    ``_system_config`` it is given, which a second ``ray.init`` would then reuse.
+    """
+    return {
+        "address": "local",
+        "include_dashboard": False,
+        "log_to_driver": False,
+        "configure_logging": False,
+        "_system_config": {"prestart_worker_first_driver": False},
+    }
 
 
 def _init_ray() -> None:
@@ -322,7 +328,7 @@ def _init_ray() -> None:
         os.environ.pop("RAY_ADDRESS")
         address = ""
     if not address:
-        ray.init(**LOCAL_RAY)
+        ray.init(**local_ray_init())
         return
     # Inside a Ray job (or with RAY_ADDRESS set) join that cluster: its settings are its own.
     ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)

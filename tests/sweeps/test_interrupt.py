@@ -40,7 +40,10 @@ def test_ctrl_c_ends_the_sweep_killed_with_exit_130_and_the_resume_hint(tmp_path
         "sigint",
         sqlite(tmp_path),
         num_samples=4,
-        train=SLOW_TRAIN,
+        # 60 epochs (about 4 s of a trial on a 2-core machine): with 12 a whole trial's epochs
+        # could reach MLflow in the delivery that closed it, and a sweep ended once before
+        # any trial was seen mid-way.
+        train={**SLOW_TRAIN, "epochs": 60},
         scheduler={"name": "asha", "grace_period": 1},
     )
     proc = start_driver(["run", str(spec)], tmp_path)

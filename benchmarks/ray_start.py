@@ -40,6 +40,7 @@ import statistics
 import subprocess
 import sys
 from collections.abc import Sequence
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -215,13 +216,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[dict[str, Any]]]:
         for i in range(args.repeats):
             for arm in ARMS if i % 2 == 0 else ARMS[::-1]:
                 runs[arm].append(start(arm, Path(tmp) / f"{arm}-{i}"))
-    import ray
-
     quick = " (quick: one start per arm, not a measurement)" if args.quick else ""
     section = (
         "## ray_start: the service's local Ray against Ray's default — "
         f"{when:%Y-%m-%d %H:%M} UTC\n\n"
-        f"- machine: CPU {cpu_model()}, os.cpu_count() {os.cpu_count()}; ray {ray.__version__}, "
+        f"- machine: CPU {cpu_model()}, os.cpu_count() {os.cpu_count()}; ray {version('ray')}, "
         f"Python {platform.python_version()}\n"
         f"- code: {code_state()}\n"
         f"- command: `{command}`{quick}\n"

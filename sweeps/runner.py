@@ -327,11 +327,13 @@ def _init_ray() -> None:
         # That is a Jobs API address (for ``sweeps submit``), not a driver address.
         os.environ.pop("RAY_ADDRESS")
         address = ""
-    if not address:
-        ray.init(**local_ray_init())
-        return
-    # Inside a Ray job (or with RAY_ADDRESS set) join that cluster: its settings are its own.
-    ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    kwargs = local_ray_init()
+    if address:
+        # Inside a Ray job (or with RAY_ADDRESS set) join that cluster: its settings are its
+        # own (Ray refuses a _system_config when joining).
+        del kwargs["_system_config"]
+        kwargs["address"] = address
+    ray.init(**kwargs)
 
 
 @dataclass

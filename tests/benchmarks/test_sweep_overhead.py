@@ -101,9 +101,9 @@ def test_quick_run_appends_both_parts(tmp_path: Path) -> None:
         values["median trial start → first result − epoch 1 s, new actor / reused actor"]
     )
     inner = next(v for k, v in values.items() if k.startswith("of which in the new actor's"))
+    assert len(numbers(inner)) == 2 and 0 < numbers(inner)[0] <= whole[0] + 0.01, (inner, whole)
     # The import floor is measured by full runs only (test_import_floor covers it).
     assert values["a new worker's imports, timed alone"] == "not measured (--quick)"
-    assert len(numbers(inner)) == 2 and 0 < numbers(inner)[0] <= whole[0] + 0.01, (inner, whole)
     # The decomposition's rows add up to slots x wall (100% of the capacity), for the service
     # (columns 1-2) and for the plain Tune script on the same trials (columns 3-4).
     *rows, total = decomposition

@@ -25,6 +25,7 @@ COLUMNS = [
     "service wall s",
     "plain wall s",
     "ratio",
+    "training s/trial (service / plain)",
     "driver CPU ms/trial (service + its MLflow writer process / plain)",
     "peak RSS MB (service driver + writer process / plain)",
     "MLflow calls/trial (driver process)",
@@ -130,6 +131,7 @@ def test_table_and_lost_line_from_measurements(scale: ModuleType) -> None:
             "arm": name,
             "n": 10,
             "wall_s": wall,
+            "epoch_seconds": wall / 20,
             "driver_cpu_s": 0.5,
             "rss_peak_mb": 900.0,
             "writer_cpu_s": 0.2,
@@ -154,10 +156,11 @@ def test_table_and_lost_line_from_measurements(scale: ModuleType) -> None:
     cells = [c.strip() for c in scale.summary_row(10, svc, plain).strip("|").split("|")]
     assert len(cells) == len(COLUMNS)
     assert numbers(cells[3]) == [1.5]  # 30 / 20
-    assert numbers(cells[4]) == [50.0, 20.0, 50.0]  # 0.5 s / 10 trials in ms, + the writer's
-    assert numbers(cells[5]) == [900.0, 250.0, 900.0]
-    assert numbers(cells[6]) == [3.0] and numbers(cells[7]) == [1000.0]
-    assert numbers(cells[8]) == [1.0, 10.0]  # first and last tenth, ms
+    assert numbers(cells[4]) == [0.15, 0.1]  # Σ epoch_seconds / 10 trials, service / plain
+    assert numbers(cells[5]) == [50.0, 20.0, 50.0]  # 0.5 s / 10 trials in ms, + the writer's
+    assert numbers(cells[6]) == [900.0, 250.0, 900.0]
+    assert numbers(cells[7]) == [3.0] and numbers(cells[8]) == [1000.0]
+    assert numbers(cells[9]) == [1.0, 10.0]  # first and last tenth, ms
     line = scale.nothing_lost_line(svc)
     assert line.startswith("- nothing lost at N=10:") and "10/10 FINISHED" in line
     svc["records"].update(children=9, complete=8, running=1, lost=2, ok=False)
@@ -221,16 +224,18 @@ def test_twelve_trials_side_by_side(tmp_path: Path) -> None:
     service_wall, plain_wall, ratio = (numbers(c)[0] for c in row[1:4])
     assert service_wall > 0 and plain_wall > 0
     assert ratio == pytest.approx(service_wall / plain_wall, rel=0.02)
-    for cell in row[4:6]:  # CPU and peak RSS: the service's driver, its writer, plain's driver
+    training = numbers(row[4])  # seconds of training per trial, service / plain
+    assert len(training) == 2 and all(0 < t < 5 for t in training)
+    for cell in row[5:7]:  # CPU and peak RSS: the service's driver, its writer, plain's driver
         values = numbers(cell)
         assert len(values) == 3 and all(v > 0 for v in values)
     # The child runs' writes (3 calls each, tests/sweeps/test_writer.py) are the writer
     # process's: the driver itself makes the parent's few calls only.
-    assert numbers(row[6])[0] < 3
-    for cell in row[8:10]:  # Optuna ms per suggestion, first and last tenth
+    assert numbers(row[7])[0] < 3
+    for cell in row[9:11]:  # Optuna ms per suggestion, first and last tenth
         values = numbers(cell)
         assert len(values) == 2 and all(v > 0 for v in values)
-    assert numbers(row[10]) == [0]
+    assert numbers(row[11]) == [0]
     assert (
         "- nothing lost at N=12: MLflow holds 1 parent (FINISHED) and 12 children "
         "(FINISHED 12), 0 RUNNING, 12/12 FINISHED with val_acc and test_acc" in out

@@ -60,15 +60,28 @@ def _scheduler(name: str, early_stopping: bool, doc: str):  # noqa: ANN202
     return deco
 
 
-@_sampler("tpe", True, "Tree-structured Parzen Estimator, multivariate, constant liar")
+@_sampler(
+    "tpe",
+    True,
+    "Tree-structured Parzen Estimator, multivariate, constant liar; searcher.max_history "
+    "bounds its history",
+)
 def _tpe(spec: SweepSpec) -> optuna.samplers.BaseSampler:
     import optuna
 
     s = spec.searcher
     # constant_liar: concurrent TPE trials don't all sample the same promising point
-    return optuna.samplers.TPESampler(
-        seed=s.seed, n_startup_trials=s.n_startup_trials, multivariate=True, constant_liar=True
-    )
+    kwargs = {
+        "seed": s.seed,
+        "n_startup_trials": s.n_startup_trials,
+        "multivariate": True,
+        "constant_liar": True,
+    }
+    if s.max_history is None:
+        return optuna.samplers.TPESampler(**kwargs)
+    from sweeps.bounded_tpe import BoundedTPESampler
+
+    return BoundedTPESampler(max_history=s.max_history, **kwargs)
 
 
 @_sampler("random", True, "uniform random search")

@@ -35,6 +35,10 @@ BAD = [
         "unknown scheduler.name 'asah'; allowed: asha, fifo, hyperband; did you mean 'asha'?",
     ),
     (with_("searcher.sampler", "bayes"), "unknown searcher.sampler 'bayes'; allowed: cmaes, gp"),
+    (
+        with_("searcher.max_history", 100),
+        "searcher.max_history: Input should be greater than or equal to 250",
+    ),
     (with_("mode", "maximize"), "mode"),
     (with_("metric", "accuracy"), "metric 'accuracy' is not reported by trials; allowed:"),
     (with_("metric", "val_robust_acc"), "needs train.adversarial"),

@@ -254,6 +254,15 @@ class SweepSpec(_Strict):
                 f"searcher.sampler {self.searcher.sampler!r} is single-objective; "
                 f"allowed for several metrics: {multi}"
             )
+        if self.searcher.max_history is not None and (
+            self.searcher.sampler != "tpe" or len(metrics) > 1
+        ):
+            # Only single-objective TPE has a history to bound (sweeps/bounded_tpe.py): a
+            # setting that would do nothing is refused rather than ignored.
+            raise ValueError(
+                "searcher.max_history bounds single-objective TPE only, but the sweep has "
+                f"sampler {self.searcher.sampler!r} and {len(metrics)} metric(s); remove it"
+            )
 
     @property
     def metrics(self) -> list[str]:

@@ -39,6 +39,11 @@ BAD = [
         with_("searcher.max_history", 100),
         "searcher.max_history: Input should be greater than or equal to 250",
     ),
+    (
+        with_("searcher", {"sampler": "random", "max_history": 1000}),
+        "searcher.max_history bounds single-objective TPE only, but the sweep has sampler "
+        "'random' and 1 metric(s); remove it",
+    ),
     (with_("mode", "maximize"), "mode"),
     (with_("metric", "accuracy"), "metric 'accuracy' is not reported by trials; allowed:"),
     (with_("metric", "val_robust_acc"), "needs train.adversarial"),

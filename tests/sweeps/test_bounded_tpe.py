@@ -156,3 +156,15 @@ def test_the_spec_chooses_bounded_or_optunas_own_tpe() -> None:
     bounded["searcher"] = {**bounded["searcher"], "max_history": 1000}
     sampler = SAMPLERS.get("tpe").build(SweepSpec.model_validate(bounded))
     assert isinstance(sampler, BoundedTPESampler) and sampler.max_history == 1000
+
+
+def test_a_bound_that_would_do_nothing_is_refused() -> None:
+    from pydantic import ValidationError
+
+    from sweeps.spec import SweepSpec
+    from tests.sweeps.conftest import sweep_dict
+
+    multi = sweep_dict(metric=["val_acc", "val_loss"], mode=["max", "min"])
+    multi["searcher"] = {**multi["searcher"], "max_history": 1000}
+    with pytest.raises(ValidationError, match="sampler 'tpe' and 2 metric"):
+        SweepSpec.model_validate(multi)

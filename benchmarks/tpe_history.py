@@ -71,14 +71,12 @@ def objective(rng: random.Random) -> Callable[[Any], float]:
 
 
 def sampler(arm: str, seed: int, max_history: int) -> Any:
-    import optuna
+    """The service's TPE (``sweeps.searchers.tpe_sampler``), its history bounded or not."""
+    from sweeps.searchers import tpe_sampler
+    from sweeps.spec import SearcherSpec
 
-    from sweeps.bounded_tpe import BoundedTPESampler
-
-    kwargs = {"seed": seed, "n_startup_trials": 4, "multivariate": True, "constant_liar": True}
-    if arm == "optuna":
-        return optuna.samplers.TPESampler(**kwargs)
-    return BoundedTPESampler(max_history=max_history, **kwargs)
+    bound = None if arm == "optuna" else max_history
+    return tpe_sampler(SearcherSpec(seed=seed, max_history=bound))
 
 
 def run(arm: str, seed: int, trials: int, at: Sequence[int], max_history: int) -> dict[str, Any]:
@@ -157,8 +155,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[dict[str, Any]]]:
     )
     when = datetime.datetime.now(datetime.UTC)
     load = os.getloadavg()
-    at = sorted({min(n, args.trials) for n in (args.trials // 3, 2 * args.trials // 3)})
-    at.append(args.trials)
+    at = [args.trials // 3, 2 * args.trials // 3, args.trials]  # distinct: --trials >= 500
     runs: dict[str, list[dict[str, Any]]] = {"optuna": [], "bounded": []}
     for seed in range(args.seeds):
         for arm in runs if seed % 2 == 0 else reversed(list(runs)):

@@ -17,7 +17,7 @@ from trainers._registry import Registry
 if TYPE_CHECKING:  # the driver imports optuna and ray.tune; spec validation needs neither
     import optuna
 
-    from sweeps.spec import SweepSpec
+    from sweeps.spec import SearcherSpec, SweepSpec
 
 
 @dataclass(frozen=True)
@@ -67,9 +67,14 @@ def _scheduler(name: str, early_stopping: bool, doc: str):  # noqa: ANN202
     "bounds its history",
 )
 def _tpe(spec: SweepSpec) -> optuna.samplers.BaseSampler:
+    return tpe_sampler(spec.searcher)
+
+
+def tpe_sampler(s: SearcherSpec) -> optuna.samplers.BaseSampler:
+    """The service's TPE for searcher settings ``s`` (also what ``benchmarks/tpe_history.py``
+    measures): Optuna's own, or bounded by ``s.max_history`` (``sweeps/bounded_tpe.py``)."""
     import optuna
 
-    s = spec.searcher
     # constant_liar: concurrent TPE trials don't all sample the same promising point
     kwargs = {
         "seed": s.seed,

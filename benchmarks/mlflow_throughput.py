@@ -42,6 +42,13 @@ When ``MLflowTracker`` takes ``writers`` (several writer threads for HTTP stores
 store runs twice: ``writers=1`` and the tracker's default; otherwise once, with the single
 writer the tracker has. ``--writers`` chooses other counts.
 
+``--processes 0,2`` runs each of those also through that many writer processes
+(``MLflowTracker(process=True, processes=N)``, ``sweeps.writer_process``, as a sweep's driver
+does with ``FLATSWEEP_MLFLOW_PROCESS=N``); 0, the default, is writer threads of this process.
+The processes are started, and have opened the store, before the timing starts (a sweep's
+driver starts them while Tune starts). Their MLflow calls are not seen here ("-"); their CPU
+is added to the driver's, read from /proc as they are drained.
+
 Before each measured run ``--warmup`` trials (default 50) are recorded, untimed, under a sweep
 of their own: a server is long-lived, and a fresh one spends its first requests importing and
 connecting in each worker process (about 0.5 s of server CPU per trial over its first 40).
@@ -69,6 +76,7 @@ none RUNNING, each FINISHED with ``val_acc`` and ``test_acc``; otherwise the scr
     python benchmarks/mlflow_throughput.py --trials 20 --store sqlite --no-record  # the test's
     python benchmarks/mlflow_throughput.py --store http --rate 3000 --concurrent 256  # ~5 s trials
     python benchmarks/mlflow_throughput.py --store http --writers 1,2,4,8
+    python benchmarks/mlflow_throughput.py --store sqlite --processes 0,1,2
 
 Prints a markdown section and appends it to ``benchmarks/RESULTS.md`` (``--results``
 elsewhere) with the date (UTC), the machine, the code state, the exact command and the load
@@ -518,8 +526,10 @@ def run_once(
     meter: Meter,
     calls: Calls,
     tag: str,
+    processes: int = 0,
 ) -> dict[str, Any]:
-    """Record ``n`` trials into ``store`` through a fresh tracker; what was measured."""
+    """Record ``n`` trials into ``store`` through a fresh tracker (``processes``: through
+    that many writer processes, 0: threads of this one); what was measured."""
     from mlflow.tracking import MlflowClient
 
     from sweeps.tracking import MLflowTracker, open_parent
@@ -530,6 +540,8 @@ def run_once(
     kwargs: dict[str, Any] = {"drain_timeout_s": args.timeout_s, "stage": "search", "fresh": True}
     if writers is not None:
         kwargs["writers"] = writers
+    if processes:
+        kwargs.update(process=True, processes=processes)
     rng = random.Random(0)  # the searched points
 
     def sweep_and_trials(name: str, count: int) -> tuple[Any, Any, list[Trial]]:
@@ -559,10 +571,16 @@ def run_once(
         with contextlib.redirect_stdout(io.StringIO()):
             _feed(warm, warm_trials, args.concurrent, 0.0)
             warm.drain()
+        warm.close()
     sweep, tracker, trials = sweep_and_trials(name, n)
+    if processes:
+        tracker.start()
+        if not tracker._outbox.ready(120):
+            raise RuntimeError("the writer processes did not open the store within 120 s")
     load_before = os.getloadavg()
     server0 = proc_cpu_s(store.server_pids())
     cpu0 = cpu_s()
+    writers_cpu0 = proc_cpu_s(tracker._outbox.pids) if processes else 0.0
     meter.start()
     calls.clear()
     meter.paused = False
@@ -575,9 +593,14 @@ def run_once(
         end = time.perf_counter()
     meter.paused = True
     wall, driver_cpu = end - t0, cpu_s() - cpu0
+    if processes:
+        # Theirs within the timing; their start-up before it (imports, opening the store)
+        # is reported apart.
+        driver_cpu += proc_cpu_s(tracker._outbox.pids) - writers_cpu0
     server_cpu = proc_cpu_s(store.server_pids()) - server0 if store.server is not None else None
     server_procs = len(group_pids(store.server.pid)) if store.server is not None else None
     tracker.on_experiment_end(trials)  # as Tune ends the experiment (all trials closed: no-op)
+    tracker.close()
     records = check_records(client, sweep.experiment_id, sweep.parent_id, n)
     with contextlib.redirect_stdout(io.StringIO()):
         client.set_terminated(sweep.parent_id, "FINISHED")
@@ -587,6 +610,8 @@ def run_once(
     return {
         "store": store.kind,
         "writers": writers,
+        "processes": processes,
+        "writers_startup_cpu_s": writers_cpu0,
         "threads": len(calls.threads),
         "n": n,
         "drained": drained,
@@ -611,6 +636,9 @@ def run_once(
 
 def _writers_label(r: dict[str, Any]) -> str:
     asked = "default" if r["writers"] is None else str(r["writers"])
+    if r.get("processes"):
+        procs = r["processes"]
+        return f"{asked} ({procs} process{'es' if procs > 1 else ''})"
     return f"{asked} ({r['threads']})"
 
 
@@ -619,13 +647,13 @@ def row(r: dict[str, Any]) -> str:
     n = r["n"]
     if "failed" in r:
         return f"| {r['store']} | {_writers_label(r)} | {n} | failed: {r['failed']} |" + " |" * 8
-    calls = sum(r["calls"].values())
+    calls = f"{sum(r['calls'].values()) / n:.2f}" if not r.get("processes") else "-"
     server = "-" if r["server_cpu_s"] is None else f"{r['server_cpu_s'] * 1000 / n:.1f}"
     http = f"{sum(r['requests'].values()) / n:.2f}" if r["requests"] else "-"
     meets = "yes" if r["per_min"] >= TARGET_PER_MIN and r["records"]["ok"] else "**no**"
     return (
         f"| {r['store']} | {_writers_label(r)} | {n} | {r['wall_s']:.2f} | "
-        f"**{r['per_min']:.0f}** | {meets} | {calls / n:.2f} | {http} | "
+        f"**{r['per_min']:.0f}** | {meets} | {calls} | {http} | "
         f"{r['driver_cpu_s'] * 1000 / n:.1f} | {server} | {r['hooks_s'] * 1000 / n:.2f} | "
         f"{r['tail_s']:.1f} |"
     )
@@ -661,6 +689,12 @@ def calls_line(r: dict[str, Any]) -> str:
         )
 
     where = f"{r['store']} writers {_writers_label(r)}"
+    if r.get("processes"):
+        cpu = r["writers_startup_cpu_s"]
+        return (
+            f"- per trial, {where}: MLflow calls made in the writer processes (not seen here); "
+            f"their start-up before the timing: {cpu:.1f} s of CPU in all"
+        )
     line = f"- per trial, {where}: MLflow calls {per_trial(r['calls'])}"
     if r["requests"]:
         count = sum(r["requests"].values())
@@ -731,6 +765,18 @@ def parse_writers(text: str) -> list[int | None]:
     return out
 
 
+def parse_processes(text: str) -> list[int]:
+    """``"0,2"`` -> ``[0, 2]`` (0: writer threads of this process)."""
+    out = []
+    for v in _list(text, "--processes"):
+        if not (v.isascii() and v.isdigit()) or int(v) > 32:
+            raise argparse.ArgumentTypeError(
+                f"--processes must be whole numbers from 0 to 32, but got {v!r}"
+            )
+        out.append(int(v))
+    return out
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--trials", type=int, default=1000)
@@ -745,6 +791,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="writer counts to run, e.g. 1,4,default (needs a tracker taking writers); "
         "default: the tracker's default, and also 1 for http",
+    )
+    p.add_argument(
+        "--processes",
+        type=parse_processes,
+        default=[0],
+        help="writer process counts to run, e.g. 0,2 (0: threads of this process, the default)",
     )
     p.add_argument("--server-workers", type=int, default=4, help="mlflow server --workers")
     p.add_argument(
@@ -818,18 +870,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     meter.paused = True
     runs: list[dict[str, Any]] = []
     pg_version = None
-    for i, (kind, writers) in enumerate(plan(args.store, args.writers, supported)):
+    planned = [
+        (kind, writers, procs)
+        for kind, writers in plan(args.store, args.writers, supported)
+        for procs in args.processes
+    ]
+    for i, (kind, writers, procs) in enumerate(planned):
         label = f"{kind} writers={'default' if writers is None else writers}"
+        label += f" processes={procs}" if procs else ""
         print(f"[mlflow_throughput] {label}: {args.trials} trials ...", file=sys.stderr, flush=True)
         tmp = Path(tempfile.mkdtemp(prefix="mlflow_throughput-"))
         try:
             with open_store(kind, tmp, args.server_workers) as store:
                 if kind in SERVERS and pg_version is None:
                     pg_version = _pg("SHOW server_version")[0][0]
-                r = run_once(store, args.trials, writers, args, meter, calls, f"{kind}{i}")
+                r = run_once(store, args.trials, writers, args, meter, calls, f"{kind}{i}", procs)
         except Exception as e:  # noqa: BLE001 - a failed run is reported, the others still run
             first = (str(e).splitlines() or [""])[0][:200]
             r = {"store": kind, "writers": writers, "threads": 0, "n": args.trials}
+            r["processes"] = procs
             r["failed"] = f"{type(e).__name__}: {first}"
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -872,11 +931,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"- measured from the first hook to `drain()` returning True: trials/min = N / wall; "
         f"MLflow calls: outermost public MlflowClient calls; HTTP requests: MLflow's "
         f"`rest_utils.http_request` calls (a client method may send more than one); writers: "
-        f"asked (threads that made MLflow calls); driver CPU: getrusage of this process (all "
-        f"threads; SQLite's work "
-        f"included); server CPU: the mlflow server's process group and its PostgreSQL backends "
-        f"(/proc); hooks: main-thread time in the tracker's hooks; drain tail: last hook → "
-        f"drained.\n"
+        f"asked (threads that made MLflow calls, or writer processes); driver CPU: getrusage "
+        f"of this process (all threads; SQLite's work included), and with writer processes "
+        f"theirs too (/proc); server CPU: the mlflow server's process group and its PostgreSQL "
+        f"backends (/proc); hooks: main-thread time in the tracker's hooks; drain tail: last "
+        f"hook → drained.\n"
         f"- load average (1/5/15 min): before {fmt_load(load)}, after {fmt_load(after)}\n"
     )
     section = report(runs, header)

@@ -407,8 +407,11 @@ def install_service(meter: Meter, obs: Observations) -> None:
         close = WriterProcess.close
 
         def closing(self: Any) -> None:
-            if self._proc is not None:
-                obs.writer_closing(self._proc.pid)
+            # ``pids``: every child (several with FLATSWEEP_MLFLOW_PROCESS=N); ``_proc``: the
+            # one child of the code before there could be several.
+            proc = getattr(self, "_proc", None)
+            for pid in getattr(self, "pids", [proc.pid] if proc is not None else []):
+                obs.writer_closing(pid)
             close(self)
 
         WriterProcess.close = closing  # type: ignore[method-assign]

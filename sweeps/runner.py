@@ -231,19 +231,29 @@ def _drain_timeout_s() -> float:
 # Below about a hundred trials the process costs more than it saves: on a 2-core machine its
 # start-up delays the first trials' workers by about 1 s each (benchmarks/sweep_overhead.py).
 PROCESS_WRITER_MIN_TRIALS = 100
+# Each writer process holds about 250 MB: a typo must not start thousands.
+MAX_WRITER_PROCESSES = 32
 
 
-def _writer_process(num_trials: int | None = None) -> bool:
-    """Whether a stage of ``num_trials`` trials writes to MLflow through a writer process
-    ($FLATSWEEP_MLFLOW_PROCESS: ``1`` always, ``0`` never, ``auto``, the default, from
-    ``PROCESS_WRITER_MIN_TRIALS`` trials on). Without ``num_trials`` it only checks the value.
+def _writer_process(num_trials: int | None = None) -> int:
+    """How many writer processes a stage of ``num_trials`` trials writes to MLflow through,
+    0 for threads of the driver ($FLATSWEEP_MLFLOW_PROCESS: ``0`` never, ``auto``, the
+    default, one from ``PROCESS_WRITER_MIN_TRIALS`` trials on, ``N`` always N, at most
+    ``MAX_WRITER_PROCESSES``). Without ``num_trials`` it only checks the value.
+
+    Several processes share the trials (``sweeps.writer_process``): for a SQLite store, whose
+    work is the writer's own CPU, on a head with cores to spare; an HTTP store's work is the
+    server's, and one process's ``FLATSWEEP_MLFLOW_WRITERS`` threads wait on it in parallel.
     """
     raw = os.environ.get("FLATSWEEP_MLFLOW_PROCESS", "auto").strip()
-    if raw not in ("0", "1", "auto"):
-        raise ValueError(f"FLATSWEEP_MLFLOW_PROCESS must be 0, 1 or auto, but got {raw!r}")
     if raw == "auto":
-        return num_trials is not None and num_trials >= PROCESS_WRITER_MIN_TRIALS
-    return raw == "1"
+        return int(num_trials is not None and num_trials >= PROCESS_WRITER_MIN_TRIALS)
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > MAX_WRITER_PROCESSES:
+        raise ValueError(
+            "FLATSWEEP_MLFLOW_PROCESS must be auto, 0 (threads of the driver) or a number of "
+            f"writer processes from 1 to {MAX_WRITER_PROCESSES}, but got {raw!r}"
+        )
+    return int(raw)
 
 
 @dataclass
@@ -413,6 +423,7 @@ def _run_stage(
     storage = spec.resolved_storage()
     exp_dir = f"{storage.rstrip('/')}/{stage.experiment}"
     restoring = resume and tune.Tuner.can_restore(exp_dir)
+    processes = _writer_process(num_trials)
     tracker = MLflowTracker(
         tracking_uri,
         sweep.experiment_id,
@@ -423,7 +434,8 @@ def _run_stage(
         drain_timeout_s=_drain_timeout_s(),
         stage=stage.stage_tag,
         fresh=not restoring,
-        process=_writer_process(num_trials),
+        process=processes > 0,
+        processes=max(1, processes),
     )
     tracker.start()
     mirror = None

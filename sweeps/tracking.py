@@ -17,9 +17,10 @@ through background writer threads: one for a SQLite or file store (one writer at
 there), four for an HTTP server (``FLATSWEEP_MLFLOW_WRITERS``), each trial on one writer so
 its writes keep their order. A stage of 100 trials or more runs those threads in a writer
 process of the driver's (``process=True``, :mod:`sweeps.writer_process`), so the store's ORM
-work never holds the GIL of Tune's event loop. Writes that fail (tracking server down) are
-buffered in order and retried, so a tracking outage loses nothing as long as the driver
-lives.
+work never holds the GIL of Tune's event loop; ``FLATSWEEP_MLFLOW_PROCESS=N`` splits the trials
+between N such processes (a SQLite store's work is then spread over N cores). Writes that
+fail (tracking server down) are buffered in order and retried, so a tracking outage loses
+nothing as long as the driver lives.
 
 A fresh MLflow 3.17 browser shows run names and descriptions, not params: child runs are named
 after their searched values (``amp r=0.0039 K=2 ilr=0.39``), finalist and baseline runs after
@@ -905,7 +906,7 @@ def _writers(tracking_uri: str, writers: int | None) -> int:
     if writers is None:
         raw = os.environ.get("FLATSWEEP_MLFLOW_WRITERS", "").strip()
         if raw:
-            if not raw.isdigit() or int(raw) < 1:
+            if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
                 raise ValueError(
                     f"FLATSWEEP_MLFLOW_WRITERS must be a whole number >= 1, but got {raw!r}"
                 )
@@ -955,6 +956,9 @@ class MLflowTracker(Callback):
         process: deliver from a separate writer process instead of threads of this one. Tune's
             event loop then shares no GIL with the store's client code, which at thousands
             of short trials slowed its every step (``benchmarks/sweep_scale.py``).
+        processes: with ``process``, how many writer processes share the trials (each with
+            ``writers`` threads): for a SQLite store on a machine with cores to spare, whose
+            one process would hold the GIL for all of the store's work.
     """
 
     def __init__(
@@ -970,6 +974,7 @@ class MLflowTracker(Callback):
         fresh: bool = False,
         writers: int | None = None,
         process: bool = False,
+        processes: int = 1,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
@@ -983,6 +988,9 @@ class MLflowTracker(Callback):
         self.fresh = fresh
         self.writers = _writers(tracking_uri, writers)
         self.process = process
+        if processes < 1:
+            raise ValueError(f"processes must be at least 1, but got {processes=}")
+        self.processes = processes
         self._init_state()
 
     def _init_state(self) -> None:
@@ -1002,7 +1010,7 @@ class MLflowTracker(Callback):
         if getattr(self, "process", False):
             from sweeps.writer_process import WriterProcess
 
-            self._outbox = WriterProcess(self)
+            self._outbox = WriterProcess(self, processes=getattr(self, "processes", 1))
         else:
             self._outbox = _Outbox(self._deliver, writers=self.writers)
         self.killed = 0  # trials closed as KILLED at the end of the experiment
@@ -1020,6 +1028,7 @@ class MLflowTracker(Callback):
             "stage",
             "writers",
             "process",
+            "processes",
         )
         return {k: self.__dict__[k] for k in keep if k in self.__dict__}
 
@@ -1417,10 +1426,12 @@ class MLflowTracker(Callback):
         key = (mirror.url, mirror.name, mirror.directions, mirror.metrics)
 
         def sink(trial: Any) -> None:
-            tid = trial.user_attrs.get("flatsweep.trial_id", "?")
-            what = f"trial {tid} into Optuna study {mirror.name}"
+            tid = trial.user_attrs.get("flatsweep.trial_id", "")
+            what = f"trial {tid or '?'} into Optuna study {mirror.name}"
+            # On the trial's own writer (thread or process), after its run's creation: the
+            # writer that knows the run id links it.
             self._outbox.put(
-                _Item(what, "", call=functools.partial(_store_trial, key=key, trial=trial))
+                _Item(what, tid, call=functools.partial(_store_trial, key=key, trial=trial))
             )
 
         mirror.sink = sink

@@ -144,6 +144,11 @@ def test_points_lie_in_the_sweeps_space(bench: ModuleType) -> None:
 
 def test_flags_and_the_plan_of_runs(bench: ModuleType) -> None:
     assert bench.parse_writers("1,default,4") == [1, None, 4]
+    assert bench.parse_processes("0, 2") == [0, 2]
+    assert bench.parse_args([]).processes == [0]
+    for bad in ("-1", "x", "", "33"):
+        with pytest.raises(Exception, match="--processes"):
+            bench.parse_processes(bad)
     for bad in ("0", "x", ""):
         with pytest.raises(Exception, match="--writers"):
             bench.parse_writers(bad)
@@ -187,8 +192,10 @@ def check_output(out: str, store: str, n: int) -> list[list[float]]:
         assert wall > 0 and per_min > 0
         # wall is printed to 0.01 s, trials/min to 1
         assert 60 * n / (wall + 0.005) - 1 <= per_min <= 60 * n / (wall - 0.005) + 1
-        calls = numbers(r[6])[0]
-        assert calls >= 3  # at least create, log and close each child run
+        if "process" in r[1]:
+            assert r[6] == "-"  # made in the writer processes, not seen by this one
+        else:
+            assert numbers(r[6])[0] >= 3  # at least create, log and close each child run
         assert numbers(r[8])[0] > 0  # driver CPU
         parsed.append([numbers(c)[0] if numbers(c) else float("nan") for c in r[2:]])
     found = re.findall(
@@ -204,12 +211,16 @@ def check_output(out: str, store: str, n: int) -> list[list[float]]:
 
 
 def test_twenty_trials_on_sqlite(tmp_path: Path) -> None:
-    proc = run_script(tmp_path, "--trials", "20", "--store", "sqlite", timeout=300)
-    (row,) = check_output(proc.stdout, "sqlite", 20)
+    args = ("--trials", "20", "--store", "sqlite", "--processes", "0,2")
+    proc = run_script(tmp_path, *args, timeout=300)
+    check_output(proc.stdout, "sqlite", 20)
     _, rows = table(proc.stdout)
-    assert rows[0][7] == "-" and rows[0][9] == "-"  # no HTTP requests, no server
-    # SQLite's writes go through one writer thread (the tracker's default for SQLite).
-    assert numbers(rows[0][1]) == [1]
+    assert len(rows) == 2
+    assert all(r[7] == "-" and r[9] == "-" for r in rows)  # no HTTP requests, no server
+    # SQLite's writes go through one writer thread (the tracker's default for SQLite), then
+    # through two writer processes.
+    assert rows[0][1] == "default (1)" and rows[1][1] == "default (2 processes)"
+    assert re.search(r"their start-up before the timing: \d+\.\d s of CPU in all", proc.stdout)
     assert "View run" not in proc.stdout
 
 

@@ -237,3 +237,22 @@ def test_optuna_dashboard_shows_the_stored_study_in_a_real_browser(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_two_writer_processes_record_and_link_every_trial(ray_local, tmp_path, monkeypatch):
+    # FLATSWEEP_MLFLOW_PROCESS=2: the trials split between two writer processes, each storing
+    # its own trials' Optuna copies after their runs exist, so every copy carries its run id.
+    monkeypatch.setenv("FLATSWEEP_MLFLOW_PROCESS", "2")
+    d = sweep_dict("two", num_samples=4, scheduler={"name": "fifo"})
+    d["train"]["epochs"] = 2
+    spec, result = run(tmp_path, d)
+    assert result.num_trials == 4
+    client = MlflowClient(result.tracking_uri)
+    sweep = tracking.find_sweep(client, "two")
+    runs = tracking.children(client, sweep, "search")
+    assert len(runs) == 4
+    assert all(r.info.status == "FINISHED" and "val_acc" in r.data.metrics for r in runs)
+    study = optuna.load_study(study_name="two", storage=spec.optuna_storage_url())
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert {t.user_attrs[studies.ATTR_RUN] for t in done} == {r.info.run_id for r in runs}
+    assert sweep.parent.info.status == "FINISHED"

@@ -360,6 +360,7 @@ def test_a_pickled_tracker_keeps_its_config_and_writers_only(monkeypatch):
         "stage",
         "writers",
         "process",
+        "processes",
     }
     pickle.dumps(tracker)  # no thread, lock or client in the state
     copy = MLflowTracker.__new__(MLflowTracker)  # what unpickling does, without pickle.loads

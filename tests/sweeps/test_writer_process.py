@@ -32,7 +32,7 @@ def _tracker(store: Store, **kw: Any) -> MLflowTracker:
 
 
 def _child(tracker: MLflowTracker) -> subprocess.Popen:
-    proc = tracker._outbox._proc
+    proc = tracker._outbox._children[0].proc
     assert proc is not None, "the writer process starts at the first write"
     return proc
 
@@ -139,7 +139,7 @@ tracker = MLflowTracker({uri!r}, {exp!r}, {parent!r}, "t", BASE_TRAIN, 2, fresh=
 trial = SimpleNamespace(trial_id="x", config={{"perturbation.radius": 0.01}}, last_result={{}})
 tracker.on_trial_start(0, [], trial)
 assert tracker.drain()
-print(tracker._outbox._proc.pid, flush=True)
+print(tracker._outbox.pids[0], flush=True)
 time.sleep(600)
 """
 
@@ -222,13 +222,14 @@ def test_the_optuna_mirror_is_stored_by_the_writer_process_with_run_links(store,
 @pytest.mark.parametrize(
     ("setting", "trials", "expected"),
     [
-        (None, 8, False),  # a small stage: the process would cost more than it saves
-        (None, 99, False),
-        (None, 100, True),
-        ("auto", 3000, True),
-        ("1", 8, True),
-        ("0", 3000, False),
-        (" 1 ", 8, True),
+        (None, 8, 0),  # a small stage: the process would cost more than it saves
+        (None, 99, 0),
+        (None, 100, 1),
+        ("auto", 3000, 1),
+        ("1", 8, 1),
+        ("0", 3000, 0),
+        (" 1 ", 8, 1),
+        ("3", 8, 3),
     ],
 )
 def test_stages_of_many_trials_get_the_writer_process(setting, trials, expected, monkeypatch):
@@ -239,5 +240,78 @@ def test_stages_of_many_trials_get_the_writer_process(setting, trials, expected,
     else:
         monkeypatch.setenv("FLATSWEEP_MLFLOW_PROCESS", setting)
     assert runner.PROCESS_WRITER_MIN_TRIALS == 100
-    assert runner._writer_process(trials) is expected
-    assert runner._writer_process() is (setting is not None and setting.strip() == "1")
+    assert runner._writer_process(trials) == expected
+    fixed = setting is not None and setting.strip() != "auto"
+    assert runner._writer_process() == (expected if fixed else 0)
+
+
+@pytest.mark.parametrize("setting", ["-1", "1.5", "²", "33", "many"])
+def test_a_bad_writer_process_count_is_refused_in_one_line(setting, monkeypatch):
+    from sweeps import runner
+
+    monkeypatch.setenv("FLATSWEEP_MLFLOW_PROCESS", setting)
+    with pytest.raises(ValueError, match=r"^FLATSWEEP_MLFLOW_PROCESS must be .* from 1 to 32, but"):
+        runner._writer_process(3000)
+
+
+def test_several_writer_processes_share_the_trials_and_lose_nothing(store, tmp_path):
+    import optuna
+
+    from sweeps import studies
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    memory = optuna.create_study(direction="maximize")
+    tracker = _tracker(store, fresh=True, processes=2)
+    mirror = studies.StudyMirror(url, "m", ["max"], ["val_acc"])
+    tracker.mirror_through(mirror)
+    tracker.start()
+    assert len(tracker._outbox.pids) == 2  # both start at once, before the first write
+    assert tracker._outbox.ready(60)  # and open the store before it, too
+    tids = [f"t{i}" for i in range(6)]
+    for i, tid in enumerate(tids):
+        _run_trial(tracker, tid)
+        t = memory.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+        t.set_user_attr(studies.ATTR_TRIAL, tid)
+        memory.tell(t, float(i))
+        mirror.put(memory.trials[-1])  # as the searcher does when the trial completes
+    assert tracker.drain()
+    # Round-robin at first sight: each child had three trials, and only its own.
+    assert sorted(c.index for c in tracker._outbox._child_of.values()) == [0, 0, 0, 1, 1, 1]
+    assert [sorted(c.known) for c in tracker._outbox._children] == [tids[::2], tids[1::2]]
+    runs = _runs(store)
+    assert sorted(runs) == tids
+    assert all(r.info.status == "FINISHED" for r in runs.values())
+    assert tracker.run_ids == {tid: r.info.run_id for tid, r in runs.items()}
+    # Each trial's Optuna copy went to the child that made its run, which linked it.
+    stored = optuna.load_study(study_name="m", storage=url).trials
+    assert {t.user_attrs[studies.ATTR_TRIAL]: t.user_attrs[studies.ATTR_RUN] for t in stored} == {
+        tid: r.info.run_id for tid, r in runs.items()
+    }
+    children = tracker._outbox.pids
+    assert all(_alive(pid) and pid != os.getpid() for pid in children)
+    tracker.close()
+    assert not any(_alive(pid) for pid in children)
+
+
+def test_one_killed_writer_of_several_owes_only_its_writes(store):
+    tracker = _tracker(store, fresh=True, processes=2, drain_timeout_s=120.0)
+    _run_trial(tracker, "a")  # child 1
+    _run_trial(tracker, "b")  # child 2
+    assert tracker.drain()
+    first = tracker._outbox._children[0].proc
+    first.kill()
+    first.wait(timeout=10)
+    _run_trial(tracker, "c")  # child 1, dead: owed
+    _run_trial(tracker, "d")  # child 2: lands
+    t0 = time.monotonic()
+    assert not tracker.drain()
+    assert time.monotonic() - t0 < 10  # no wait for the 120-s deadline
+    assert tracker.outstanding == 4  # RUNNING, two epochs, FINISHED of "c"
+    assert {i.trial for i in tracker._outbox.pending} == {"c"}
+    assert tracker._outbox.broken
+    assert {tid: r.info.status for tid, r in _runs(store).items()} == {
+        "a": "FINISHED",
+        "b": "FINISHED",
+        "d": "FINISHED",
+    }
+    tracker.close()

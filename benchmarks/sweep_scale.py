@@ -1131,11 +1131,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     tracking = (
         f"`{redact(args.tracking_uri)}`" if args.tracking_uri else "SQLite (+ Optuna storage)"
     )
+    # The service's own settings from the environment (writer processes, writers, ...): a
+    # run with FLATSWEEP_MLFLOW_PROCESS=2 is not the default service.
+    settings = ", ".join(
+        f"{k}={redact(v)}" for k, v in sorted(os.environ.items()) if k.startswith("FLATSWEEP_")
+    )
     header = (
         f"## {TITLE} — {started:%Y-%m-%d %H:%M} UTC\n\n"
         f"- machine: {machine(load)}\n"
         f"- code: {code_state()}\n"
-        f"- command: `{command}`\n"
+        f"- command: `{command}`{f' with {settings}' if settings else ''}\n"
         f"- trainable: `sweeps.trainable.train_trial`, mlp on {TRAIN['data']['num_train']} "
         f"synthetic 1x40 signals, {TRAIN['epochs']} epochs, batch {args.batch_size}, AMP with "
         f"K = 1 (radius, inner LR searched); FIFO, {args.sampler} sampler (seed 0), "

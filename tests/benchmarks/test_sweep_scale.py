@@ -217,6 +217,7 @@ def test_twelve_trials_side_by_side(tmp_path: Path) -> None:
     out = proc.stdout
     assert "## sweep_scale: the service against plain Ray Tune, N trials" in out
     assert "load average at start" in out and "os.cpu_count()" in out
+    assert re.search(r"- command: `[^`]*` with (\S+, )*FLATSWEEP_MLFLOW_PROCESS=1\b", out)
     header, rows = first_table(out)
     assert header == COLUMNS
     (row,) = rows

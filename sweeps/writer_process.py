@@ -26,9 +26,10 @@ Several children (``processes``, ``FLATSWEEP_MLFLOW_PROCESS=N``) split the trial
 them, each trial's writes (and its Optuna copy) on one child, so that recording to SQLite,
 whose store work is the writer's own CPU, can use more than one core: one child holds the
 GIL for the whole of it. SQLite still commits one writer at a time; the children's ORM work
-around the commits is what runs in parallel (two on two idle cores recorded 1.4x as many
+around the commits is what runs in parallel (two on two idle cores recorded 1.44x as many
 trials per minute, ``benchmarks/mlflow_throughput.py --processes``). Each child costs its
-imports, about 2-5 s of CPU and 250 MB; one-off writes that are no trial's go to the first.
+imports, about 3-4 s of CPU and 250 MB, and the split some CPU per trial: on cores that are
+all training it slows the sweep. One-off writes that are no trial's go to the first child.
 
 The pipe carries pickles between two processes of the same user and code, never data from
 elsewhere.

@@ -18,8 +18,11 @@ twice, each run in its own subprocess with its own driver and its own local Ray
   experiment-snapshot period), as a user's own short script would have them, with
   ``verbose=0``.
 
-The two run one after the other, the order alternating per N (service first for the first N),
-so a drift in the machine's load does not always favour the same one.
+The two run one after the other, the order alternating from run to run (service first in the
+first), so a drift in the machine's load does not always favour the same one. ``--repeats R``
+runs every N R times (all the N, then all again): the table has a row per run and each N's
+ratios, their median and range, since on a machine whose cores the trials fill one run's ratio
+is a draw (the same code gave 1.12 and 1.32 at 1000 trials on two 2-core machines).
 
 Measured in each driver subprocess (``Meter`` wraps the functions named below in that process):
 
@@ -56,13 +59,15 @@ script exits 1.
 
     python benchmarks/sweep_scale.py                        # N = 200, 1000, 3000 (about 1 h)
     python benchmarks/sweep_scale.py --trials 200 --sampler random
+    python benchmarks/sweep_scale.py --trials 1000 --repeats 3   # the ratio's spread
     python benchmarks/sweep_scale.py --trials 12 --no-record   # a smoke run (the test's)
     python benchmarks/sweep_scale.py --trials 1000 --slots 1   # the driver gets a core of its own
     python benchmarks/sweep_scale.py --trials 200 --profile prof/   # py-spy of each driver
     python benchmarks/sweep_scale.py --trials 1000 --tracking-uri http://127.0.0.1:5000
 
-``--profile DIR`` samples each driver with py-spy (``DIR/<arm>-<N>.txt``, collapsed stacks:
-``flamegraph.pl`` or speedscope draw them). ``--tracking-uri`` points the service at another
+``--profile DIR`` samples each driver with py-spy (``DIR/<arm>-<N>.txt``, from the second
+repeat on ``DIR/<arm>-<N>-<repeat>.txt``; collapsed stacks: ``flamegraph.pl`` or speedscope
+draw them). ``--tracking-uri`` points the service at another
 MLflow (the PostgreSQL-backed HTTP server of ``infra/local/up.sh``); each run's sweep name is
 unique, so runs on a shared server stay apart.
 
@@ -85,6 +90,7 @@ import resource
 import shlex
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -750,10 +756,12 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def launch(
-    arm: str, n: int, tmp: Path, args: argparse.Namespace, profile: Path | None
+    arm: str, n: int, tmp: Path, args: argparse.Namespace, profile: Path | None, rep: int = 1
 ) -> dict[str, Any]:
-    """Run one arm in a fresh driver subprocess; its measurements, or its failure."""
-    work = tmp / f"{arm}-{n}"
+    """Run one arm in a fresh driver subprocess; its measurements, or its failure. ``rep``
+    (the repeat, from 1) keeps a repeat's directory, sweep name and profile apart."""
+    run_id = f"{n}" if rep == 1 else f"{n}-{rep}"
+    work = tmp / f"{arm}-{run_id}"
     work.mkdir(parents=True)
     result = work / "result.json"
     cmd = [
@@ -772,7 +780,7 @@ def launch(
         "--batch-size",
         str(args.batch_size),
         "--name",
-        f"{args.name}-{n}",
+        f"{args.name}-{run_id}",
     ]
     if args.slots:
         cmd += ["--slots", str(args.slots)]
@@ -804,7 +812,7 @@ def launch(
                     "--nonblocking",
                     "--subprocesses",
                     "-o",
-                    str(profile / f"{arm}-{n}.txt"),
+                    str(profile / f"{arm}-{run_id}.txt"),
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -842,30 +850,34 @@ def _first_last(r: dict[str, Any]) -> str:
     return f"{_ms(means[0])} → {_ms(means[-1])}" if means else "-"
 
 
-def nothing_lost_line(svc: dict[str, Any]) -> str:
-    """The verdict on the service's records at one N."""
+def nothing_lost_line(svc: dict[str, Any], label: str = "") -> str:
+    """The verdict on the service's records at one N (``label``: the repeat, e.g. ``"2/3"``)."""
     n = svc["n"]
+    at = f"N={n} (run {label})" if label else f"N={n}"
     if "failed" in svc:
-        return f"- N={n}: service run failed ({svc['failed']}): records not checked"
+        return f"- {at}: service run failed ({svc['failed']}): records not checked"
     r = svc["records"]
     status = ", ".join(f"{k} {v}" for k, v in sorted(r["children_status"].items())) or "none"
     head = "nothing lost" if r["ok"] else f"**NOT ALL RECORDS ({r['lost']} lost)**"
     return (
-        f"- {head} at N={n}: MLflow holds {r['parents']} parent "
+        f"- {head} at {at}: MLflow holds {r['parents']} parent "
         f"({', '.join(r['parent_status']) or '-'}) and {r['children']} children ({status}), "
         f"{r['running']} RUNNING, {r['complete']}/{n} FINISHED with "
         f"{' and '.join(FINAL_METRICS)}"
     )
 
 
-def summary_row(n: int, svc: dict[str, Any], plain: dict[str, Any]) -> str:
+def summary_row(n: int, svc: dict[str, Any], plain: dict[str, Any], label: str = "") -> str:
+    """One table row: the two arms at ``n`` trials (``label``, e.g. ``"2/3"``, names the
+    repeat)."""
+    first = f"{n} ({label})" if label else str(n)
     if "failed" in svc or "failed" in plain:
         bad = ", ".join(f"{r['arm']} {r['failed']}" for r in (svc, plain) if "failed" in r)
-        return f"| {n} | failed: {bad} |" + " |" * 10
+        return f"| {first} | failed: {bad} |" + " |" * 10
     calls, _, nbytes = _mlflow(svc)
     lost = svc["records"]["lost"]
     return (
-        f"| {n} | {svc['wall_s']:.1f} | {plain['wall_s']:.1f} | "
+        f"| {first} | {svc['wall_s']:.1f} | {plain['wall_s']:.1f} | "
         f"**{svc['wall_s'] / plain['wall_s']:.2f}** | "
         f"{per_trial(svc['epoch_seconds'], n):.3f} / {per_trial(plain['epoch_seconds'], n):.3f} | "
         f"{per_trial(svc['driver_cpu_s'], n, 1000):.1f} + "
@@ -1011,8 +1023,39 @@ def detail_table(n: int, svc: dict[str, Any], plain: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def report(runs: dict[int, dict[str, Any]], header: str) -> str:
-    """The markdown section: the summary table, nothing-lost lines, a detail table per N."""
+def _label(run: dict[str, Any], repeats: int) -> str:
+    return f"{run['rep']}/{repeats}" if repeats > 1 else ""
+
+
+def spread_lines(runs: list[dict[str, Any]], repeats: int) -> list[str]:
+    """With ``repeats`` > 1: each N's wall-time ratios, their median and range.
+
+    On a small machine whose cores both arms' trials fill, one run's ratio moves by tenths
+    from run to run (the same code gave 1.12 and 1.32 at 1000 trials on two 2-core AMD EPYC
+    machines, 2026-12-03), so a single run is a draw, not the ratio."""
+    if repeats < 2:
+        return []
+    lines = []
+    for n in dict.fromkeys(r["n"] for r in runs):
+        ratios = [
+            r["service"]["wall_s"] / r["plain"]["wall_s"]
+            for r in runs
+            if r["n"] == n and "failed" not in r["service"] and "failed" not in r["plain"]
+        ]
+        if not ratios:
+            continue
+        lines.append(
+            f"- ratio at N={n} over {len(ratios)} of {repeats} runs: median "
+            f"**{statistics.median(ratios):.2f}**, range {min(ratios):.2f}–{max(ratios):.2f} "
+            f"(in run order: {', '.join(f'{x:.2f}' for x in ratios)})"
+        )
+    return lines
+
+
+def report(runs: list[dict[str, Any]], header: str, repeats: int = 1) -> str:
+    """The markdown section: the summary table (a row per run), the ratios' spread over the
+    repeats, nothing-lost lines, a detail table per run. ``runs``: one dict per run of both
+    arms, with ``n``, ``rep`` (1-based), ``order`` and each arm's measurements."""
     lines = [
         header,
         "| N | service wall s | plain wall s | ratio | training s/trial (service / plain) | "
@@ -1022,20 +1065,22 @@ def report(runs: dict[int, dict[str, Any]], header: str) -> str:
         "Optuna ms/suggestion, first → last 10% (service) | (plain) | lost records |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for n, arms in runs.items():
-        lines.append(summary_row(n, arms["service"], arms["plain"]))
+    for run in runs:
+        lines.append(summary_row(run["n"], run["service"], run["plain"], _label(run, repeats)))
     lines.append("")
-    lines += [nothing_lost_line(arms["service"]) for arms in runs.values()]
-    for n, arms in runs.items():
-        svc, plain = arms["service"], arms["plain"]
+    lines += spread_lines(runs, repeats)
+    lines += [nothing_lost_line(run["service"], _label(run, repeats)) for run in runs]
+    for run in runs:
+        n, svc, plain = run["n"], run["service"], run["plain"]
+        at = f"N={n}" + (f" (run {_label(run, repeats)})" if repeats > 1 else "")
         lines.append("")
         if "failed" in svc or "failed" in plain:
             for r in (svc, plain):
                 if "failed" in r:
-                    lines.append(f"N={n} {r['arm']} failed ({r['failed']}); its log ends:")
+                    lines.append(f"{at} {r['arm']} failed ({r['failed']}); its log ends:")
                     lines.append("```\n" + r["log_tail"][-1500:] + "\n```")
             continue
-        lines.append(f"Run order at N={n}: {' then '.join(arms['order'])}.")
+        lines.append(f"Run order at {at}: {' then '.join(run['order'])}.")
         lines.append("")
         lines.append(detail_table(n, svc, plain))
     return "\n".join(lines) + "\n"
@@ -1065,6 +1110,13 @@ def parse_trials(text: str) -> list[int]:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--trials", type=parse_trials, default=[200, 1000, 3000])
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="runs of both arms at each N (the table gives each, with the ratios' median and "
+        "range)",
+    )
     p.add_argument("--sampler", choices=("tpe", "random"), default="tpe")
     p.add_argument("--batch-size", type=int, default=TRAIN["batch_size"])
     p.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
@@ -1097,6 +1149,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.batch_size < 1:
         p.error(f"--batch-size must be >= 1, but got {args.batch_size}")
+    if args.repeats < 1:
+        p.error(f"--repeats must be >= 1, but got {args.repeats}")
     return args
 
 
@@ -1114,14 +1168,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     load = os.getloadavg()
     started = datetime.datetime.now(datetime.UTC)
     tmp = Path(tempfile.mkdtemp(prefix="sweep_scale-"))
-    runs: dict[int, dict[str, Any]] = {}
+    runs: list[dict[str, Any]] = []
     try:
-        for i, n in enumerate(args.trials):
+        # Every N once, then again for each repeat, so a drift in the machine's load spreads
+        # over the N; the order of the arms alternates from one run to the next.
+        plan = [(rep, n) for rep in range(1, args.repeats + 1) for n in args.trials]
+        for i, (rep, n) in enumerate(plan):
             order = ARMS if i % 2 == 0 else ARMS[::-1]
-            runs[n] = {"order": list(order)}
+            run: dict[str, Any] = {"n": n, "rep": rep, "order": list(order)}
+            runs.append(run)
             for arm in order:
-                print(f"[sweep_scale] N={n}: {arm} ...", file=sys.stderr, flush=True)
-                runs[n][arm] = launch(arm, n, tmp, args, args.profile)
+                print(f"[sweep_scale] N={n} (run {rep}): {arm} ...", file=sys.stderr, flush=True)
+                run[arm] = launch(arm, n, tmp, args, args.profile, rep)
     finally:
         if args.keep:
             print(f"[sweep_scale] kept {tmp}", file=sys.stderr)
@@ -1151,14 +1209,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"calls: outermost MlflowClient calls; bytes: their arguments' keys and values "
         f"(artifacts by file size); Optuna: the outermost OptunaSearch.suggest.\n\n"
     )
-    section = report(runs, header)
+    section = report(sorted(runs, key=lambda r: (r["n"], r["rep"])), header, args.repeats)
     print(section)
     if not args.no_record:
         append(args.results, section)
-    bad = any("failed" in arms[a] for arms in runs.values() for a in ARMS) or any(
-        not arms["service"]["records"]["ok"]
-        for arms in runs.values()
-        if "records" in arms["service"]
+    bad = any("failed" in run[a] for run in runs for a in ARMS) or any(
+        not run["service"]["records"]["ok"] for run in runs if "records" in run["service"]
     )
     return 1 if bad else 0
 

@@ -125,23 +125,25 @@ def test_meter_measures_outermost_calls_and_skips_what_a_class_does_not_define(
     assert meter.calls["c.outer"] == 1
 
 
-def test_table_and_lost_line_from_measurements(scale: ModuleType) -> None:
-    def arm(name: str, wall: float) -> dict[str, Any]:
-        return {
-            "arm": name,
-            "n": 10,
-            "wall_s": wall,
-            "epoch_seconds": wall / 20,
-            "driver_cpu_s": 0.5,
-            "rss_peak_mb": 900.0,
-            "writer_cpu_s": 0.2,
-            "writer_rss_peak_mb": 250.0,
-            "suggest_s": [0.001 * (i + 1) for i in range(10)],
-            "calls": {"mlflow.log_batch": 30},
-            "seconds": {"mlflow.log_batch": 1.5},
-            "bytes": {"mlflow.log_batch": 10_000},
-        }
+def arm(name: str, wall: float) -> dict[str, Any]:
+    """One arm's measurements at N = 10, as a driver subprocess returns them (the summary's)."""
+    return {
+        "arm": name,
+        "n": 10,
+        "wall_s": wall,
+        "epoch_seconds": wall / 20,
+        "driver_cpu_s": 0.5,
+        "rss_peak_mb": 900.0,
+        "writer_cpu_s": 0.2,
+        "writer_rss_peak_mb": 250.0,
+        "suggest_s": [0.001 * (i + 1) for i in range(10)],
+        "calls": {"mlflow.log_batch": 30},
+        "seconds": {"mlflow.log_batch": 1.5},
+        "bytes": {"mlflow.log_batch": 10_000},
+    }
 
+
+def test_table_and_lost_line_from_measurements(scale: ModuleType) -> None:
     svc, plain = arm("service", 30.0), arm("plain", 20.0)
     svc["records"] = {
         "parents": 1,
@@ -166,6 +168,36 @@ def test_table_and_lost_line_from_measurements(scale: ModuleType) -> None:
     svc["records"].update(children=9, complete=8, running=1, lost=2, ok=False)
     svc["records"]["children_status"] = {"FINISHED": 8, "RUNNING": 1}
     assert "NOT ALL RECORDS (2 lost)" in scale.nothing_lost_line(svc)
+
+
+def test_repeats_give_a_row_each_and_the_ratios_median_and_range(scale: ModuleType) -> None:
+    runs = [
+        {"n": 10, "rep": 1, "service": arm("service", 30.0), "plain": arm("plain", 20.0)},
+        {"n": 10, "rep": 2, "service": arm("service", 24.0), "plain": arm("plain", 20.0)},
+        {"n": 10, "rep": 3, "service": arm("service", 21.0), "plain": arm("plain", 20.0)},
+        {"n": 10, "rep": 4, "service": arm("service", 1.0), "plain": arm("plain", 20.0)},
+    ]
+    for run in runs:
+        run["service"]["records"] = {"lost": 0, "ok": True}
+    runs[3]["service"]["failed"] = "exit 1"  # a failed run counts in no ratio
+    (line,) = scale.spread_lines(runs, 4)
+    assert line == (
+        "- ratio at N=10 over 3 of 4 runs: median **1.20**, range 1.05–1.50 "
+        "(in run order: 1.50, 1.20, 1.05)"
+    )
+    assert scale.spread_lines(runs[:1], 1) == []  # one run: its row says it all
+    row = scale.summary_row(10, runs[1]["service"], runs[1]["plain"], "2/4")
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert len(cells) == len(COLUMNS) and cells[0] == "10 (2/4)" and numbers(cells[3]) == [1.2]
+    failed = scale.summary_row(10, runs[3]["service"], runs[3]["plain"], "4/4")
+    assert failed.startswith("| 10 (4/4) | failed: service exit 1 |")
+    assert failed.count("|") == len(COLUMNS) + 1
+    assert scale.nothing_lost_line(
+        runs[0]["service"] | {"records": None, "failed": "x"}, "1/4"
+    ) == ("- N=10 (run 1/4): service run failed (x): records not checked")
+    assert scale.parse_args(["--repeats", "3"]).repeats == 3
+    with pytest.raises(SystemExit):
+        scale.parse_args(["--repeats", "0"])
 
 
 def test_rss_slope_is_the_growth_from_a_quarter_to_95_percent_of_the_trials(

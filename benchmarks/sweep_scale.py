@@ -67,9 +67,9 @@ script exits 1.
 
 ``--profile DIR`` samples each driver with py-spy (``DIR/<arm>-<N>.txt``, from the second
 repeat on ``DIR/<arm>-<N>-<repeat>.txt``; collapsed stacks: ``flamegraph.pl`` or speedscope
-draw them). ``--tracking-uri`` points the service at another
-MLflow (the PostgreSQL-backed HTTP server of ``infra/local/up.sh``); each run's sweep name is
-unique, so runs on a shared server stay apart.
+draw them). ``--tracking-uri`` points the service at another MLflow (the PostgreSQL-backed
+HTTP server of ``infra/local/up.sh``); each run's sweep name is unique, so runs on a shared
+server stay apart.
 
 Prints a markdown section (the table, the nothing-lost lines, a detail table per N) and
 appends it to ``benchmarks/RESULTS.md`` (``--results`` elsewhere) with the date (UTC), the
@@ -850,10 +850,14 @@ def _first_last(r: dict[str, Any]) -> str:
     return f"{_ms(means[0])} → {_ms(means[-1])}" if means else "-"
 
 
+def _at(n: int, label: str) -> str:
+    return f"N={n} (run {label})" if label else f"N={n}"
+
+
 def nothing_lost_line(svc: dict[str, Any], label: str = "") -> str:
     """The verdict on the service's records at one N (``label``: the repeat, e.g. ``"2/3"``)."""
     n = svc["n"]
-    at = f"N={n} (run {label})" if label else f"N={n}"
+    at = _at(n, label)
     if "failed" in svc:
         return f"- {at}: service run failed ({svc['failed']}): records not checked"
     r = svc["records"]
@@ -1072,7 +1076,7 @@ def report(runs: list[dict[str, Any]], header: str, repeats: int = 1) -> str:
     lines += [nothing_lost_line(run["service"], _label(run, repeats)) for run in runs]
     for run in runs:
         n, svc, plain = run["n"], run["service"], run["plain"]
-        at = f"N={n}" + (f" (run {_label(run, repeats)})" if repeats > 1 else "")
+        at = _at(n, _label(run, repeats))
         lines.append("")
         if "failed" in svc or "failed" in plain:
             for r in (svc, plain):

@@ -1032,11 +1032,8 @@ def _label(run: dict[str, Any], repeats: int) -> str:
 
 
 def spread_lines(runs: list[dict[str, Any]], repeats: int) -> list[str]:
-    """With ``repeats`` > 1: each N's wall-time ratios, their median and range.
-
-    On a small machine whose cores both arms' trials fill, one run's ratio moves by tenths
-    from run to run (the same code gave 1.12 and 1.32 at 1000 trials on two 2-core AMD EPYC
-    machines, 2026-12-03), so a single run is a draw, not the ratio."""
+    """With ``repeats`` > 1: each N's wall-time ratios, their median and range (why: the
+    module's docstring)."""
     if repeats < 2:
         return []
     lines = []

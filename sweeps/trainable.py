@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import ray
-import torch
 from ray import tune
 
-from trainers import EPOCH_METRICS, FINAL_METRICS, TrainSpec, fit
-from trainers.checkpoint import load_checkpoint
-from trainers.loop import resolve_device
+from trainers import EPOCH_METRICS, FINAL_METRICS, TrainSpec
+
+# PyTorch and the training loop are imported inside the functions that run in trial workers:
+# the driver imports this module only to hand ``train_trial`` to Tune, and would otherwise
+# pay PyTorch's import (about 2 s on a small CPU) for nothing.
 
 #: The metrics a trial reports (declared in ``trainers`` next to where they are computed).
 REPORTED_METRICS = EPOCH_METRICS | FINAL_METRICS
@@ -49,6 +50,8 @@ def trial_config(config: dict[str, Any]) -> dict[str, Any]:
 
 def is_oom(e: BaseException) -> bool:
     """CUDA's OutOfMemoryError, or the CPU allocator's refusal (a RuntimeError)."""
+    import torch
+
     return isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e)
 
 
@@ -67,6 +70,10 @@ def trial_device(requested: str, gpu_ids: Sequence[int | str] = ()) -> dict[str,
     device the worker does not have: a GPU Ray reserved on a node without CUDA (logical
     GPUs, a missing driver) fails at once, not deep inside the model's first ``.to()``.
     """
+    import torch
+
+    from trainers.loop import resolve_device
+
     device = resolve_device(requested)
     if device.type != "cuda":
         return {"device_used": str(device), "gpu_reserved_on_cpu": bool(gpu_ids)}
@@ -104,6 +111,11 @@ def train_trial(
     A CUDA ``train.device`` on a worker without CUDA raises before anything is built (see
     ``trial_device``); Tune retries it ``failure.max_failures`` times, each failing at once.
     """
+    import torch
+
+    from trainers.checkpoint import load_checkpoint
+    from trainers.loop import fit
+
     point = {k: v for k, v in trial_config(config).items() if not k.startswith("_")}
     spec = TrainSpec.model_validate(base).with_overrides(point)
     device = trial_device(spec.device, ray.get_gpu_ids())

@@ -4,17 +4,29 @@ This package never imports Ray or MLflow: a sweep calls :func:`fit` once per tri
 exported config re-runs with ``python -m trainers FILE`` alone. ``EPOCH_METRICS`` name what
 every epoch reports (validation included), ``FINAL_METRICS`` what only the last epoch reports
 (the test set), and ``test_metric_for`` maps a validation metric to its test counterpart.
+
+``TrainSpec`` and the metric names load without PyTorch (a sweep's driver checks specs and
+objectives with them); ``fit`` and ``FitResult`` import it on first use.
 """
 
-from trainers.loop import (
-    DIAGNOSTIC_METRICS,
-    EPOCH_METRICS,
-    FINAL_METRICS,
-    FitResult,
-    fit,
-    test_metric_for,
-)
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from trainers.metrics import DIAGNOSTIC_METRICS, EPOCH_METRICS, FINAL_METRICS, test_metric_for
 from trainers.spec import TrainSpec
+
+if TYPE_CHECKING:
+    from trainers.loop import FitResult, fit
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: the training loop (and PyTorch) on first use
+    if name in ("fit", "FitResult"):
+        from trainers import loop
+
+        return getattr(loop, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DIAGNOSTIC_METRICS",

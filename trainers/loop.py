@@ -9,7 +9,7 @@ its metrics appear only in that epoch's metrics (``FINAL_METRICS``). Anything ch
 looking at epochs (a sweep's objective, early stopping, the best epoch) is therefore chosen on
 validation data. Deviation: the AMP official script reports the best test accuracy over
 epochs, a selection on the test set; ``test_at_best_val`` reports the test metrics of the
-best-validation epoch instead.
+best-validation epoch instead. The metric names are declared in ``trainers.metrics``.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from trainers import data as data_lib
 from trainers import models, perturbations
 from trainers.attacks import pgd
 from trainers.checkpoint import load_checkpoint, save_checkpoint
+from trainers.metrics import FINAL_METRICS
 from trainers.precision import LossScaler, autocast
 from trainers.spec import TrainSpec
 
@@ -39,68 +40,8 @@ Status = Literal["finished", "diverged", "stopped"]
 #: checkpoint into a directory; returning True asks the loop to stop early.
 EpochCallback = Callable[[dict[str, float], Callable[[str | Path], Path]], bool | None]
 
-#: What any epoch may report. ``val_*`` and ``gen_gap`` (train_acc - val_acc) need a
-#: validation split; ``val_robust_acc`` also needs adversarial training.
-EPOCH_METRICS = frozenset(
-    {
-        "epoch",
-        "train_loss",  # mean cross-entropy at the unperturbed weights, on the training batches
-        "train_acc",
-        "val_loss",
-        "val_acc",
-        "val_robust_acc",  # PGD on the first ``adversarial.eval_examples`` val examples
-        "gen_gap",
-        "lr",
-        "closure_passes",  # forward-backward passes this epoch (ERM 1 per step, AMP 1 + K, ...)
-        "train_seconds",
-        "images_per_s",
-        "epoch_seconds",  # training plus evaluation
-        "diverged",  # 1.0 on the (last) epoch whose loss was not finite
-    }
-)
-#: What only the last epoch reports, once training has run all ``epochs``.
-FINAL_METRICS = frozenset(
-    {
-        "test_loss",
-        "test_acc",
-        "test_robust_acc",  # PGD on the whole test set
-        # with ``adversarial.autoattack``: standard L∞ AutoAttack (RobustBench's evaluation) of
-        # the final weights on the first ``adversarial.autoattack_examples`` test examples
-        "test_autoattack_acc",
-        # with ``test_at_best_val``: the first epoch of highest val_robust_acc under PGD,
-        # else of highest val_acc
-        "best_val_epoch",
-        "test_loss_at_best_val",
-        "test_acc_at_best_val",
-        "test_robust_acc_at_best_val",
-        "train_seconds_total",  # sum of train_seconds over every epoch, resumed ones included
-        "closure_passes_total",  # sum of closure_passes: the run's compute in passes
-    }
-)
-#: Diagnostics of the final weights: labelled as such, never objectives of a sweep.
-DIAGNOSTIC_METRICS = frozenset(
-    {
-        # top Hessian eigenvalue of the loss on a fixed validation batch (BatchNorm in eval
-        # mode), with ``hessian_lmax: true``; see ``trainers.diagnostics``
-        "diag.hessian_lmax",
-    }
-)
 #: Examples in the fixed batch the Hessian diagnostic is measured on.
 HESSIAN_BATCH = 256
-
-_TEST_FOR_VAL = {
-    "val_loss": "test_loss",
-    "val_acc": "test_acc",
-    "val_robust_acc": "test_robust_acc",
-}
-
-
-def test_metric_for(val_metric: str) -> str | None:
-    """The test metric that ``val_metric`` estimates (``val_acc`` -> ``test_acc``), else None."""
-    return _TEST_FOR_VAL.get(val_metric)
-
-
-test_metric_for.__test__ = False  # type: ignore[attr-defined]  # not a test for pytest to collect
 
 CHECKPOINT_FORMAT = 2  # 2: validation metrics per epoch, test metrics once, best-val state
 # Keys that may differ between a checkpoint's spec and the spec resuming it.

@@ -223,7 +223,10 @@ def test_driver_loss_then_resume_finishes_without_rerunning_or_duplicates(tmp_pa
         tmp_path,
         "driverloss",
         sqlite(tmp_path),
-        num_samples=6,
+        # Two at a time: the kill comes early in the second round, so the resumed driver has
+        # interrupted trials to restore and new ones to suggest (a sixth trial took another
+        # round, 50-100 s, and tested nothing more).
+        num_samples=5,
         train=train,
         scheduler={"name": "fifo"},
         checkpoint_every_s=0,
@@ -280,7 +283,7 @@ def test_driver_loss_then_resume_finishes_without_rerunning_or_duplicates(tmp_pa
     )
     assert resume.wait(timeout=600) == 0, (tmp_path / "resume.log").read_text()[-3000:]
     after = {k.data.tags["flatsweep.trial_id"]: k for k in children(client, "driverloss")}
-    assert len(after) == 6  # the remaining trials ran, and no child run twice
+    assert len(after) == 5  # the remaining trials ran, and no child run twice
     assert {k.info.status for k in after.values()} == {"FINISHED"}
     for tid, epoch in latest.items():  # resumed from the checkpoint left, not from scratch
         restored = client.get_metric_history(after[tid].info.run_id, "restored_from_epoch")
@@ -299,7 +302,7 @@ def test_driver_loss_then_resume_finishes_without_rerunning_or_duplicates(tmp_pa
     assert parent.info.status == "FINISHED"
     # the Optuna study survived: one trial per sample, none left running
     states = optuna_states(tmp_path / "ray" / "driverloss")
-    assert sum(states.values()) == 6 and states["COMPLETE"] == 6, states
+    assert sum(states.values()) == 5 and states["COMPLETE"] == 5, states
     # and its stored copy agrees with MLflow: every trial once, each linked to its run
     import optuna
 
@@ -307,7 +310,7 @@ def test_driver_loss_then_resume_finishes_without_rerunning_or_duplicates(tmp_pa
         study_name="driverloss", storage=f"sqlite:///{tmp_path / 'mlflow.optuna.db'}"
     )
     by_trial = {t.user_attrs["flatsweep.trial_id"]: t for t in stored.trials}
-    assert len(stored.trials) == len(by_trial) == 6, [t.state for t in stored.trials]
+    assert len(stored.trials) == len(by_trial) == 5, [t.state for t in stored.trials]
     assert {t.state.name for t in stored.trials} == {"COMPLETE"}
     links = stored.user_attrs["mlflow_run_ids"]
     assert {links[t] for t in by_trial} == {k.info.run_id for k in after.values()}

@@ -57,3 +57,31 @@ def test_a_trial_restored_from_its_last_checkpoint_reports_its_last_epoch_again(
     assert again["epoch"] == 2 and again["restored_from_epoch"] == 2.0
     for key in ("val_acc", "test_acc", "train_loss"):
         assert again[key] == first[-1][key], key
+
+
+def test_the_driver_checks_a_spec_without_importing_pytorch(tmp_path):
+    """A sweep's driver (spec checks, Tune, MLflow, the report) never trains: PyTorch's
+    import, about 2 s on a small CPU, belongs to the trial workers, as does the loop's."""
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.sweeps.conftest import sweep_dict
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump(sweep_dict("t")))
+    code = (
+        "import json, sys\n"
+        "import sweeps.cli, sweeps.export, sweeps.report, sweeps.runner, sweeps.trainable\n"
+        "from sweeps.spec import load_spec\n"
+        "from trainers.models import MODELS\n"
+        f"s = load_spec({str(spec)!r})\n"
+        "assert s.train.model.name in MODELS\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'"
+        " or m == 'trainers.loop')))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads(run.stdout.splitlines()[-1]) == []

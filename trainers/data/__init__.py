@@ -4,13 +4,43 @@ Registered datasets: cifar10, cifar100, svhn (read from disk), mnist1d (generate
 digits (bundled with scikit-learn) and synthetic (a random linear teacher). Each gets a
 validation split carved from its training set (``split_indices``). Nothing here
 imports Ray or MLflow, and nothing downloads unless ``DataSpec.download`` is set.
+
+``DataSpec``, ``check_data`` and ``DATASETS`` load without PyTorch, so a spec is checked
+(``sweeps validate``, a sweep's driver) without its import, about 2 s on a small CPU; the
+names that need PyTorch load on first use.
 """
 
-from trainers.data._build import DataBundle, build, check_data
-from trainers.data._spec import DataSpec
-from trainers.data._split import split_indices
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from trainers.data._spec import DataSpec, check_data
 from trainers.data.datasets import DATASETS
-from trainers.data.loader import DeviceLoader, Loader, SampleLoader, epoch_generator
+
+if TYPE_CHECKING:
+    from trainers.data._build import DataBundle, build
+    from trainers.data._split import split_indices
+    from trainers.data.loader import DeviceLoader, Loader, SampleLoader, epoch_generator
+
+_LAZY = {
+    "DataBundle": "trainers.data._build",
+    "build": "trainers.data._build",
+    "split_indices": "trainers.data._split",
+    "DeviceLoader": "trainers.data.loader",
+    "Loader": "trainers.data.loader",
+    "SampleLoader": "trainers.data.loader",
+    "epoch_generator": "trainers.data.loader",
+}
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: imported on first use
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "DATASETS",

@@ -1,16 +1,15 @@
-"""``build``: a ``DataSpec`` to train, validation and test loaders on a device; ``check_data``
-preflights it."""
+"""``build``: a ``DataSpec`` to train, validation and test loaders on a device;
+``check_data`` (in ``trainers.data._spec``, free of PyTorch) preflights it."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from trainers.data._spec import DataSpec
+from trainers.data._spec import DataSpec, check_data
 from trainers.data._split import split_indices
 from trainers.data.datasets import DATASETS, Arrays, DatasetDef
 from trainers.data.loader import GREY, DeviceLoader, Loader, SampleLoader
@@ -33,28 +32,6 @@ class DataBundle:
     # pixel units divides it by ``std``.
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
-
-
-def check_data(spec: DataSpec) -> None:
-    """Raise a one-line ValueError if this machine lacks the spec's files; loads nothing.
-
-    Nothing to check for generated or bundled datasets, nor when ``download`` may fetch them.
-    """
-    info = DATASETS.get(spec.name)
-    if not info.needs_root or spec.download:
-        return
-    root = spec.root_path
-    if not os.path.isdir(root):
-        raise ValueError(
-            f"data root {spec.root!r} does not exist (dataset {spec.name});"
-            " set data.root or data.download=true"
-        )
-    missing = [f for f in info.files if not os.path.isfile(os.path.join(root, f))]
-    if missing:
-        raise ValueError(
-            f"data root {spec.root!r} lacks {', '.join(missing)} (dataset {spec.name});"
-            " set data.root or data.download=true"
-        )
 
 
 def _image_transform(

@@ -133,3 +133,25 @@ class DataSpec(BaseModel):
         if self.root is None:
             raise ValueError(f"dataset {self.name!r} has no data.root")
         return os.path.expanduser(self.root)
+
+
+def check_data(spec: DataSpec) -> None:
+    """Raise a one-line ValueError if this machine lacks the spec's files; loads nothing.
+
+    Nothing to check for generated or bundled datasets, nor when ``download`` may fetch them.
+    """
+    info = DATASETS.get(spec.name)
+    if not info.needs_root or spec.download:
+        return
+    root = spec.root_path
+    if not os.path.isdir(root):
+        raise ValueError(
+            f"data root {spec.root!r} does not exist (dataset {spec.name});"
+            " set data.root or data.download=true"
+        )
+    missing = [f for f in info.files if not os.path.isfile(os.path.join(root, f))]
+    if missing:
+        raise ValueError(
+            f"data root {spec.root!r} lacks {', '.join(missing)} (dataset {spec.name});"
+            " set data.root or data.download=true"
+        )

@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from trainers._registry import Registry
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
     from trainers.data._spec import DataSpec
 
 
@@ -207,6 +207,8 @@ def _mnist1d_cached(num_samples: int, seed: int) -> tuple[np.ndarray, np.ndarray
 
 @_register("mnist1d")
 def _mnist1d(spec: DataSpec) -> Arrays:
+    import torch
+
     n_train = 4000 if spec.num_train is None else spec.num_train  # the reference 4000/1000
     n_test = 1000 if spec.num_test is None else spec.num_test
     # make_dataset draws num_samples // 10 per class; round up and keep the first n_train +
@@ -225,6 +227,7 @@ def _mnist1d(spec: DataSpec) -> Arrays:
 
 @_register("digits")
 def _digits(spec: DataSpec) -> Arrays:
+    import torch
     from sklearn.datasets import load_digits
 
     bunch = load_digits()  # ships inside scikit-learn: no download
@@ -242,6 +245,8 @@ def _digits(spec: DataSpec) -> Arrays:
 
 @_register("synthetic")
 def _synthetic(spec: DataSpec) -> Arrays:
+    import torch
+
     shape = tuple(spec.shape) if spec.shape is not None else (3, 32, 32)
     k = 10 if spec.num_classes is None else spec.num_classes
     n_train = 512 if spec.num_train is None else spec.num_train

@@ -20,41 +20,47 @@ allowed names instead of a TypeError from deep inside a constructor.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from collections.abc import Callable, Sequence
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from trainers._registry import Registry, unknown_message
-from trainers.models.preact_resnet import preact_resnet18
-from trainers.models.pyramidnet import pyramidnet
-from trainers.models.small import cnn1d, mlp, small_cnn
-from trainers.models.vgg import vgg16_bn
-from trainers.models.wide_resnet import wide_resnet
 
-__all__ = ["MODELS", "build", "options"]
+if TYPE_CHECKING:
+    from torch import nn
 
-MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+__all__ = ["MODELS", "build", "factory", "options"]
+
+#: Model name -> the module defining the factory of that name. Modules (and PyTorch) are
+#: imported on first use, so a spec's model name is checked without PyTorch.
+MODELS: Registry[str] = Registry("model")
 
 # Registered here rather than by decorators in each file so that the model files do not import
 # this package (a cycle) and the full list of names sits in one place.
-for _name, _factory in {
-    "preact_resnet18": preact_resnet18,
-    "wide_resnet": wide_resnet,
-    "vgg16_bn": vgg16_bn,
-    "pyramidnet": pyramidnet,
-    "mlp": mlp,
-    "cnn1d": cnn1d,
-    "small_cnn": small_cnn,
+for _name, _module in {
+    "preact_resnet18": "preact_resnet",
+    "wide_resnet": "wide_resnet",
+    "vgg16_bn": "vgg",
+    "pyramidnet": "pyramidnet",
+    "mlp": "small",
+    "cnn1d": "small",
+    "small_cnn": "small",
 }.items():
-    MODELS.register(_name)(_factory)
+    MODELS.register(_name)(f"{__name__}.{_module}")
+
+
+def factory(name: str) -> Callable[..., nn.Module]:
+    """The factory of model ``name`` (its module imported now); ValueError if unknown."""
+    return getattr(importlib.import_module(MODELS.get(name)), name)
+
 
 _POSITIONAL = ("num_classes", "in_shape")
 
 
 def options(name: str) -> dict[str, object]:
     """The keyword options of model ``name`` with their defaults."""
-    params = inspect.signature(MODELS.get(name)).parameters
+    params = inspect.signature(factory(name)).parameters
     return {k: p.default for k, p in params.items() if k not in _POSITIONAL}
 
 
@@ -64,7 +70,7 @@ def build(name: str, *, num_classes: int, in_shape: Sequence[int], **kwargs: obj
     Raises ValueError for an unknown name, an unknown option, or an option value the model
     cannot take (the message names the argument and what is allowed).
     """
-    factory = MODELS.get(name)
+    make = factory(name)
     allowed = list(options(name))
     for key in kwargs:
         if key not in allowed:
@@ -74,4 +80,4 @@ def build(name: str, *, num_classes: int, in_shape: Sequence[int], **kwargs: obj
     shape = tuple(int(d) for d in in_shape)
     if not shape or min(shape) < 1:
         raise ValueError(f"in_shape must be non-empty with positive sizes, but got {in_shape=}")
-    return factory(num_classes=num_classes, in_shape=shape, **kwargs)
+    return make(num_classes=num_classes, in_shape=shape, **kwargs)

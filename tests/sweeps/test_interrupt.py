@@ -198,8 +198,9 @@ def test_undelivered_records_end_the_sweep_failed_and_resume_delivers_them(tmp_p
     server.start()
     try:
         train = {**SLOW_TRAIN, "epochs": 8}
+        # Two trials, one round on the two CPUs (a third one took another round for nothing).
         spec = write_spec(
-            tmp_path, "lost", server.uri, num_samples=3, train=train, scheduler={"name": "fifo"}
+            tmp_path, "lost", server.uri, num_samples=2, train=train, scheduler={"name": "fifo"}
         )
         proc = start_driver(["run", str(spec)], tmp_path, env={"FLATSWEEP_DRAIN_TIMEOUT_S": "5"})
         client = MlflowClient(server.uri)
@@ -217,7 +218,7 @@ def test_undelivered_records_end_the_sweep_failed_and_resume_delivers_them(tmp_p
         assert code == 1, log[-3000:]
         assert "MLflow writes of the search stage were not delivered" in log
         assert "sweeps resume lost" in log
-        assert "3 trials" not in log  # no success line
+        assert "2 trials" not in log  # no success line
 
         server.start()
         resume = start_driver(
@@ -227,7 +228,7 @@ def test_undelivered_records_end_the_sweep_failed_and_resume_delivers_them(tmp_p
         s = sweep_of(client, "lost")
         assert s.parent.info.status == "FINISHED"
         runs = tracking.children(client, s)
-        assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
+        assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
         for r in runs:  # every epoch, including those the first driver never delivered
             steps = sorted(m.step for m in client.get_metric_history(r.info.run_id, "val_acc"))
             assert steps == list(range(1, 9)), steps

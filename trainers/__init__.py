@@ -11,21 +11,17 @@ objectives with them); ``fit`` and ``FitResult`` import it on first use.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from trainers._lazy import lazy_attributes
 from trainers.metrics import DIAGNOSTIC_METRICS, EPOCH_METRICS, FINAL_METRICS, test_metric_for
 from trainers.spec import TrainSpec
 
 if TYPE_CHECKING:
     from trainers.loop import FitResult, fit
 
-
-def __getattr__(name: str) -> Any:  # PEP 562: the training loop (and PyTorch) on first use
-    if name in ("fit", "FitResult"):
-        from trainers import loop
-
-        return getattr(loop, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# the training loop (and PyTorch) on first use
+__getattr__ = lazy_attributes(__name__, {"fit": "trainers.loop", "FitResult": "trainers.loop"})
 
 
 __all__ = [

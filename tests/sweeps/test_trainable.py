@@ -8,15 +8,19 @@ when the kill happens to land there; here it is made certain.
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from ray import tune
 
 from sweeps import trainable
-from tests.sweeps.conftest import BASE_TRAIN
+from tests.sweeps.conftest import BASE_TRAIN, sweep_dict
 
 BASE = {**BASE_TRAIN, "epochs": 2, "data": {**BASE_TRAIN["data"], "num_train": 200}}
 
@@ -62,14 +66,6 @@ def test_a_trial_restored_from_its_last_checkpoint_reports_its_last_epoch_again(
 def test_the_driver_checks_a_spec_without_importing_pytorch(tmp_path):
     """A sweep's driver (spec checks, Tune, MLflow, the report) never trains: PyTorch's
     import, about 2 s on a small CPU, belongs to the trial workers, as does the loop's."""
-    import json
-    import subprocess
-    import sys
-
-    import yaml
-
-    from tests.sweeps.conftest import sweep_dict
-
     spec = tmp_path / "s.yaml"
     spec.write_text(yaml.safe_dump(sweep_dict("t")))
     code = (

@@ -12,9 +12,9 @@ names that need PyTorch load on first use.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from trainers._lazy import lazy_attributes
 from trainers.data._spec import DataSpec, check_data
 from trainers.data.datasets import DATASETS
 
@@ -23,23 +23,18 @@ if TYPE_CHECKING:
     from trainers.data._split import split_indices
     from trainers.data.loader import DeviceLoader, Loader, SampleLoader, epoch_generator
 
-_LAZY = {
-    "DataBundle": "trainers.data._build",
-    "build": "trainers.data._build",
-    "split_indices": "trainers.data._split",
-    "DeviceLoader": "trainers.data.loader",
-    "Loader": "trainers.data.loader",
-    "SampleLoader": "trainers.data.loader",
-    "epoch_generator": "trainers.data.loader",
-}
-
-
-def __getattr__(name: str) -> Any:  # PEP 562: imported on first use
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(
+    __name__,
+    {
+        "DataBundle": "trainers.data._build",
+        "build": "trainers.data._build",
+        "split_indices": "trainers.data._split",
+        "DeviceLoader": "trainers.data.loader",
+        "Loader": "trainers.data.loader",
+        "SampleLoader": "trainers.data.loader",
+        "epoch_generator": "trainers.data.loader",
+    },
+)
 
 
 __all__ = [

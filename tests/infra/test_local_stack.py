@@ -17,10 +17,11 @@ import time
 import tomllib
 import urllib.error
 import urllib.request
-from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
+
+from tests._ports import free_ports
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
 
@@ -37,17 +38,6 @@ def psutil():
     import psutil as module
 
     return module
-
-
-def free_ports(n: int) -> list[int]:
-    """Ports free on every interface; Ray's GCS binds 0.0.0.0."""
-    with ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for sock in socks:
-            sock.bind(("0.0.0.0", 0))
-        ports = [sock.getsockname()[1] for sock in socks]
-    assert not any(10002 <= p <= 19999 for p in ports), "clashes with Ray's worker port range"
-    return ports
 
 
 def session_members(sid: int) -> list[int]:
@@ -134,11 +124,13 @@ def stack_env():
 
 
 def start_stack(env: dict[str, str]) -> subprocess.CompletedProcess:
-    """Run up.sh on fresh free ports, again if another process took one of them meanwhile."""
+    """Run up.sh on fresh free ports, again if another process took one of them meanwhile
+    (up.sh's own check says "already in use"; a port taken after it, gRPC "Failed to bind")."""
     for _ in range(3):
         env.update(zip(PORT_VARS, map(str, free_ports(len(PORT_VARS))), strict=True))
         up = subprocess.run([UP], env=env, capture_output=True, text=True, timeout=600)
-        if up.returncode == 0 or "already in use" not in up.stderr.lower():
+        lost_a_port = any(s in up.stderr.lower() for s in ("already in use", "failed to bind"))
+        if up.returncode == 0 or not lost_a_port:
             return up
     return up
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,18 +16,13 @@ from typing import Any
 import yaml
 from mlflow.tracking import MlflowClient
 
+from tests._ports import free_port
 from tests.sweeps.conftest import sweep_dict
 
 BIN = Path(sys.executable).parent
 # An `mlflow server` as infra/ starts one: MLflow 3's server jobs off. On a database store they
 # are on by default and add eight processes, each importing MLflow, to every test server.
 SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_http(url: str, timeout_s: float = 60.0) -> None:

@@ -15,6 +15,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from tests._ports import free_ports
+
 BASE_TRAIN: dict[str, Any] = {
     "model": {"name": "cnn1d"},
     "data": {"name": "mnist1d", "num_train": 600, "num_test": 300},
@@ -53,12 +55,6 @@ def store(tmp_path: Path) -> tuple[str, MlflowClient, str, str]:
     return uri, client, exp, parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def ray_head(tmp_path):
     """Our own ``ray start --head --block`` with token auth on (our own token).
@@ -67,7 +63,7 @@ def ray_head(tmp_path):
     ``ray stop``, which stops every Ray on the machine, including ones we did not start.
     """
     bin_dir = Path(sys.executable).parent
-    port, dash = _free_port(), _free_port()
+    port, dash = free_ports(2)
     token = tmp_path / "ray_token"
     token.write_text(os.urandom(32).hex())
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}

@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from sweeps import studies, tracking
 from sweeps.runner import run_sweep
 from sweeps.spec import SpecError, SweepSpec
+from tests._ports import free_port
 from tests.sweeps.conftest import sweep_dict
 
 
@@ -145,14 +146,6 @@ def test_the_mirror_stores_each_finished_trial_once_with_its_run(tmp_path):
     assert mirror.failed == again.failed == 0
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _chromium(url: str, *extra: str) -> str:
     """Headless Chromium, a fresh profile, no background traffic; returns the DOM it built."""
     import shutil
@@ -210,7 +203,7 @@ def test_optuna_dashboard_shows_the_stored_study_in_a_real_browser(tmp_path):
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     url = SweepSpec.model_validate(d).optuna_storage_url()
-    port = _free_port()
+    port = free_port()
     exe = Path(sys.executable).parent / "optuna-dashboard"
     server = subprocess.Popen(
         [str(exe), url, "--host", "127.0.0.1", "--port", str(port)],

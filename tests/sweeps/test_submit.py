@@ -32,6 +32,7 @@ from sweeps import jobs
 from sweeps import preflight as pf
 from sweeps.jobs_cli import register
 from sweeps.spec import SpecError, SweepSpec, load_spec
+from tests._ports import free_ports
 from tests.sweeps.conftest import sweep_dict
 
 # Ray's answer to a duplicate submission_id (2.60: the job manager's ValueError, relayed by the
@@ -507,18 +508,6 @@ def test_an_unreachable_dashboard_is_one_line(tmp_path):
 # --- a real Ray head with token authentication ----------------------------------------------
 
 BIN = Path(sys.executable).parent
-
-
-def free_ports(n: int) -> list[int]:
-    socks, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("0.0.0.0", 0))  # Ray's GCS binds every interface
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
 
 
 def kill_session(leader: subprocess.Popen, grace_s: float = 60) -> None:

@@ -7,12 +7,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test test-cluster browser lint bench clean
 
-# --no-compile: pip byte-compiles all 21,000 modules of the venv one by one (46 s of a 2:10
-# install on 2 cores); Python compiles the few thousand that a run imports on first use.
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet --no-compile -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
 setup: $(STAMP)

@@ -292,6 +292,7 @@ def test_driver_loss_then_resume_finishes_without_rerunning_or_duplicates(tmp_pa
     kill_group(proc)  # SIGKILL: no cleanup at all
     before = {k.data.tags["flatsweep.trial_id"]: k for k in children(client, "driverloss")}
     snapshot = tune_snapshot(exp_dir)  # the last one the killed driver wrote
+    assert snapshot is not None, "the killed driver left a partly copied snapshot"
     finished = {
         t: k
         for t, k in before.items()

@@ -213,8 +213,9 @@ def test_node_loss_restores_trials_from_checkpoints(tmp_path):
 def tune_snapshot(exp_dir: Path) -> dict[str, tuple[str, bool]] | None:
     """What a resumed Tune would restore: each trial's status in the experiment's latest
     snapshot (``experiment_state-*.json``), and whether the snapshot names a checkpoint of it.
-    None while no snapshot is complete on disk. The checkpoint manager is stored as Ray 2.60's
-    cloudpickle fallback, as ``sweeps/ray_internals.py`` reads it."""
+    None while no snapshot is complete on disk. Ray 2.60 stores the checkpoint manager as a hex
+    cloudpickle (its fallback for what JSON cannot hold); ``_latest_checkpoint_result`` is the
+    private field that ``sweeps/ray_internals.py`` repairs."""
     import json
     import pickle
 
@@ -244,9 +245,9 @@ def checkpoints_written(exp_dir: Path, trial_id: str) -> int:
 
 def test_driver_loss_then_resume_finishes_without_rerunning_or_duplicates(tmp_path, ray_head):
     epochs = 20
-    # 20 epochs of 9000 MNIST-1D examples: 7-8 s per trial on a fast machine, 30 s on a
-    # 2-core EPYC. The kill below waits on Tune's own snapshot, not on wall-clock margins,
-    # so trials need only be long enough to be killed mid-training.
+    # 20 epochs of 9000 MNIST-1D examples: about 30 s a trial on a 2-core EPYC (40 took about
+    # 15 s on a fast machine). The kill below waits on Tune's own snapshot, not on wall-clock
+    # margins, so trials need only be long enough to be killed mid-training.
     train = {
         **LONG_TRAIN,
         "epochs": epochs,

@@ -27,7 +27,7 @@ def _ephemeral_low() -> int:
 def free_ports(n: int, host: str = "0.0.0.0") -> list[int]:  # noqa: S104 - a bind test only
     """`n` distinct ports that bind on `host` now (all interfaces by default: Ray's GCS and
     client server listen there) and that the kernel does not hand out by itself."""
-    low = max(RAY_WORKER_PORTS.stop, 20000)
+    low = RAY_WORKER_PORTS.stop
     high = _ephemeral_low()
     if high - low < 1000:  # an unusual port range: fall back to the kernel's choice
         return _kernel_ports(n, host)

@@ -239,7 +239,8 @@ def tune_snapshot(exp_dir: Path) -> dict[str, tuple[str, bool]] | None:
 def checkpoints_written(exp_dir: Path, trial_id: str) -> int:
     """How many checkpoints the trial's worker has written (one per epoch here), from their
     directories' indices: on disk as soon as written, ahead of MLflow's view."""
-    indices = [int(d.name.rsplit("_", 1)[1]) for d in exp_dir.glob(f"*_{trial_id}_*/checkpoint_*")]
+    written = exp_dir.glob(f"train_trial_{trial_id}_*/checkpoint_*")  # as keep_latest_checkpoint
+    indices = [int(d.name.rsplit("_", 1)[1]) for d in written]
     return max(indices, default=-1) + 1
 
 

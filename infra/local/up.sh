@@ -167,6 +167,11 @@ printf '%s\n' "$ray_tmp" >"$state_dir/ray.tmpdir"
 
 # Each server gets its own session (setsid) so down.sh can stop exactly the processes it
 # started, workers included, and never another Ray cluster on the machine (`ray stop` would).
+# still_running PID: our child PID has not exited (a zombie not yet reaped counts as exited).
+still_running() {
+    kill -0 "$1" 2>/dev/null && [[ $(ps -o stat= -p "$1" 2>/dev/null) != Z* ]]
+}
+
 start_in_new_session() {
     local log_file=$1
     shift
@@ -250,7 +255,10 @@ pid_files=("$ray_pid_file")
 if [[ $start_mlflow == 1 ]]; then pid_files+=("$mlflow_pid_file"); else mlflow_up=true; fi
 until $mlflow_up && $ray_up; do
     for pid_file in "${pid_files[@]}"; do
-        live_pid "$pid_file" >/dev/null || {
+        # Gone, not "not yet the server": our own child may not have exec'd it yet on a
+        # loaded machine (live_pid matches the server's command line, which guards the pid
+        # files of earlier runs against reuse, not the children started just above).
+        still_running "$(<"$pid_file")" || {
             log "$(basename "$pid_file" .pid) exited during startup; last lines of its log:"
             tail -n 20 "${pid_file%.pid}.log" >&2
             false

@@ -57,11 +57,17 @@ def epochs_logged(client: MlflowClient, run) -> int:  # noqa: ANN001
     return len(client.get_metric_history(run.info.run_id, "val_acc"))
 
 
+def trial_dir_glob(trial_id: str) -> str:
+    """The pattern of a trial's directory under the experiment's (Tune names it after the
+    trainable, ``train_trial``, and the trial id)."""
+    return f"train_trial_{trial_id}_*"
+
+
 def keep_latest_checkpoint(exp_dir: Path, trial_id: str) -> float:
     """Delete all but the trial's latest checkpoint; return the epoch it holds (0: none)."""
     from trainers.checkpoint import load_checkpoint
 
-    (trial_dir,) = exp_dir.glob(f"train_trial_{trial_id}_*")
+    (trial_dir,) = exp_dir.glob(trial_dir_glob(trial_id))
     by_epoch = sorted((load_checkpoint(d)["epoch"], d) for d in trial_dir.glob("checkpoint_*"))
     for _, d in by_epoch[:-1]:
         shutil.rmtree(d)
@@ -239,7 +245,7 @@ def tune_snapshot(exp_dir: Path) -> dict[str, tuple[str, bool]] | None:
 def checkpoints_written(exp_dir: Path, trial_id: str) -> int:
     """How many checkpoints the trial's worker has written (one per epoch here), from their
     directories' indices: on disk as soon as written, ahead of MLflow's view."""
-    written = exp_dir.glob(f"train_trial_{trial_id}_*/checkpoint_*")  # as keep_latest_checkpoint
+    written = exp_dir.glob(f"{trial_dir_glob(trial_id)}/checkpoint_*")
     indices = [int(d.name.rsplit("_", 1)[1]) for d in written]
     return max(indices, default=-1) + 1
 

@@ -687,7 +687,7 @@ def run_sweep(
         raise SpecError(str(e)) from None
     tracking.tune_sqlite()
     mlflow.set_tracking_uri(tracking_uri)
-    client = MlflowClient(tracking_uri)
+    client = tracking.open_client(tracking_uri)
     # Checked before anything is written: a refused warm start leaves no stray run.
     try:
         if not resume and search and tracking.find_sweep(client, spec.name) is None:

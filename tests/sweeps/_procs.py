@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 from mlflow.tracking import MlflowClient
 
+from sweeps import tracking
 from tests._ports import free_port
 from tests.sweeps.conftest import sweep_dict
 
@@ -41,6 +42,10 @@ def write_spec(tmp: Path, name: str, tracking_uri: str, **over: Any) -> Path:
     d = sweep_dict(name, **over)
     d.setdefault("storage_path", str(tmp / "ray"))
     d["tracking_uri"] = tracking_uri
+    # The tests poll a SQLite store with clients of their own, which would build its tables
+    # at the moment the driver does (MLflow's table creation does not survive that race; the
+    # driver's own guard, tracking.open_client, does not bind the test's client).
+    tracking.open_client(tracking_uri)
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(d))
     return path

@@ -226,15 +226,6 @@ def _log_retry(state: tenacity.RetryCallState) -> None:
     )
 
 
-def _sqlite_path(tracking_uri: str) -> Path | None:
-    if not tracking_uri.startswith("sqlite:"):
-        return None
-    from sqlalchemy.engine import make_url
-
-    database = make_url(tracking_uri).database
-    return Path(database) if database and database != ":memory:" else None
-
-
 def open_client(tracking_uri: str) -> MlflowClient:
     """``MlflowClient(tracking_uri)``, safe when several processes open the same new SQLite
     store at once (two sweeps started together).
@@ -246,10 +237,13 @@ def open_client(tracking_uri: str) -> MlflowClient:
     itself uses ``fcntl`` record locks, which a ``flock`` does not touch), and a failure in
     that step is tried once more after a second, for a process that does not take the lock
     (``mlflow ui``, a script) and was building the tables meanwhile."""
-    path = _sqlite_path(tracking_uri)
-    if path is None:
-        return MlflowClient(tracking_uri)
     import fcntl
+
+    from sweeps.preflight import sqlite_path
+
+    path = sqlite_path(tracking_uri)
+    if path is None or path == ":memory:":
+        return MlflowClient(tracking_uri)
 
     try:
         db = open(path, "ab")  # noqa: SIM115 - an empty file is a new database to SQLite

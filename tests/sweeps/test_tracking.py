@@ -7,6 +7,8 @@ rules are checked without a sweep around them.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -378,9 +380,6 @@ tracking.open_client(sys.argv[1]).search_experiments()
 
 def test_processes_opening_one_new_sqlite_store_at_once_all_succeed(tmp_path):
     # Plain MlflowClients did not: of four, three failed building the tables (sweeps/tracking.py).
-    import subprocess
-    import sys
-
     uri = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"
     (tmp_path / "new").mkdir()
     go = tmp_path / "go"

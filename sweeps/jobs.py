@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from sweeps.preflight import preflight, resolve_address, sqlite_path
+from sweeps.dbinit import sqlite_path
+from sweeps.preflight import preflight, resolve_address
 from sweeps.spec import NAME_RE, SpecError, SweepSpec, as_run, load_spec
 
 PACKAGES = ("trainers", "search_spaces", "sweeps")

@@ -13,6 +13,7 @@ import ipaddress
 import os
 from urllib.parse import urlsplit, urlunsplit
 
+from sweeps.dbinit import sqlite_path
 from sweeps.spec import DEFAULT_TRACKING_DB, SpecError, SweepSpec
 
 SHARED_STORAGE_SCHEMES = ("s3", "gs")  # every node of a cluster reaches these
@@ -59,11 +60,6 @@ def redact(uri: str) -> str:
         return uri
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return urlunsplit(parts._replace(netloc=netloc))
-
-
-def sqlite_path(uri: str) -> str | None:
-    """The file path of a ``sqlite:///PATH`` tracking URI, else None."""
-    return uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
 
 
 def _setting(spec: SweepSpec, field_name: str, env: str) -> tuple[str | None, str]:

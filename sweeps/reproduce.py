@@ -45,7 +45,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from sweeps import jobs
-from sweeps.preflight import sqlite_path
+from sweeps.dbinit import sqlite_path
 from sweeps.spec import MAX_EPOCHS, MAX_SEEDS, NAME_RE, SpecError, SweepSpec
 from sweeps.stats import mean_std, paired_difference
 from trainers import test_metric_for

@@ -35,6 +35,8 @@ import optuna
 import sqlalchemy.exc
 import tenacity
 
+from sweeps.dbinit import first_use
+
 if TYPE_CHECKING:  # a type only: the MLflow writer process stores trials without torch
     from search_spaces import Ranges
 
@@ -57,7 +59,10 @@ def storage(url: str | None) -> optuna.storages.BaseStorage | None:
         return None
     # SQLite allows one writer at a time: wait for the lock instead of failing at once.
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else {}
-    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    # Two sweeps starting together on one new storage race to build its tables (dbinit).
+    return first_use(
+        url, lambda: optuna.storages.RDBStorage(url, engine_kwargs=kwargs), "the Optuna storage"
+    )
 
 
 def distributions(ranges: Ranges) -> dict[str, optuna.distributions.BaseDistribution]:

@@ -227,38 +227,11 @@ def _log_retry(state: tenacity.RetryCallState) -> None:
 
 
 def open_client(tracking_uri: str) -> MlflowClient:
-    """``MlflowClient(tracking_uri)``, safe when several processes open the same new SQLite
-    store at once (two sweeps started together).
+    """``MlflowClient(tracking_uri)``, safe when several processes open the same new store at
+    once (two sweeps started together): see :func:`sweeps.dbinit.first_use`."""
+    from sweeps.dbinit import first_use
 
-    MLflow builds a new store's tables on first use, unguarded: of four processes doing so at
-    once all but one failed, each differently ("table ... already exists", "duplicate column
-    name", alembic's "Online migration expected to match one row", an out-of-date schema).
-    Sweeps' own processes take turns with an exclusive ``flock`` on the database file (SQLite
-    itself uses ``fcntl`` record locks, which a ``flock`` does not touch), and a failure in
-    that step is tried once more after a second, for a process that does not take the lock
-    (``mlflow ui``, a script) and was building the tables meanwhile."""
-    import fcntl
-
-    from sweeps.preflight import sqlite_path
-
-    path = sqlite_path(tracking_uri)
-    if path is None or path == ":memory:":
-        return MlflowClient(tracking_uri)
-
-    try:
-        db = open(path, "ab")  # noqa: SIM115 - an empty file is a new database to SQLite
-    except OSError:  # no such directory, no permission: MLflow says so in its own words
-        return MlflowClient(tracking_uri)
-    with db:
-        fcntl.flock(db, fcntl.LOCK_EX)
-        try:
-            return MlflowClient(tracking_uri)
-        except Exception as e:  # noqa: BLE001 - any of the race's errors, reported if it recurs
-            log.warning("creating the MLflow store failed (%s); trying once more", e)
-            time.sleep(1.0)
-            return MlflowClient(tracking_uri)
-        finally:
-            fcntl.flock(db, fcntl.LOCK_UN)
+    return first_use(tracking_uri, lambda: MlflowClient(tracking_uri), "the MLflow store")
 
 
 def retrying(fn: Callable[[], Any], *, timeout_s: float = 300.0) -> Any:

@@ -25,6 +25,12 @@ ray_log=$state_dir/ray.log
 mlflow_pid_file=$state_dir/mlflow.pid
 mlflow_log=$state_dir/mlflow.log
 
+# still_running PID: the process has not exited. A zombie, exited but not yet reaped by its
+# parent, counts as exited: it holds no memory or port, and no signal can reach it.
+still_running() {
+    kill -0 "$1" 2>/dev/null && [[ $(ps -o stat= -p "$1" 2>/dev/null) != Z* ]]
+}
+
 # live_pid PID_FILE: print the pid and succeed if it names a live process that is still the
 # server we started (a stale file whose pid was reused by another program does not count).
 live_pid() {

@@ -12,7 +12,8 @@ repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # shellcheck source=infra/local/_common.sh
 source "$repo_root/infra/local/_common.sh"
 
-session_members() { ps -e -o pid=,sid= | awk -v sid="$1" '$2 == sid { print $1 }'; }
+# Zombies are left out: they have exited already, and only their parent can remove them.
+session_members() { ps -e -o pid=,sid=,stat= | awk -v sid="$1" '$2 == sid && $3 !~ /^Z/ { print $1 }'; }
 
 wait_gone() {  # wait_gone SECONDS PID...: succeed once none of the pids is alive
     local deadline=$((SECONDS + $1)) p alive
@@ -20,7 +21,7 @@ wait_gone() {  # wait_gone SECONDS PID...: succeed once none of the pids is aliv
     while true; do
         alive=()
         for p in "$@"; do
-            if kill -0 "$p" 2>/dev/null; then alive+=("$p"); fi
+            if still_running "$p"; then alive+=("$p"); fi
         done
         ((${#alive[@]})) || return 0
         ((SECONDS < deadline)) || return 1
@@ -38,8 +39,9 @@ stop_server() {  # stop_server NAME PID_FILE GRACE_SECONDS
         log "stopping $name (pid $pid)"
         kill -TERM "$pid" 2>/dev/null || true
         wait_gone "$grace" "$pid" || log "$name did not exit within ${grace}s"
-    elif kill -0 "$pid" 2>/dev/null; then
-        # The pid now belongs to an unrelated program: leave it and its session alone.
+    elif still_running "$pid"; then
+        # The pid now belongs to an unrelated program: leave it and its session alone. (A
+        # leader that exited but is not yet reaped, a zombie, is not that: it had crashed.)
         log "$name is not running; pid $pid was reused, removing $pid_file"
         rm -f "$pid_file"
         return 0
@@ -54,10 +56,23 @@ stop_server() {  # stop_server NAME PID_FILE GRACE_SECONDS
             ((${#members[@]} == 0)) || kill -KILL "${members[@]}" 2>/dev/null || true
         fi
     fi
+    # Never report "stopped" over survivors (a process stuck in the kernel, or one forked
+    # after the list was read): name them and fail, keeping the pid file for a second try.
+    mapfile -t members < <(session_members "$pid")
+    if ((${#members[@]})) && ! wait_gone 5 "${members[@]}"; then
+        mapfile -t members < <(session_members "$pid")
+        if ((${#members[@]})); then
+            log "$name: ${#members[@]} process(es) of session $pid still running:"
+            ps -o pid=,stat=,args= -p "$(IFS=,; echo "${members[*]}")" >&2 || true
+            return 1
+        fi
+    fi
     rm -f "$pid_file"
     log "$name stopped"
 }
 
 # Ray drains for up to 30 s (RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S) before tearing down.
-stop_server "Ray head" "$ray_pid_file" 60
-stop_server "MLflow" "$mlflow_pid_file" 10
+status=0
+stop_server "Ray head" "$ray_pid_file" 60 || status=1
+stop_server "MLflow" "$mlflow_pid_file" 10 || status=1
+exit "$status"

@@ -165,11 +165,6 @@ if ((${#ray_tmp} > 40)); then
 fi
 printf '%s\n' "$ray_tmp" >"$state_dir/ray.tmpdir"
 
-# still_running PID: our child PID has not exited (a zombie not yet reaped counts as exited).
-still_running() {
-    kill -0 "$1" 2>/dev/null && [[ $(ps -o stat= -p "$1" 2>/dev/null) != Z* ]]
-}
-
 # Each server gets its own session (setsid) so down.sh can stop exactly the processes it
 # started, workers included, and never another Ray cluster on the machine (`ray stop` would).
 start_in_new_session() {

@@ -51,6 +51,26 @@ def session_members(sid: int) -> list[int]:
     return members
 
 
+def running(pids: list[int]) -> list[int]:
+    """The pids that have not exited: a zombie waits only for its parent to reap it."""
+    out = []
+    for pid in pids:
+        with contextlib.suppress(psutil().NoSuchProcess):
+            if psutil().Process(pid).status() != psutil().STATUS_ZOMBIE:
+                out.append(pid)
+    return out
+
+
+def describe(pids: list[int]) -> list[str]:
+    """pid, state, parent and command of each process, for a failure message."""
+    out = []
+    for pid in pids:
+        with contextlib.suppress(psutil().Error):
+            proc = psutil().Process(pid)
+            out.append(f"{pid} {proc.status()} ppid={proc.ppid()} {' '.join(proc.cmdline())[:120]}")
+    return out
+
+
 def listening(pids: list[int]) -> set[tuple[str, int]]:
     ps = psutil()
     found = set()
@@ -205,11 +225,13 @@ def test_up_serves_on_loopback_and_down_leaves_nothing(stack_env, backend):
     assert down.returncode == 0, down.stderr
 
     deadline = time.monotonic() + 15
-    while (left := [p for sid in sessions for p in session_members(sid)]) and (
+    while (left := running([p for sid in sessions for p in session_members(sid)])) and (
         time.monotonic() < deadline
     ):
         time.sleep(0.5)
-    assert not left, f"down.sh left processes running: {left}"
+    assert not left, (
+        f"down.sh left processes running: {describe(left)}\ndown.sh said:\n{down.stderr}"
+    )
     assert not list(state.glob("*.pid"))
     for port in (env["RAY_PORT"], env["RAY_DASHBOARD_PORT"], env["MLFLOW_PORT"]):
         with socket.socket() as sock:

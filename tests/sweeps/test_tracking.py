@@ -7,8 +7,6 @@ rules are checked without a sweep around them.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -364,36 +362,3 @@ def test_gc_paused_restores_the_collector_as_it_was() -> None:
         assert not gc.isenabled()  # left off, as the caller had it
     finally:
         gc.enable()
-
-
-_OPEN_AT_ONCE = """
-import os, sys, time
-from pathlib import Path
-from sweeps import tracking
-go = Path(sys.argv[2])
-(go.parent / f"ready-{os.getpid()}").touch()
-while not go.exists():  # every process imported, then all open the store together
-    time.sleep(0.005)
-tracking.open_client(sys.argv[1]).search_experiments()
-"""
-
-
-def test_processes_opening_one_new_sqlite_store_at_once_all_succeed(tmp_path):
-    # Plain MlflowClients did not: of four, three failed building the tables (sweeps/tracking.py).
-    uri = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"
-    (tmp_path / "new").mkdir()
-    go = tmp_path / "go"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", _OPEN_AT_ONCE, uri, str(go)],
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=Path(__file__).resolve().parents[2],
-        )
-        for _ in range(3)
-    ]
-    wait_for(lambda: len(list(tmp_path.glob("ready-*"))) == 3, 120, "the processes' imports")
-    go.touch()
-    errors = [p.communicate(timeout=120)[1] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0, 0], "\n".join(e[-1500:] for e in errors)
-    assert [e.name for e in MlflowClient(uri).search_experiments()] == ["Default"]

@@ -42,7 +42,7 @@ stop_server() {  # stop_server NAME PID_FILE GRACE_SECONDS
     elif still_running "$pid"; then
         # The pid now belongs to an unrelated program: leave it and its session alone. (A
         # leader that exited but is not yet reaped, a zombie, is not that: it had crashed.)
-        log "$name is not running; pid $pid was reused, removing $pid_file"
+        log "$name is not running; pid $pid was reused (by: $(ps -o args= -p "$pid" | cut -c1-80)), removing $pid_file"
         rm -f "$pid_file"
         return 0
     fi

@@ -51,7 +51,7 @@ def first_use(uri: str, build: Callable[[], T], what: str) -> T:
     if urlsplit(uri).scheme.split("+")[0] not in DATABASE_SCHEMES:
         return build()  # a server or a file store: nothing here builds tables
     path = sqlite_path(uri)
-    if path in (None, "", ":memory:"):  # a server, or a database no other process sees
+    if path in (None, "", ":memory:"):  # a database server, or a database only we can see
         return attempt_twice()
     try:
         db = open(path, "ab")  # noqa: SIM115 - an empty file is a new database to SQLite

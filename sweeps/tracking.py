@@ -49,6 +49,8 @@ from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
+from sweeps.dbinit import first_use
+
 log = logging.getLogger(__name__)
 
 TAG_SWEEP = "flatsweep.sweep"
@@ -229,8 +231,6 @@ def _log_retry(state: tenacity.RetryCallState) -> None:
 def open_client(tracking_uri: str) -> MlflowClient:
     """``MlflowClient(tracking_uri)``, safe when several processes open the same new store at
     once (two sweeps started together): see :func:`sweeps.dbinit.first_use`."""
-    from sweeps.dbinit import first_use
-
     return first_use(tracking_uri, lambda: MlflowClient(tracking_uri), "the MLflow store")
 
 

@@ -17,6 +17,7 @@ import typer
 
 from sweeps import reproduce_cli
 from sweeps._console import err, fail, out
+from sweeps.dbinit import sqlite_path
 from sweeps.jobs_cli import register
 from sweeps.spec import SpecError, load_spec, resolve_tracking_uri
 
@@ -40,7 +41,7 @@ def _client(tracking_uri: str | None):  # noqa: ANN202
     from mlflow.tracking import MlflowClient
 
     uri = resolve_tracking_uri(tracking_uri)
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+    if (db := sqlite_path(uri)) is not None and not Path(db).exists():
         raise fail(
             f"--tracking-uri: no tracking store at {uri} (run a sweep first, or set "
             f"MLFLOW_TRACKING_URI)"

@@ -19,6 +19,7 @@ import optuna
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 import search_spaces
+from sweeps.dbinit import sqlite_path
 from sweeps.searchers import SAMPLERS, SCHEDULERS
 from trainers import EPOCH_METRICS, FINAL_METRICS, test_metric_for
 from trainers._yaml import load_yaml
@@ -330,8 +331,8 @@ class SweepSpec(_Strict):
         if os.environ.get("FLATSWEEP_OPTUNA_STORAGE"):
             return os.environ["FLATSWEEP_OPTUNA_STORAGE"]
         uri = self.resolved_tracking_uri()
-        if uri.startswith("sqlite:///"):
-            db = Path(uri.removeprefix("sqlite:///"))
+        if (path := sqlite_path(uri)) is not None:
+            db = Path(path)
             return f"sqlite:///{db.with_name(db.stem + '.optuna.db')}"
         return None
 

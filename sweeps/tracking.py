@@ -49,7 +49,7 @@ from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from sweeps.dbinit import first_use
+from sweeps.dbinit import first_use, sqlite_path
 
 log = logging.getLogger(__name__)
 
@@ -371,12 +371,8 @@ def experiment_for(client: MlflowClient, name: str, tracking_uri: str) -> str:
     if exp is not None:
         return exp.experiment_id
     location = None
-    if tracking_uri.startswith("sqlite:///"):
-        location = (
-            (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts" / name)
-            .resolve()
-            .as_uri()
-        )
+    if (db := sqlite_path(tracking_uri)) is not None:
+        location = (Path(db).parent / "mlartifacts" / name).resolve().as_uri()
     return client.create_experiment(name, artifact_location=location)
 
 

@@ -31,7 +31,7 @@ wait_gone() {  # wait_gone SECONDS PID...: succeed once none of the pids is aliv
 }
 
 stop_server() {  # stop_server NAME PID_FILE GRACE_SECONDS
-    local name=$1 pid_file=$2 grace=$3 pid members
+    local name=$1 pid_file=$2 grace=$3 pid members step signal wait_s
     [[ -s $pid_file ]] || return 0
     pid=$(<"$pid_file")
     if live_pid "$pid_file" >/dev/null; then
@@ -47,25 +47,23 @@ stop_server() {  # stop_server NAME PID_FILE GRACE_SECONDS
         return 0
     fi
     # Whatever is left of the session: workers, or everything if the leader had crashed.
+    # SIGTERM, 10 s, then SIGKILL, 5 s; each reads the session afresh, so a process forked
+    # after the last read is seen too.
+    for step in TERM:10 KILL:5; do
+        signal=${step%:*} wait_s=${step#*:}
+        mapfile -t members < <(session_members "$pid")
+        ((${#members[@]})) || break
+        log "sending SIG$signal to ${#members[@]} leftover $name process(es)"
+        kill -"$signal" "${members[@]}" 2>/dev/null || true
+        wait_gone "$wait_s" "${members[@]}" || true
+    done
+    # Never report "stopped" over survivors (a process stuck in the kernel, or one forked
+    # after SIGKILL's list was read): name them and fail, keeping the pid file for a second try.
     mapfile -t members < <(session_members "$pid")
     if ((${#members[@]})); then
-        log "terminating ${#members[@]} leftover $name process(es)"
-        kill -TERM "${members[@]}" 2>/dev/null || true
-        if ! wait_gone 10 "${members[@]}"; then
-            mapfile -t members < <(session_members "$pid")
-            ((${#members[@]} == 0)) || kill -KILL "${members[@]}" 2>/dev/null || true
-        fi
-    fi
-    # Never report "stopped" over survivors (a process stuck in the kernel, or one forked
-    # after the list was read): name them and fail, keeping the pid file for a second try.
-    mapfile -t members < <(session_members "$pid")
-    if ((${#members[@]})) && ! wait_gone 5 "${members[@]}"; then
-        mapfile -t members < <(session_members "$pid")
-        if ((${#members[@]})); then
-            log "$name: ${#members[@]} process(es) of session $pid still running:"
-            ps -o pid=,stat=,args= -p "$(IFS=,; echo "${members[*]}")" >&2 || true
-            return 1
-        fi
+        log "$name: ${#members[@]} process(es) of session $pid still running:"
+        ps -o pid=,stat=,args= -p "$(IFS=,; echo "${members[*]}")" >&2 || true
+        return 1
     fi
     rm -f "$pid_file"
     log "$name stopped"

@@ -41,24 +41,16 @@ def psutil():
 
 
 def session_members(sid: int) -> list[int]:
+    """The session's processes that have not exited, as down.sh counts them: a zombie waits
+    only for its parent to reap it."""
     members = []
     for proc in psutil().process_iter():
         try:
-            if os.getsid(proc.pid) == sid:
+            if os.getsid(proc.pid) == sid and proc.status() != psutil().STATUS_ZOMBIE:
                 members.append(proc.pid)
-        except (ProcessLookupError, PermissionError):
+        except (ProcessLookupError, PermissionError, psutil().NoSuchProcess):
             pass
     return members
-
-
-def running(pids: list[int]) -> list[int]:
-    """The pids that have not exited: a zombie waits only for its parent to reap it."""
-    out = []
-    for pid in pids:
-        with contextlib.suppress(psutil().NoSuchProcess):
-            if psutil().Process(pid).status() != psutil().STATUS_ZOMBIE:
-                out.append(pid)
-    return out
 
 
 def describe(pids: list[int]) -> list[str]:
@@ -225,7 +217,7 @@ def test_up_serves_on_loopback_and_down_leaves_nothing(stack_env, backend):
     assert down.returncode == 0, down.stderr
 
     deadline = time.monotonic() + 15
-    while (left := running([p for sid in sessions for p in session_members(sid)])) and (
+    while (left := [p for sid in sessions for p in session_members(sid)]) and (
         time.monotonic() < deadline
     ):
         time.sleep(0.5)

@@ -22,6 +22,9 @@ Stores (``--store sqlite,http``), each run on a fresh one:
 
 - **sqlite**: ``sqlite:///<tmp>/mlflow.db`` after ``sweeps.tracking.tune_sqlite()`` (WAL, as the
   driver sets it); the store's work runs in this process, so it is in the driver CPU.
+- **postgresql** (asked for by name): MLflow's SQL store in this process on a fresh PostgreSQL
+  database ``flatsweep_bench_<hex>`` (127.0.0.1:5432, user postgres; dropped at the end), as a
+  sweep with a ``postgresql://`` tracking URI writes; its backends' CPU is the server CPU.
 - **http**: a real ``mlflow server`` on 127.0.0.1 (a free port, ``--server-workers`` worker
   processes) on a fresh PostgreSQL database ``flatsweep_bench_<hex>`` (127.0.0.1:5432, user
   postgres), artifacts in a local temporary directory. Its process group is stopped and the
@@ -37,6 +40,11 @@ Stores (``--store sqlite,http``), each run on a fresh one:
 Both servers run as ``infra/`` runs them, without MLflow 3's server jobs (GenAI scorers,
 prompt optimisation; ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false`` unless the environment sets
 it): on a database store they would start eight more processes that import MLflow.
+
+``--bulk 1,0`` runs each SQLite and PostgreSQL store both ways: a delivery round's runs in one
+transaction (``sweeps.sqlbulk``, what a sweep does on a database URI; the default, ``1``) and
+through MLflow's API, three calls per trial (``0``). An HTTP server is always written through
+its REST API.
 
 When ``MLflowTracker`` takes ``writers`` (several writer threads for HTTP stores), the http
 store runs twice: ``writers=1`` and the tracker's default; otherwise once, with the single
@@ -77,6 +85,7 @@ none RUNNING, each FINISHED with ``val_acc`` and ``test_acc``; otherwise the scr
     python benchmarks/mlflow_throughput.py --store http --rate 3000 --concurrent 256  # ~5 s trials
     python benchmarks/mlflow_throughput.py --store http --writers 1,2,4,8
     python benchmarks/mlflow_throughput.py --store sqlite --processes 0,1,2
+    python benchmarks/mlflow_throughput.py --store sqlite,postgresql --bulk 1,0  # bulk vs API
 
 Prints a markdown section and appends it to ``benchmarks/RESULTS.md`` (``--results``
 elsewhere) with the date (UTC), the machine, the code state, the exact command and the load
@@ -119,8 +128,9 @@ from sweep_scale import FINAL_METRICS, TRAIN, Meter, append, cpu_s, fmt_load  # 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 TITLE = "mlflow_throughput: MLflow recording through MLflowTracker, trials per minute"
-STORES = ("sqlite", "http", "gunicorn")
+STORES = ("sqlite", "postgresql", "http", "gunicorn")
 SERVERS = ("http", "gunicorn")  # the stores that are an mlflow server
+DATABASES = ("postgresql", *SERVERS)  # the stores on a fresh PostgreSQL database
 # As infra/ starts the server (local/up.sh, compose, k8s): MLflow 3's server jobs are off unless
 # the environment turns them on. On a database store they are on by default and start eight
 # processes (a job runner and huey consumers) that each import MLflow (about 2 s of CPU and
@@ -324,18 +334,20 @@ class Store:
     db: str | None = None
 
     def server_pids(self) -> list[int]:
-        """The mlflow server's processes and its PostgreSQL backends (none for sqlite)."""
-        if self.server is None or self.db is None:
+        """The mlflow server's processes and the database's PostgreSQL backends (none for
+        sqlite)."""
+        if self.db is None:
             return []
         backends = _pg(f"SELECT pid FROM pg_stat_activity WHERE datname = '{self.db}'")
-        return group_pids(self.server.pid) + [int(pid) for (pid,) in backends]
+        server = group_pids(self.server.pid) if self.server is not None else []
+        return server + [int(pid) for (pid,) in backends]
 
 
 @contextlib.contextmanager
 def open_store(kind: str, tmp: Path, server_workers: int) -> Iterator[Store]:
     """A fresh store of ``kind`` under ``tmp``; an http server is stopped (its whole process
     group, which this function created) and its database dropped on the way out."""
-    if kind not in SERVERS:
+    if kind == "sqlite":
         from sweeps.tracking import tune_sqlite
 
         tune_sqlite()  # as the driver does before opening any SQLite database
@@ -343,8 +355,12 @@ def open_store(kind: str, tmp: Path, server_workers: int) -> Iterator[Store]:
         return
     db = f"flatsweep_bench_{uuid.uuid4().hex[:10]}"
     _pg(f"CREATE DATABASE {db}")
+    database_uri = f"postgresql+psycopg2://{PG['user']}@{PG['host']}:{PG['port']}/{db}"
     server = None
     try:
+        if kind == "postgresql":  # MLflow's SQL store in this process, on the database
+            yield Store(kind, database_uri, None, db)
+            return
         port = _free_port()
         log = (tmp / "mlflow-server.log").open("ab")
         server = subprocess.Popen(
@@ -356,7 +372,7 @@ def open_store(kind: str, tmp: Path, server_workers: int) -> Iterator[Store]:
                 "--port",
                 str(port),
                 "--backend-store-uri",
-                f"postgresql+psycopg2://{PG['user']}@{PG['host']}:{PG['port']}/{db}",
+                database_uri,
                 "--artifacts-destination",
                 str(tmp / "mlartifacts"),
                 *(
@@ -448,11 +464,14 @@ def install(meter: Meter, calls: Calls) -> None:
     from mlflow.tracking import MlflowClient
     from mlflow.utils import rest_utils
 
+    from sweeps.sqlbulk import SqlBulk
     from sweeps.tracking import MLflowTracker
 
     for name in list(vars(MlflowClient)):
         if not name.startswith("_"):
             meter.wrap(MlflowClient, name, "mlflow", label=f"mlflow.{name}", observe=calls.seen)
+    # A bulk round's transaction: one call for the runs of a round, not three per run.
+    meter.wrap(SqlBulk, "write", "mlflow", label="mlflow.bulk_write", observe=calls.seen)
     for hook in ("on_trial_start", "on_trial_result", "on_trial_complete"):
         meter.wrap(MLflowTracker, hook, "hooks", label=f"hooks.{hook}")
     # Every REST call goes through this module-level function (call_endpoint looks it up at
@@ -527,9 +546,11 @@ def run_once(
     calls: Calls,
     tag: str,
     processes: int = 0,
+    bulk: bool = False,
 ) -> dict[str, Any]:
     """Record ``n`` trials into ``store`` through a fresh tracker (``processes``: through
-    that many writer processes, 0: threads of this one); what was measured."""
+    that many writer processes, 0: threads of this one; ``bulk``: rounds of runs in one
+    transaction, ``sweeps.sqlbulk``, else MLflow's API); what was measured."""
     from mlflow.tracking import MlflowClient
 
     from sweeps.tracking import MLflowTracker, open_parent
@@ -537,7 +558,12 @@ def run_once(
     meter.paused = True  # the parent, the warm-up and the checks are not measured
     client = MlflowClient(store.uri)
     name = f"bench-{tag}-{datetime.datetime.now(datetime.UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:4]}"
-    kwargs: dict[str, Any] = {"drain_timeout_s": args.timeout_s, "stage": "search", "fresh": True}
+    kwargs: dict[str, Any] = {
+        "drain_timeout_s": args.timeout_s,
+        "stage": "search",
+        "fresh": True,
+        "bulk": bulk,
+    }
     if writers is not None:
         kwargs["writers"] = writers
     if processes:
@@ -597,7 +623,7 @@ def run_once(
         # Theirs within the timing; their start-up before it (imports, opening the store)
         # is reported apart.
         driver_cpu += proc_cpu_s(tracker._outbox.pids) - writers_cpu0
-    server_cpu = proc_cpu_s(store.server_pids()) - server0 if store.server is not None else None
+    server_cpu = proc_cpu_s(store.server_pids()) - server0 if store.db is not None else None
     server_procs = len(group_pids(store.server.pid)) if store.server is not None else None
     tracker.on_experiment_end(trials)  # as Tune ends the experiment (all trials closed: no-op)
     tracker.close()
@@ -611,6 +637,7 @@ def run_once(
         "store": store.kind,
         "writers": writers,
         "processes": processes,
+        "bulk": bulk,
         "writers_startup_cpu_s": writers_cpu0,
         "threads": len(calls.threads),
         "n": n,
@@ -645,14 +672,20 @@ def _writers_label(r: dict[str, Any]) -> str:
 def row(r: dict[str, Any]) -> str:
     """One table row: a store with a writer count."""
     n = r["n"]
+    writes = "bulk" if r.get("bulk") else "API"
     if "failed" in r:
-        return f"| {r['store']} | {_writers_label(r)} | {n} | failed: {r['failed']} |" + " |" * 8
-    calls = f"{sum(r['calls'].values()) / n:.2f}" if not r.get("processes") else "-"
+        return (
+            f"| {r['store']} | {_writers_label(r)} | {writes} | {n} | failed: {r['failed']} |"
+            + " |" * 8
+        )
+    per_trial = sum(r["calls"].values()) / n
+    # A bulk transaction carries many trials: its fraction of a call per trial needs digits.
+    calls = f"{per_trial:.{2 if per_trial >= 0.1 else 3}f}" if not r.get("processes") else "-"
     server = "-" if r["server_cpu_s"] is None else f"{r['server_cpu_s'] * 1000 / n:.1f}"
     http = f"{sum(r['requests'].values()) / n:.2f}" if r["requests"] else "-"
     meets = "yes" if r["per_min"] >= TARGET_PER_MIN and r["records"]["ok"] else "**no**"
     return (
-        f"| {r['store']} | {_writers_label(r)} | {n} | {r['wall_s']:.2f} | "
+        f"| {r['store']} | {_writers_label(r)} | {writes} | {n} | {r['wall_s']:.2f} | "
         f"**{r['per_min']:.0f}** | {meets} | {calls} | {http} | "
         f"{r['driver_cpu_s'] * 1000 / n:.1f} | {server} | {r['hooks_s'] * 1000 / n:.2f} | "
         f"{r['tail_s']:.1f} |"
@@ -661,7 +694,7 @@ def row(r: dict[str, Any]) -> str:
 
 def records_line(r: dict[str, Any]) -> str:
     """The verdict on one run's records."""
-    where = f"{r['store']}, writers {_writers_label(r)}"
+    where = f"{r['store']}, writers {_writers_label(r)}, {'bulk' if r.get('bulk') else 'API'}"
     if "failed" in r:
         return f"- {where}: run failed ({r['failed']}): records not checked"
     c = r["records"]
@@ -688,7 +721,7 @@ def calls_line(r: dict[str, Any]) -> str:
             f"{k} {v / n:.2f}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])
         )
 
-    where = f"{r['store']} writers {_writers_label(r)}"
+    where = f"{r['store']} writers {_writers_label(r)} {'bulk' if r.get('bulk') else 'API'}"
     if r.get("processes"):
         cpu = r["writers_startup_cpu_s"]
         return (
@@ -710,10 +743,10 @@ def calls_line(r: dict[str, Any]) -> str:
 def report(runs: list[dict[str, Any]], header: str) -> str:
     lines = [
         header,
-        "| store | writers (threads seen) | trials | wall s | trials/min | >= 3000/min | "
-        "MLflow calls/trial | HTTP requests/trial | driver CPU ms/trial | server CPU ms/trial | "
-        "hooks ms/trial | drain tail s |",
-        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| store | writers (threads seen) | MLflow writes | trials | wall s | trials/min | "
+        ">= 3000/min | MLflow calls/trial | HTTP requests/trial | driver CPU ms/trial | "
+        "server CPU ms/trial | hooks ms/trial | drain tail s |",
+        "|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [row(r) for r in runs]
     lines.append("")
@@ -777,6 +810,12 @@ def parse_processes(text: str) -> list[int]:
     return out
 
 
+def parse_bulk(text: str) -> list[bool]:
+    """``"1,0"`` -> ``[True, False]``: bulk rounds, then MLflow's API."""
+    values = _list(text, "--bulk", ("0", "1"))
+    return [v == "1" for v in values]
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--trials", type=int, default=1000)
@@ -797,6 +836,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=parse_processes,
         default=[0],
         help="writer process counts to run, e.g. 0,2 (0: threads of this process, the default)",
+    )
+    p.add_argument(
+        "--bulk",
+        type=parse_bulk,
+        default=[True],
+        help="for sqlite and postgresql: 1 bulk rounds (a sweep's default), 0 MLflow's API; "
+        "e.g. 1,0 for both (an HTTP server is always written through its API)",
     )
     p.add_argument("--server-workers", type=int, default=4, help="mlflow server --workers")
     p.add_argument(
@@ -871,24 +917,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs: list[dict[str, Any]] = []
     pg_version = None
     planned = [
-        (kind, writers, procs)
+        (kind, writers, procs, bulk)
         for kind, writers in plan(args.store, args.writers, supported)
         for procs in args.processes
+        for bulk in ([False] if kind in SERVERS else args.bulk)
     ]
-    for i, (kind, writers, procs) in enumerate(planned):
+    for i, (kind, writers, procs, bulk) in enumerate(planned):
         label = f"{kind} writers={'default' if writers is None else writers}"
         label += f" processes={procs}" if procs else ""
+        label += " bulk" if bulk else " API"
         print(f"[mlflow_throughput] {label}: {args.trials} trials ...", file=sys.stderr, flush=True)
         tmp = Path(tempfile.mkdtemp(prefix="mlflow_throughput-"))
         try:
             with open_store(kind, tmp, args.server_workers) as store:
-                if kind in SERVERS and pg_version is None:
+                if kind in DATABASES and pg_version is None:
                     pg_version = _pg("SHOW server_version")[0][0]
-                r = run_once(store, args.trials, writers, args, meter, calls, f"{kind}{i}", procs)
+                tag = f"{kind}{i}"
+                r = run_once(store, args.trials, writers, args, meter, calls, tag, procs, bulk)
         except Exception as e:  # noqa: BLE001 - a failed run is reported, the others still run
             first = (str(e).splitlines() or [""])[0][:200]
             r = {"store": kind, "writers": writers, "threads": 0, "n": args.trials}
-            r["processes"] = procs
+            r["processes"], r["bulk"] = procs, bulk
             r["failed"] = f"{type(e).__name__}: {first}"
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -923,19 +972,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"Before each measured run {args.warmup} trials are recorded untimed under a sweep of "
         f"their own (a fresh server's workers import and connect on their first requests). "
         f"Tracker: {version}"
-        f"{f'; ${WRITERS_ENV}={env}' if env else ''}. Each run on a fresh store: SQLite "
-        f"(WAL, `tune_sqlite`) in this process; HTTP: `mlflow server --workers "
+        f"{f'; ${WRITERS_ENV}={env}' if env else ''}; MLflow writes: bulk (a round's runs in "
+        f"one transaction, `sweeps.sqlbulk`, a sweep's default on a database URI) or API "
+        f"(`create_run`, `log_batch`, `set_terminated` per trial). Each run on a fresh store: "
+        f"SQLite (WAL, `tune_sqlite`) in this process; postgresql: MLflow's SQL store in this "
+        f"process on a fresh PostgreSQL database; HTTP: `mlflow server --workers "
         f'{args.server_workers}` (uvicorn; gunicorn: `--gunicorn-opts "--workers '
         f'{args.server_workers}"`) on 127.0.0.1 with a fresh PostgreSQL'
         f"{f' {pg_version}' if pg_version else ''} database, local artifacts.\n"
         f"- measured from the first hook to `drain()` returning True: trials/min = N / wall; "
-        f"MLflow calls: outermost public MlflowClient calls; HTTP requests: MLflow's "
+        f"MLflow calls: outermost public MlflowClient calls and bulk transactions; HTTP "
+        f"requests: MLflow's "
         f"`rest_utils.http_request` calls (a client method may send more than one); writers: "
         f"asked (threads that made MLflow calls, or writer processes); driver CPU: getrusage "
         f"of this process (all threads; SQLite's work included), and with writer processes "
-        f"theirs too (/proc); server CPU: the mlflow server's process group and its PostgreSQL "
-        f"backends (/proc); hooks: main-thread time in the tracker's hooks; drain tail: last "
-        f"hook → drained.\n"
+        f"theirs too (/proc); server CPU: the mlflow server's process group and the database's "
+        f"PostgreSQL backends (/proc); hooks: main-thread time in the tracker's hooks; "
+        f"drain tail: last hook → drained.\n"
         f"- load average (1/5/15 min): before {fmt_load(load)}, after {fmt_load(after)}\n"
     )
     section = report(runs, header)

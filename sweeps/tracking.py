@@ -12,7 +12,10 @@ operation idempotent across ``sweeps resume`` and driver restarts.
 It runs in the driver only and logs with ``log_batch``: a short trial costs three calls
 (``create_run`` with its tags, final ones included, one ``log_batch`` with its params and
 every epoch's metrics, ``set_terminated``), and a running trial's epochs are merged into one
-call per 5 s (``_Outbox``); nothing is logged from inside the training step. Writes go
+call per 5 s (``_Outbox``); nothing is logged from inside the training step. On a SQLite or
+PostgreSQL tracking URI (MLflow's SQL store in this process) a delivery round's runs are
+written together in one transaction instead (:mod:`sweeps.sqlbulk`, the same records; about
+a tenth of the CPU per trial); an HTTP server gets the three calls. Writes go
 through background writer threads: one for a SQLite or file store (one writer at a time
 there), four for an HTTP server (``FLATSWEEP_MLFLOW_WRITERS``), each trial on one writer so
 its writes keep their order. A stage of 100 trials or more runs those threads in a writer
@@ -49,7 +52,9 @@ from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
+from sweeps import sqlbulk
 from sweeps.dbinit import first_use, sqlite_path
+from sweeps.sqlbulk import NewRun, RunWrite, SqlBulk
 
 log = logging.getLogger(__name__)
 
@@ -710,6 +715,11 @@ def _log_batches(params: list[Param], items: list[_Item]) -> list[_Call]:
     return [c for c in calls if c.size]
 
 
+#: Runs per bulk transaction (``sweeps.sqlbulk``): a round of a few hundred runs commits in
+#: well under a second, so a writer process's acknowledgements keep coming.
+BULK_RUNS = 500
+
+
 class _Outbox:
     """Ordered MLflow writes on ``writers`` background threads, retried until they succeed.
 
@@ -727,6 +737,10 @@ class _Outbox:
     2-4 calls a second with two trials running (``benchmarks/sweep_overhead.py``), and with
     a hundred trials running it would be more than one writer can do. A running trial's
     curves in the MLflow UI are thus up to ``metrics_every_s`` (plus a round) behind.
+
+    With ``bulk`` (a predicate and a delivery of many), the deliveries of a round that the
+    predicate accepts go together, up to ``BULK_RUNS`` runs per call (one transaction,
+    ``sweeps.sqlbulk``); the rest, and every delivery without ``bulk``, one run at a time.
     """
 
     def __init__(
@@ -735,6 +749,8 @@ class _Outbox:
         interval_s: float = 1.0,
         writers: int = 1,
         metrics_every_s: float | None = None,
+        bulk: tuple[Callable[[int, list[_Item]], bool], Callable[[int, list[list[_Item]]], None]]
+        | None = None,
     ) -> None:
         if writers < 1:
             raise ValueError(f"writers must be at least 1, but got {writers=}")
@@ -742,6 +758,8 @@ class _Outbox:
         # None: FLATSWEEP_MLFLOW_METRICS_EVERY_S, else 5 s (a writer process inherits it).
         self.metrics_every_s = _metrics_every_s() if metrics_every_s is None else metrics_every_s
         self._deliver = deliver  # (writer index, one delivery's items)
+        # (whether a delivery may go in a bulk round, deliver many in one transaction)
+        self._bulk = bulk
         self._cv = threading.Condition()  # one lock for all writers: drain waits for them all
         # Per writer: trial id -> its undelivered items in order, trials in order of arrival.
         self._queues: list[dict[str, deque[_Item]]] = [{} for _ in range(writers)]
@@ -803,6 +821,7 @@ class _Outbox:
     def _run(self, writer: int) -> None:
         queue = self._queues[writer]
         failing = False
+        what = ""  # the delivery being attempted, for the log
 
         def note_failure(state: tenacity.RetryCallState) -> None:
             nonlocal failing
@@ -810,7 +829,7 @@ class _Outbox:
                 e = state.outcome.exception() if state.outcome else None
                 log.warning(
                     "MLflow write failed (%s: %s); buffering and retrying",
-                    batch[0].what,
+                    what,
                     str(e).splitlines()[0][:200],
                 )
                 failing = True
@@ -823,6 +842,39 @@ class _Outbox:
             before_sleep=note_failure,
             reraise=True,
         )
+
+        def attempt(description: str, deliver: Callable[[int, Any], None], arg: Any) -> bool:
+            """One delivery, retried until it lands; False if it cannot (the writer stops)."""
+            nonlocal failing, what
+            what = description
+            try:
+                retry(deliver, writer, arg)
+            except _NOT_TRANSIENT:
+                # A bug, not an outage: retrying cannot fix it. Stop writing (the drain then
+                # reports the writes outstanding and the sweep ends FAILED).
+                log.exception("MLflow write %s failed; the writer stops", what)
+                with self._cv:
+                    self._broken.add(writer)
+                    self._cv.notify_all()
+                return False
+            if failing:
+                log.warning("MLflow reachable again; delivering %d buffered writes", self._count)
+                failing = False
+            return True
+
+        def delivered(done: list[tuple[str, list[_Item]]]) -> None:
+            with self._cv:
+                for tid, batch in done:
+                    # Only this thread removes items, and puts only append: the batch is still
+                    # the head of the trial's queue.
+                    items = queue.pop(tid)
+                    for _ in batch:
+                        items.popleft()
+                    if items:
+                        queue[tid] = items  # at the back: the other runs' turn first
+                    self._count -= len(batch)
+                self._cv.notify_all()
+
         while True:
             with self._cv:
                 self._cv.wait_for(lambda: bool(queue))
@@ -833,35 +885,25 @@ class _Outbox:
             while True:
                 with self._cv:
                     now = time.monotonic()
-                    tid = next((t for t, items in queue.items() if self._due(items, now)), None)
-                    if tid is None:
-                        break
-                    batch = _take(queue[tid])
-                try:
-                    retry(self._deliver, writer, batch)
-                except _NOT_TRANSIENT:
-                    # A bug, not an outage: retrying cannot fix it. Stop writing (the drain
-                    # then reports the writes outstanding and the sweep ends FAILED).
-                    log.exception("MLflow write %s failed; the writer stops", batch[0].what)
-                    with self._cv:
-                        self._broken.add(writer)
-                        self._cv.notify_all()
-                    return
-                if failing:
-                    log.warning(
-                        "MLflow reachable again; delivering %d buffered writes", self._count
-                    )
-                    failing = False
-                with self._cv:
-                    # Only this thread removes items, and puts only append: the batch is still
-                    # the head of the trial's queue.
-                    items = queue.pop(tid)
-                    for _ in batch:
-                        items.popleft()
-                    if items:
-                        queue[tid] = items  # at the back: the other runs' turn first
-                    self._count -= len(batch)
-                    self._cv.notify_all()
+                    due = [(t, _take(items)) for t, items in queue.items() if self._due(items, now)]
+                if not due:
+                    break
+                if self._bulk is not None:
+                    # What can, in transactions of many runs; the rest one run at a time.
+                    bulkable, deliver_bulk = self._bulk
+                    ok = [bulkable(writer, batch) for _, batch in due]
+                    group = [d for d, b in zip(due, ok, strict=True) if b]
+                    due = [d for d, b in zip(due, ok, strict=True) if not b]
+                    for i in range(0, len(group), BULK_RUNS):
+                        part = group[i : i + BULK_RUNS]
+                        batches = [batch for _, batch in part]
+                        if not attempt(f"of {len(part)} runs", deliver_bulk, batches):
+                            return
+                        delivered(part)
+                for tid, batch in due:
+                    if not attempt(batch[0].what, self._deliver, batch):
+                        return
+                    delivered([(tid, batch)])
             with self._cv:
                 self.rounds += 1
                 if queue and not self._draining:
@@ -951,7 +993,9 @@ class MLflowTracker(Callback):
     one ``log_batch`` with its params and every queued epoch's metrics (and the final tags of
     a run created earlier), and ``set_terminated`` (dated by Tune's end event). A longer trial
     adds one ``log_batch`` per ``_Outbox.metrics_every_s`` of its life (5 s, or
-    ``FLATSWEEP_MLFLOW_METRICS_EVERY_S``).
+    ``FLATSWEEP_MLFLOW_METRICS_EVERY_S``). With ``bulk`` the same records of every run due in
+    a round go in one transaction (:mod:`sweeps.sqlbulk`), except what needs MLflow's API: a
+    restored trial's run is first searched for, and a closed run reopened, through it.
 
     Args:
         writers: writer threads, each with its own ``MlflowClient``; a trial stays on one.
@@ -963,6 +1007,9 @@ class MLflowTracker(Callback):
         processes: with ``process``, how many writer processes share the trials (each with
             ``writers`` threads): for a SQLite store on a machine with cores to spare, whose
             one process would hold the GIL for all of the store's work.
+        bulk: write rounds of runs in one transaction where the store allows
+            (``sqlbulk.for_client``). None: ``FLATSWEEP_MLFLOW_BULK`` (``1``, the default,
+            or ``0``).
     """
 
     def __init__(
@@ -979,6 +1026,7 @@ class MLflowTracker(Callback):
         writers: int | None = None,
         process: bool = False,
         processes: int = 1,
+        bulk: bool | None = None,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
@@ -995,6 +1043,7 @@ class MLflowTracker(Callback):
         if processes < 1:
             raise ValueError(f"processes must be at least 1, but got {processes=}")
         self.processes = processes
+        self.bulk = sqlbulk.enabled() if bulk is None else bulk
         self._init_state()
 
     def _init_state(self) -> None:
@@ -1010,13 +1059,15 @@ class MLflowTracker(Callback):
         self._start_ms: dict[str, int] = {}  # trial id -> when Tune started it
         self._configs: dict[str, dict[str, Any]] = {}  # trial id -> config, for _resolve
         self._specs: dict[str, dict[str, Any]] = {}  # trial id -> its full TrainSpec (JSON)
+        self._bulks: dict[int, SqlBulk | None] = {}  # writer -> its bulk writer, once known
         self._outbox: Any
         if getattr(self, "process", False):
             from sweeps.writer_process import WriterProcess
 
             self._outbox = WriterProcess(self, processes=getattr(self, "processes", 1))
         else:
-            self._outbox = _Outbox(self._deliver, writers=self.writers)
+            bulk = (self._bulkable, self._deliver_bulk) if self.bulk else None
+            self._outbox = _Outbox(self._deliver, writers=self.writers, bulk=bulk)
         self.killed = 0  # trials closed as KILLED at the end of the experiment
 
     # Tune pickles its callbacks with the experiment; clients and buffers are per process.
@@ -1033,6 +1084,7 @@ class MLflowTracker(Callback):
             "writers",
             "process",
             "processes",
+            "bulk",
         )
         return {k: self.__dict__[k] for k in keep if k in self.__dict__}
 
@@ -1041,6 +1093,8 @@ class MLflowTracker(Callback):
         self.fresh = False  # a tracker unpickled with an experiment belongs to its restore
         if "writers" not in state:  # pickled before there were several
             self.writers = _writers(self.tracking_uri, None)
+        if "bulk" not in state:  # pickled before bulk writes
+            self.bulk = sqlbulk.enabled()
         self._init_state()
 
     @property
@@ -1077,6 +1131,36 @@ class MLflowTracker(Callback):
             if v is not None
         ]
 
+    def _new_run(self, tid: str, close: _Item | None) -> tuple[str, dict[str, str], list[RunTag]]:
+        """Trial ``tid``'s new run: its name, its tags and, of those, the closing status's
+        tags not yet sent (a short trial's run is created with its final tags)."""
+        config, spec = self._configs[tid], self._specs[tid]
+        point = {k: v for k, v in config.items() if not k.startswith("_")}
+        stage = config.get(META_STAGE, self.stage)
+        config = {**config, META_STAGE: stage}
+        tags = {
+            TAG_PARENT: self.parent_run_id,
+            TAG_SWEEP: self.sweep,
+            TAG_ROLE: "child",
+            TAG_TRIAL: tid,
+            TAG_SPEC: json.dumps(spec, sort_keys=True),
+            TAG_STAGE: stage,
+            TAG_GIT: git_revision(),
+            "flatsweep.searched": ",".join(sorted(k for k in point if k not in _NOT_SEARCHED)),
+        }
+        if META_CONFIG in config:
+            tags[TAG_CONFIG] = str(config[META_CONFIG])
+        # The UI's charts then match the report's colours: baseline black, finalists by
+        # config, search trials grey.
+        tags["mlflow.runColor"] = run_color(stage, config.get(META_CONFIG))
+        if stage in ("finalist", "baseline"):
+            tags[TAG_SEED] = str(spec["seed"])
+        name = run_name(spec, config)
+        tags[TAG_NOTE] = f"{stage} trial {tid} of sweep {self.sweep}: {name}"
+        closing = close.tags[close.sent :] if close is not None else []
+        tags.update((t.key, t.value) for t in closing)
+        return name, tags, closing
+
     def _resolve(
         self,
         client: MlflowClient,
@@ -1096,7 +1180,7 @@ class MLflowTracker(Callback):
         """
         if tid in self._runs:
             return self._runs[tid]
-        config, spec = self._configs[tid], self._specs[tid]
+        spec = self._specs[tid]
         # A trial of a stage this driver started afresh has no run yet: one round trip less
         # per trial. After a restore, runs are found by tags so none is duplicated.
         if found is None:
@@ -1127,30 +1211,7 @@ class MLflowTracker(Callback):
                 self._running.add(run_id)
             self._runs[tid] = run_id
             return run_id
-        point = {k: v for k, v in config.items() if not k.startswith("_")}
-        stage = config.get(META_STAGE, self.stage)
-        config = {**config, META_STAGE: stage}
-        tags = {
-            TAG_PARENT: self.parent_run_id,
-            TAG_SWEEP: self.sweep,
-            TAG_ROLE: "child",
-            TAG_TRIAL: tid,
-            TAG_SPEC: json.dumps(spec, sort_keys=True),
-            TAG_STAGE: stage,
-            TAG_GIT: git_revision(),
-            "flatsweep.searched": ",".join(sorted(k for k in point if k not in _NOT_SEARCHED)),
-        }
-        if META_CONFIG in config:
-            tags[TAG_CONFIG] = str(config[META_CONFIG])
-        # The UI's charts then match the report's colours: baseline black, finalists by
-        # config, search trials grey.
-        tags["mlflow.runColor"] = run_color(stage, config.get(META_CONFIG))
-        if stage in ("finalist", "baseline"):
-            tags[TAG_SEED] = str(spec["seed"])
-        name = run_name(spec, config)
-        tags[TAG_NOTE] = f"{stage} trial {tid} of sweep {self.sweep}: {name}"
-        closing = close.tags[close.sent :] if close is not None else []
-        tags.update((t.key, t.value) for t in closing)
+        name, tags, closing = self._new_run(tid, close)
         # Writes are delivered in rounds: date the run from Tune's event, not the write.
         run_id = client.create_run(
             self.experiment_id, tags=tags, start_time=self._start_ms.get(tid), run_name=name
@@ -1218,6 +1279,84 @@ class MLflowTracker(Callback):
                 if item.status is None and item.sent == len(item.metrics):
                     self._last_step[tid] = max(self._last_step.get(tid, 0), item.step)
         self._last_step[tid] = last
+
+    # -- many runs in one transaction (sweeps.sqlbulk) ----------------------------------------
+
+    def _bulk_for(self, writer: int) -> SqlBulk | None:
+        """Writer ``writer``'s bulk writer, or None where its store takes MLflow's API only."""
+        if not self.bulk:
+            return None
+        if writer not in self._bulks:
+            try:
+                self._bulks[writer] = sqlbulk.for_client(self._client_for(writer))
+            except Exception as e:  # noqa: BLE001 - the store is down: the API path retries
+                log.debug("bulk writer not ready: %s", e)
+                return None
+        return self._bulks[writer]
+
+    def _bulkable(self, writer: int, batch: list[_Item]) -> bool:
+        """Whether a delivery can go in a bulk round: run writes only (no one-off call), of a
+        run known to the writer or new in a stage started afresh (a restored trial's run is
+        first searched for by the API path), that need not be reopened."""
+        if any(item.call is not None for item in batch) or self._bulk_for(writer) is None:
+            return False
+        run_id = self._runs.get(batch[0].trial)
+        if run_id is None:
+            return self.fresh
+        return not batch[0].opens or run_id in self._running
+
+    def _deliver_bulk(self, writer: int, batches: list[list[_Item]]) -> None:
+        """Deliveries that ``_bulkable`` accepted, in one transaction: the same records as
+        ``_deliver_run`` makes of each. The writer's state (run ids, owed params, what each
+        item has sent) changes only once the transaction committed, so a retry after a
+        failure writes the whole round again."""
+        bulk = self._bulk_for(writer)
+        assert bulk is not None
+        plans = [self._plan(batch) for batch in batches]
+        bulk.write([write for write, _ in plans])
+        for _, commit in plans:
+            commit()
+
+    def _plan(self, batch: list[_Item]) -> tuple[RunWrite, Callable[[], None]]:
+        """One delivery as a ``RunWrite``, and what to record once it landed."""
+        tid = batch[0].trial
+        close = batch[-1] if batch[-1].closes else None
+        run_id = self._runs.get(tid)
+        new = run_id is None
+        write = RunWrite(run_id or sqlbulk.new_run_id())
+        if new:
+            name, tags, _ = self._new_run(tid, close)
+            start = self._start_ms.get(tid) or int(time.time() * 1000)
+            write.create = NewRun(self.experiment_id, name, start, tags)
+            write.params = self._params(self._specs[tid])
+        else:
+            write.params = self._owed.get(tid, [])
+        last = 0 if new else self._last_step.get(tid, 0)
+        for item in batch:
+            if item.status is None:
+                if item.skip is None:
+                    item.skip = item.step <= last and not item.replay_ok
+                if item.skip:
+                    continue
+                last = max(last, item.step)
+                write.metrics += item.metrics[item.sent :]
+            elif not (new and item is close):  # a new run got its closing tags at creation
+                write.tags += item.tags[item.sent :]
+        if close is not None:
+            write.end = (close.status, close.when or int(time.time() * 1000))
+
+        def commit() -> None:
+            for item in batch:
+                item.sent = len(item.payload)
+            self._runs[tid] = write.run_id
+            self._owed.pop(tid, None)
+            self._last_step[tid] = last
+            if close is not None:
+                self._running.discard(write.run_id)
+            elif new:
+                self._running.add(write.run_id)
+
+        return write, commit
 
     def _learn(self, tid: str, tune_config: dict[str, Any]) -> None:
         """Record trial ``tid``'s config and the validated spec with every default it actually

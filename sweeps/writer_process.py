@@ -337,30 +337,41 @@ def main() -> None:
             log.warning("MLflow writer process: the store did not open yet (%s)", e)
         send(("ready",))
 
-    deliver = tracker._deliver
+    def acknowledged(deliver: Any, many: bool) -> Any:
+        """``deliver`` (one delivery's items, or a bulk round's deliveries), then its
+        acknowledgement: the items' numbers and the run ids it created or found."""
 
-    def deliver_and_ack(writer: int, batch: list[_Item]) -> None:
-        try:
-            deliver(writer, batch)
-        except _NOT_TRANSIENT as e:
-            send(("broken", f"{type(e).__name__}: {e}"))
-            raise
-        # The run ids this delivery created or found. A trial's writes (and its Optuna copy)
-        # touch its own run only; a one-off call that is no trial's (a reconciliation) may find
-        # several, so only then is the whole map scanned: per delivery that scan would grow
-        # with the number of trials.
-        # list() of a dict's items is one step under the GIL: the other writers may add.
-        tid = batch[0].trial
-        if tid:
-            found = [(tid, tracker.run_ids[tid])] if tid in tracker.run_ids else []
-        else:
-            found = list(tracker.run_ids.items())
-        with lock:
-            new = {t: r for t, r in found if t not in told}
-            told.update(new)
-        send(("done", [item.seq for item in batch], new))
+        def run(writer: int, arg: list[Any]) -> None:
+            try:
+                deliver(writer, arg)
+            except _NOT_TRANSIENT as e:
+                send(("broken", f"{type(e).__name__}: {e}"))
+                raise
+            batches: list[list[_Item]] = arg if many else [arg]
+            # A trial's writes (and its Optuna copy) touch its own run only; a one-off call
+            # that is no trial's (a reconciliation) may find several, so only then is the
+            # whole map scanned: per delivery that scan would grow with the number of trials.
+            # list() of a dict's items is one step under the GIL: the other writers may add.
+            found = []
+            for batch in batches:
+                tid = batch[0].trial
+                if not tid:
+                    found = list(tracker.run_ids.items())
+                    break
+                if tid in tracker.run_ids:
+                    found.append((tid, tracker.run_ids[tid]))
+            with lock:
+                new = {t: r for t, r in found if t not in told}
+                told.update(new)
+            send(("done", [item.seq for batch in batches for item in batch], new))
 
-    tracker._outbox._deliver = deliver_and_ack
+        return run
+
+    outbox = tracker._outbox
+    outbox._deliver = acknowledged(tracker._deliver, many=False)
+    if outbox._bulk is not None:
+        bulkable, deliver_bulk = outbox._bulk
+        outbox._bulk = (bulkable, acknowledged(deliver_bulk, many=True))
     threading.Thread(target=open_store, name="mlflow-open", daemon=True).start()
     while True:
         try:
@@ -371,11 +382,11 @@ def main() -> None:
             acks.close()
             os._exit(0)
         if msg[0] == "item":
-            tracker._outbox.put(msg[1])
+            outbox.put(msg[1])
         elif msg[0] == "trial":
             _, tid, config, spec, start_ms = msg
             tracker._configs[tid], tracker._specs[tid] = config, spec
             if start_ms is not None:
                 tracker._start_ms[tid] = start_ms
         elif msg[0] == "drain":
-            threading.Thread(target=tracker._outbox.drain, args=(msg[1],), daemon=True).start()
+            threading.Thread(target=outbox.drain, args=(msg[1],), daemon=True).start()

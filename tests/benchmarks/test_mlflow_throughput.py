@@ -22,6 +22,7 @@ SCRIPT = ROOT / "benchmarks" / "mlflow_throughput.py"
 COLUMNS = [
     "store",
     "writers (threads seen)",
+    "MLflow writes",
     "trials",
     "wall s",
     "trials/min",
@@ -146,6 +147,10 @@ def test_flags_and_the_plan_of_runs(bench: ModuleType) -> None:
     assert bench.parse_writers("1,default,4") == [1, None, 4]
     assert bench.parse_processes("0, 2") == [0, 2]
     assert bench.parse_args([]).processes == [0]
+    assert bench.parse_args([]).bulk == [True]  # as a sweep writes
+    assert bench.parse_args(["--bulk", "1,0"]).bulk == [True, False]
+    with pytest.raises(Exception, match="--bulk must be among 0, 1, but got 2"):
+        bench.parse_bulk("1,2")
     for bad in ("-1", "x", "", "33"):
         with pytest.raises(Exception, match="--processes"):
             bench.parse_processes(bad)
@@ -187,19 +192,23 @@ def check_output(out: str, store: str, n: int) -> list[list[float]]:
     assert rows and all(r[0] == store for r in rows)
     parsed = []
     for r in rows:
-        assert numbers(r[2]) == [n]
-        wall, per_min = numbers(r[3])[0], numbers(r[4])[0]
+        assert r[2] in ("bulk", "API")
+        assert numbers(r[3]) == [n]
+        wall, per_min = numbers(r[4])[0], numbers(r[5])[0]
         assert wall > 0 and per_min > 0
         # wall is printed to 0.01 s, trials/min to 1
         assert 60 * n / (wall + 0.005) - 1 <= per_min <= 60 * n / (wall - 0.005) + 1
         if "process" in r[1]:
-            assert r[6] == "-"  # made in the writer processes, not seen by this one
+            assert r[7] == "-"  # made in the writer processes, not seen by this one
+        elif r[2] == "API":
+            assert numbers(r[7])[0] >= 3  # at least create, log and close each child run
         else:
-            assert numbers(r[6])[0] >= 3  # at least create, log and close each child run
-        assert numbers(r[8])[0] > 0  # driver CPU
-        parsed.append([numbers(c)[0] if numbers(c) else float("nan") for c in r[2:]])
+            assert 0 < numbers(r[7])[0] <= 1  # transactions of several runs' writes
+        assert numbers(r[9])[0] > 0  # driver CPU
+        parsed.append([numbers(c)[0] if numbers(c) else float("nan") for c in r[3:]])
     found = re.findall(
-        rf"- all recorded \({store}, writers [^)]*\)\): {n} children \(FINISHED {n}\), "
+        rf"- all recorded \({store}, writers [^)]*\), (?:bulk|API)\): {n} children "
+        rf"\(FINISHED {n}\), "
         rf"0 RUNNING, {n}/{n} FINISHED with val_acc and test_acc \((\d+) metrics each\), "
         rf"{n + 1} runs in the experiment",
         out,
@@ -211,17 +220,40 @@ def check_output(out: str, store: str, n: int) -> list[list[float]]:
 
 
 def test_twenty_trials_on_sqlite(tmp_path: Path) -> None:
-    args = ("--trials", "20", "--store", "sqlite", "--processes", "0,2")
+    args = ("--trials", "20", "--store", "sqlite", "--processes", "0,2", "--bulk", "1,0")
     proc = run_script(tmp_path, *args, timeout=300)
     check_output(proc.stdout, "sqlite", 20)
     _, rows = table(proc.stdout)
-    assert len(rows) == 2
-    assert all(r[7] == "-" and r[9] == "-" for r in rows)  # no HTTP requests, no server
+    assert len(rows) == 4
+    assert all(r[8] == "-" and r[10] == "-" for r in rows)  # no HTTP requests, no server
     # SQLite's writes go through one writer thread (the tracker's default for SQLite), then
-    # through two writer processes.
-    assert rows[0][1] == "default (1)" and rows[1][1] == "default (2 processes)"
+    # through two writer processes, each in bulk rounds and through MLflow's API.
+    assert [r[1:3] for r in rows] == [
+        ["default (1)", "bulk"],
+        ["default (1)", "API"],
+        ["default (2 processes)", "bulk"],
+        ["default (2 processes)", "API"],
+    ]
     assert re.search(r"their start-up before the timing: \d+\.\d s of CPU in all", proc.stdout)
     assert "View run" not in proc.stdout
+
+
+def test_twenty_trials_on_postgresql_in_bulk_and_through_the_api(tmp_path: Path) -> None:
+    import psycopg2
+
+    args = ("--trials", "20", "--store", "postgresql", "--bulk", "1,0")
+    proc = run_script(tmp_path, *args, timeout=300)
+    check_output(proc.stdout, "postgresql", 20)
+    _, rows = table(proc.stdout)
+    assert [r[2] for r in rows] == ["bulk", "API"]
+    assert all(numbers(r[10])[0] > 0 for r in rows)  # the database's backends worked
+    conn = psycopg2.connect(host="127.0.0.1", user="postgres", dbname="postgres")
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT count(*) FROM pg_database WHERE datname LIKE 'flatsweep_bench_%'")
+        assert cur.fetchone() == (0,)  # dropped
+    finally:
+        conn.close()
 
 
 @pytest.mark.cluster
@@ -246,8 +278,9 @@ def test_twenty_trials_on_the_postgresql_backed_http_server(tmp_path: Path) -> N
     rows = check_output(proc.stdout, "http", 20)
     _, cells = table(proc.stdout)
     for r in cells:
-        assert numbers(r[7])[0] >= numbers(r[6])[0]  # each client call is at least 1 request
-        assert numbers(r[9])[0] > 0  # the server worked
+        assert r[2] == "API"  # a server is written through its REST API
+        assert numbers(r[8])[0] >= numbers(r[7])[0]  # each client call is at least 1 request
+        assert numbers(r[10])[0] > 0  # the server worked
     assert len(rows) in (1, 2)  # writers=1 and the default, when the tracker takes writers
     counts = Counter(r[1].split(" ")[0] for r in cells)
     assert counts["default"] == 1

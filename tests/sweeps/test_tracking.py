@@ -57,8 +57,10 @@ class _Counting(MlflowClient):
 
 
 def _tracker(store: tuple[str, MlflowClient, str, str], interval_s: float) -> MLflowTracker:
+    """A tracker writing through MLflow's API (``bulk=False``), whose calls the tests count;
+    ``test_sqlbulk`` checks that bulk writes record the same."""
     uri, _, exp, parent = store
-    tracker = MLflowTracker(uri, exp, parent, "t", BASE_TRAIN, max_epochs=200)
+    tracker = MLflowTracker(uri, exp, parent, "t", BASE_TRAIN, max_epochs=200, bulk=False)
     tracker._outbox.interval_s = interval_s
     client = _Counting(uri)
     client.batches = []

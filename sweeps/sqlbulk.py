@@ -1,0 +1,413 @@
+"""Many trials' MLflow records in one database transaction, for an SQL tracking store.
+
+MLflow's API writes one run at a time: a short trial is three calls (``create_run``,
+``log_batch``, ``set_terminated``), and MLflow's SQLAlchemy store turns them into about twelve
+ORM sessions and thirty statements, 18-45 ms of pure-Python CPU per trial on the 2-core
+machines of ``benchmarks/RESULTS.md``. That capped one writer at 1100-2600 trials per minute
+(issue 10 asks for 3000) and, during a sweep, took that CPU from the trials training on the
+same cores. Issue 10 names the remedy: batch MLflow writes across trials. MLflow has no
+cross-run call, so for a tracking URI that is a database MLflow's SQL store serves
+(``sqlite:///``, ``postgresql://``) this module writes one delivery round's runs, params,
+metrics, latest metrics, tags and end states with a few multi-row statements in one
+transaction, through MLflow's own table definitions (``mlflow.store.tracking.dbmodels``) and
+the engine of the client's own store (its schema checked or created by MLflow).
+
+The rows are the ones MLflow's store writes for the same calls (``tests/sweeps/
+test_sqlbulk.py`` records the same trials both ways and compares every run, tag, param and
+metric history through ``MlflowClient``): ``create_run``'s run row (``user_id`` "unknown",
+``source_type`` "UNKNOWN", the ``mlflow.runName`` tag), ``log_batch``'s validation
+(``_validate_batch_log_data``: the same errors and truncation), its rules for a param logged
+again (same value: nothing; another: an error), for a metric logged twice (ignored) and for
+``latest_metrics`` (the largest ``(step, timestamp, value)`` wins), and ``update_run_info``'s
+status and end time. A run or experiment that is not active is refused as MLflow refuses it.
+
+It is used only where it is known to match: the store is MLflow's ``SqlAlchemyStore`` on
+SQLite or PostgreSQL, and MLflow's tables have exactly the columns this module fills
+(``COLUMNS``); after an MLflow upgrade that changes them, :func:`for_client` returns None
+and the tracker writes through MLflow's API as before. ``FLATSWEEP_MLFLOW_BULK=0`` turns it
+off. An HTTP tracking server is always written through its REST API.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
+from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
+
+#: The columns of MLflow's tables that this module writes, as MLflow 3.17 defines them. Any
+#: other set (a column added or renamed by an upgrade) turns bulk writing off.
+COLUMNS = {
+    "runs": {
+        "run_uuid",
+        "name",
+        "source_type",
+        "source_name",
+        "entry_point_name",
+        "user_id",
+        "status",
+        "start_time",
+        "end_time",
+        "deleted_time",
+        "source_version",
+        "lifecycle_stage",
+        "artifact_uri",
+        "experiment_id",
+    },
+    "tags": {"key", "value", "run_uuid"},
+    "params": {"key", "value", "run_uuid"},
+    "metrics": {"key", "value", "timestamp", "step", "is_nan", "run_uuid"},
+    "latest_metrics": {"key", "value", "timestamp", "step", "is_nan", "run_uuid"},
+}
+DIALECTS = ("sqlite", "postgresql")  # both have INSERT ... ON CONFLICT
+#: Rows per INSERT statement: under SQLite's 32766 bound parameters at 6 columns a row.
+_ROWS_PER_INSERT = 2000
+
+
+def enabled() -> bool:
+    """``FLATSWEEP_MLFLOW_BULK``: ``1`` (the default) or ``0``."""
+    raw = os.environ.get("FLATSWEEP_MLFLOW_BULK", "1").strip()
+    if raw not in ("0", "1"):
+        raise ValueError(f"FLATSWEEP_MLFLOW_BULK must be 0 or 1, but got {raw!r}")
+    return raw == "1"
+
+
+@dataclass
+class RunWrite:
+    """One run's part of a round: created (``create``) or an existing one, then its params,
+    metrics and tags, then its end (``end``: status and end time in ms)."""
+
+    run_id: str
+    create: NewRun | None = None
+    params: list[Param] = field(default_factory=list)
+    metrics: list[Metric] = field(default_factory=list)
+    tags: list[RunTag] = field(default_factory=list)
+    end: tuple[str, int | None] | None = None
+
+
+@dataclass
+class NewRun:
+    """What ``MlflowClient.create_run`` is given."""
+
+    experiment_id: str
+    name: str
+    start_time: int
+    tags: dict[str, str]
+
+
+def new_run_id() -> str:
+    """A run id as MLflow's store makes one."""
+    return uuid.uuid4().hex
+
+
+class SqlBulk:
+    """Writes rounds of runs (:meth:`write`) into the database of an MLflow SQL store."""
+
+    def __init__(self, store: Any) -> None:
+        from mlflow.store.tracking.dbmodels.models import (
+            SqlExperiment,
+            SqlLatestMetric,
+            SqlMetric,
+            SqlParam,
+            SqlRun,
+            SqlTag,
+        )
+
+        self.store = store
+        self.engine = store.engine
+        self.runs = SqlRun.__table__
+        self.tags = SqlTag.__table__
+        self.params = SqlParam.__table__
+        self.metrics = SqlMetric.__table__
+        self.latest = SqlLatestMetric.__table__
+        self.experiments = SqlExperiment.__table__
+
+    def _insert(self, table: Any) -> Any:
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        return insert(table)
+
+    def write(self, writes: Sequence[RunWrite]) -> None:
+        """Every part of ``writes`` in one transaction: all of it lands or none of it.
+
+        Raises ``MlflowException`` where MLflow's API would (invalid data, an inactive run or
+        experiment, a param logged again with another value), SQLAlchemy's errors for an
+        unreachable database (the caller retries the whole round)."""
+        from mlflow.utils.validation import _validate_batch_log_data
+
+        checked = []
+        for w in writes:
+            metrics, params, tags = _validate_batch_log_data(w.metrics, w.params, w.tags)
+            checked.append((w, _unique(metrics), params, tags))
+        with self.engine.begin() as conn:
+            created = self._create(conn, [w for w in writes if w.create is not None])
+            self._check_active(conn, [w.run_id for w in writes if w.create is None])
+            self._log_params(conn, [(w.run_id, p) for w, _, params, _ in checked for p in params])
+            self._log_metrics(conn, checked, created)
+            self._set_tags(conn, [(w.run_id, t) for w, _, _, tags in checked for t in tags])
+            ends = [
+                {"id": w.run_id, "status": w.end[0], "end_time": w.end[1]}
+                for w in writes
+                if w.end is not None
+            ]
+            if ends:
+                from sqlalchemy import bindparam
+
+                conn.execute(
+                    self.runs.update()
+                    .where(self.runs.c.run_uuid == bindparam("id"))
+                    .values(status=bindparam("status"), end_time=bindparam("end_time")),
+                    ends,
+                )
+
+    def _create(self, conn: Any, writes: list[RunWrite]) -> set[str]:
+        """``create_run`` for each: the run row and its tags, ``mlflow.runName`` included."""
+        if not writes:
+            return set()
+        from mlflow.entities import LifecycleStage, RunStatus, SourceType
+        from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME, MLFLOW_USER
+        from mlflow.utils.uri import append_to_uri_path
+
+        rows, tag_rows = [], []
+        for w in writes:
+            new = w.create
+            assert new is not None
+            location = self._artifact_location(conn, new.experiment_id)
+            name = new.tags.get(MLFLOW_RUN_NAME) or new.name
+            if new.name and name != new.name:
+                raise MlflowException(
+                    "Both 'run_name' argument and 'mlflow.runName' tag are specified, but "
+                    f"with different values (run_name='{new.name}', "
+                    f"mlflow.runName='{name}').",
+                    INVALID_PARAMETER_VALUE,
+                )
+            rows.append(
+                {
+                    "run_uuid": w.run_id,
+                    "name": name,
+                    "source_type": SourceType.to_string(SourceType.UNKNOWN),
+                    "source_name": "",
+                    "entry_point_name": "",
+                    "user_id": new.tags.get(MLFLOW_USER, "unknown"),
+                    "status": RunStatus.to_string(RunStatus.RUNNING),
+                    "start_time": new.start_time,
+                    "end_time": None,
+                    "deleted_time": None,
+                    "source_version": "",
+                    "lifecycle_stage": LifecycleStage.ACTIVE,
+                    "artifact_uri": append_to_uri_path(location, w.run_id, "artifacts"),
+                    "experiment_id": int(new.experiment_id),
+                }
+            )
+            tags = {**new.tags, MLFLOW_RUN_NAME: name}
+            tag_rows += [{"run_uuid": w.run_id, "key": k, "value": v} for k, v in tags.items()]
+        conn.execute(self.runs.insert(), rows)
+        for part in _chunks(tag_rows):
+            conn.execute(self.tags.insert(), part)
+        return {w.run_id for w in writes}
+
+    def _artifact_location(self, conn: Any, experiment_id: str) -> str:
+        """The experiment's artifact location, checking it is active (as ``create_run``)."""
+        from sqlalchemy import select
+
+        e = self.experiments
+        row = conn.execute(
+            select(e.c.lifecycle_stage, e.c.artifact_location).where(
+                e.c.experiment_id == int(experiment_id)
+            )
+        ).one_or_none()
+        if row is None:
+            raise MlflowException(
+                f"No Experiment with id={experiment_id} exists", INVALID_PARAMETER_VALUE
+            )
+        if row.lifecycle_stage != "active":
+            raise MlflowException(
+                f"The experiment {experiment_id} must be in the 'active' state. "
+                f"Current state is {row.lifecycle_stage}.",
+                INVALID_PARAMETER_VALUE,
+            )
+        return row.artifact_location
+
+    def _check_active(self, conn: Any, run_ids: list[str]) -> None:
+        """Each run exists and is active, as MLflow's ``log_batch`` requires."""
+        if not run_ids:
+            return
+        from sqlalchemy import select
+
+        r = self.runs
+        query = select(r.c.run_uuid, r.c.lifecycle_stage).where(r.c.run_uuid.in_(run_ids))
+        stages = {run_id: stage for run_id, stage in conn.execute(query)}
+        for run_id in run_ids:
+            if run_id not in stages:
+                raise MlflowException(f"Run with id={run_id} not found", RESOURCE_DOES_NOT_EXIST)
+            if stages[run_id] != "active":
+                raise MlflowException(
+                    f"The run {run_id} must be in the 'active' state. "
+                    f"Current state is {stages[run_id]}.",
+                    INVALID_PARAMETER_VALUE,
+                )
+
+    def _existing(self, conn: Any, table: Any, run_ids: set[str], *cols: str) -> list[Any]:
+        from sqlalchemy import select
+
+        if not run_ids:
+            return []
+        columns = [table.c.run_uuid, table.c.key, *(table.c[c] for c in cols)]
+        return list(conn.execute(select(*columns).where(table.c.run_uuid.in_(run_ids))))
+
+    def _log_params(self, conn: Any, params: list[tuple[str, Param]]) -> None:
+        """New params inserted; one logged before with the same value skipped, with another
+        value refused (MLflow's rule)."""
+        if not params:
+            return
+        old = {
+            (r.run_uuid, r.key): r.value
+            for r in self._existing(conn, self.params, {i for i, _ in params}, "value")
+        }
+        rows, clash = [], []
+        for run_id, p in params:
+            if (run_id, p.key) in old:
+                if old[run_id, p.key] != p.value:
+                    clash.append(
+                        {"key": p.key, "old_value": old[run_id, p.key], "new_value": p.value}
+                    )
+                continue
+            old[run_id, p.key] = p.value
+            rows.append({"run_uuid": run_id, "key": p.key, "value": p.value})
+        if clash:
+            raise MlflowException(
+                f"Changing param values is not allowed. Params were already logged='{clash}'.",
+                INVALID_PARAMETER_VALUE,
+            )
+        for part in _chunks(rows):
+            conn.execute(self.params.insert(), part)
+
+    def _log_metrics(self, conn: Any, checked: list[tuple], created: set[str]) -> None:
+        """Every metric row (one logged before is ignored), and each key's latest value."""
+        rows = []
+        for w, metrics, _, _ in checked:
+            for m in metrics:
+                is_nan, value = self.store.sanitize_metric_value(m.value)
+                rows.append(
+                    {
+                        "run_uuid": w.run_id,
+                        "key": m.key,
+                        "value": value,
+                        "timestamp": m.timestamp,
+                        "step": m.step,
+                        "is_nan": is_nan,
+                    }
+                )
+        if not rows:
+            return
+        for part in _chunks(rows):
+            conn.execute(self._insert(self.metrics).on_conflict_do_nothing(), part)
+        # A run created in this round has no latest metrics yet: read only the others'.
+        known = {r["run_uuid"] for r in rows} - created
+        latest = {
+            (r.run_uuid, r.key): r
+            for r in self._existing(conn, self.latest, known, "value", "timestamp", "step")
+        }
+        best: dict[tuple[str, str], dict[str, Any]] = {}
+        for row in rows:
+            k = (row["run_uuid"], row["key"])
+            if k not in best or _newer(row, best[k]):
+                best[k] = row
+        fresh = [row for k, row in best.items() if k not in latest]
+        moved = [
+            {**row, "id": row["run_uuid"], "k": row["key"]}
+            for k, row in best.items()
+            if k in latest and _newer(row, latest[k]._asdict())
+        ]
+        for part in _chunks(fresh):
+            conn.execute(self.latest.insert(), part)
+        if moved:
+            from sqlalchemy import bindparam
+
+            lm = self.latest
+            conn.execute(
+                lm.update()
+                .where(lm.c.run_uuid == bindparam("id"), lm.c.key == bindparam("k"))
+                .values(
+                    value=bindparam("value"),
+                    timestamp=bindparam("timestamp"),
+                    step=bindparam("step"),
+                    is_nan=bindparam("is_nan"),
+                ),
+                moved,
+            )
+
+    def _set_tags(self, conn: Any, tags: list[tuple[str, RunTag]]) -> None:
+        """Tags set: a new key inserted, an existing one overwritten (the last value wins)."""
+        if not tags:
+            return
+        from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+
+        if any(t.key == MLFLOW_RUN_NAME for _, t in tags):
+            # MLflow renames the run with it; nothing of ours sets it after creation.
+            raise ValueError("bulk writes cannot rename a run (mlflow.runName)")
+        last = {(run_id, t.key): t.value for run_id, t in tags}
+        rows = [{"run_uuid": r, "key": k, "value": v} for (r, k), v in last.items()]
+        for part in _chunks(rows):
+            stmt = self._insert(self.tags)
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["key", "run_uuid"], set_={"value": stmt.excluded.value}
+                ),
+                part,
+            )
+
+
+def _newer(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """MLflow's order for a key's latest value: larger (step, timestamp, value) wins."""
+    return (a["step"], a["timestamp"], a["value"]) > (b["step"], b["timestamp"], b["value"])
+
+
+def _unique(metrics: list[Metric]) -> list[Metric]:
+    """The batch without repeats, in order (MLflow logs an identical metric once)."""
+    seen: set[Metric] = set()
+    out = []
+    for m in metrics:
+        if m not in seen:
+            seen.add(m)
+            out.append(m)
+    return out
+
+
+def _chunks(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    return [rows[i : i + _ROWS_PER_INSERT] for i in range(0, len(rows), _ROWS_PER_INSERT)]
+
+
+def for_client(client: MlflowClient) -> SqlBulk | None:
+    """A bulk writer on ``client``'s own store, or None where MLflow's API must be used: the
+    store is not MLflow's SQL store on SQLite or PostgreSQL, its tables differ from
+    ``COLUMNS``, or ``FLATSWEEP_MLFLOW_BULK=0``."""
+    if not enabled():
+        return None
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    store = client._tracking_client.store
+    if not isinstance(store, SqlAlchemyStore) or store.engine.dialect.name not in DIALECTS:
+        return None
+    bulk = SqlBulk(store)
+    tables = (bulk.runs, bulk.tags, bulk.params, bulk.metrics, bulk.latest)
+    found = {t.name: {c.name for c in t.columns} for t in tables}
+    if found != COLUMNS:
+        log.warning(
+            "MLflow's run tables differ from those flatsweep writes in bulk; writing through "
+            "MLflow's API (slower). Columns: %s",
+            {k: sorted(v ^ COLUMNS.get(k, set())) for k, v in found.items()},
+        )
+        return None
+    return bulk

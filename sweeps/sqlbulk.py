@@ -172,11 +172,14 @@ class SqlBulk:
         from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME, MLFLOW_USER
         from mlflow.utils.uri import append_to_uri_path
 
+        # Each experiment is checked once per round (MLflow checks it per run created).
+        experiments = {w.create.experiment_id for w in writes if w.create is not None}
+        locations = {e: self._artifact_location(conn, e) for e in experiments}
         rows, tag_rows = [], []
         for w in writes:
             new = w.create
             assert new is not None
-            location = self._artifact_location(conn, new.experiment_id)
+            location = locations[new.experiment_id]
             name = new.tags.get(MLFLOW_RUN_NAME) or new.name
             if new.name and name != new.name:
                 raise MlflowException(

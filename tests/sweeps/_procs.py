@@ -109,6 +109,31 @@ def tune_results(exp_dir: Path) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+def tune_snapshot(exp_dir: Path) -> dict[str, tuple[str, bool]] | None:
+    """What a resumed Tune would restore: each trial's status in the experiment's latest
+    snapshot (``experiment_state-*.json``), and whether the snapshot names a checkpoint of it.
+    None while no snapshot is complete on disk. Ray 2.60 stores the checkpoint manager as a hex
+    cloudpickle (its fallback for what JSON cannot hold); ``_latest_checkpoint_result`` is the
+    private field that ``sweeps/ray_internals.py`` repairs."""
+    import pickle
+
+    states = sorted(exp_dir.glob("experiment_state-*.json"))
+    if not states:
+        return None
+    try:
+        trial_data = json.loads(states[-1].read_text())["trial_data"]
+    except (json.JSONDecodeError, KeyError):
+        return None  # being written
+    out = {}
+    for trial_json, metadata_json in trial_data:
+        trial = json.loads(trial_json)
+        manager = json.loads(metadata_json)["checkpoint_manager"]
+        # Tune's own pickle, written by this test's own driver moments ago.
+        latest = pickle.loads(bytes.fromhex(manager["value"]))._latest_checkpoint_result  # noqa: S301
+        out[trial["trial_id"]] = (trial["status"], latest is not None)
+    return out
+
+
 def descends_from(pid: int, ancestor: int) -> bool:
     """Whether process ``pid`` is ``ancestor`` or one of its descendants (Linux /proc)."""
     while pid > 1:

@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from sweeps import tracking
-from tests.sweeps._procs import kill_group, start_driver, wait_for, write_spec
+from tests.sweeps._procs import kill_group, start_driver, tune_snapshot, wait_for, write_spec
 
 pytestmark = pytest.mark.cluster
 
@@ -102,25 +102,39 @@ def test_driver_killed_in_the_confirmation_stage_resumes_without_rerunning_seeds
     proc = start_driver(["run", str(spec)], tmp_path, env=ray_head)
     client = MlflowClient(sqlite(tmp_path))
 
-    def confirming() -> bool:
+    def confirmation_runs() -> list:
         s = sweep_of(client, "confirmloss")
         if s is None:
-            return False
-        runs = tracking.children(client, s, "finalist") + tracking.children(client, s, "baseline")
-        return any(r.info.status == "FINISHED" for r in runs) and any(
-            r.info.status == "RUNNING" for r in runs
-        )
+            return []
+        return tracking.children(client, s, "finalist") + tracking.children(client, s, "baseline")
 
-    wait_for(confirming, 480, "a finished and a running confirmation trial")
-    time.sleep(3)  # past Tune's 2-s snapshot of the finished one
+    def tune_finished() -> set[str]:
+        """Trials that Tune's latest snapshot of any stage holds as finished: those a resume
+        does not run again. (A trial that finished after it is run again, as Tune does.)"""
+        done: set[str] = set()
+        root = tmp_path / "ray"
+        for exp_dir in root.iterdir() if root.is_dir() else ():
+            snapshot = tune_snapshot(exp_dir) if exp_dir.is_dir() else None
+            done |= {t for t, (status, _) in (snapshot or {}).items() if status == "TERMINATED"}
+        return done
+
+    def confirming() -> bool:
+        """A confirmation run finished in MLflow and in Tune's snapshot, and one running."""
+        runs = confirmation_runs()
+        done = tune_finished()
+        return any(
+            r.info.status == "FINISHED" and r.data.tags[tracking.TAG_TRIAL] in done for r in runs
+        ) and any(r.info.status == "RUNNING" for r in runs)
+
+    wait_for(confirming, 480, "a confirmation trial finished in Tune's snapshot, another running")
     kill_group(proc)  # SIGKILL: no cleanup at all
-    s = sweep_of(client, "confirmloss")
-    before = {
-        r.info.run_id: r
-        for r in tracking.children(client, s)
-        if tracking.stage_of(r) in ("finalist", "baseline")
+    done = tune_finished()  # the snapshot the resume will restore
+    done_before = {
+        r.info.run_id: r.info.end_time
+        for r in confirmation_runs()
+        if r.info.status == "FINISHED" and r.data.tags[tracking.TAG_TRIAL] in done
     }
-    done_before = {k: r.info.end_time for k, r in before.items() if r.info.status == "FINISHED"}
+    assert done_before
     time.sleep(3)
     resume = start_driver(
         ["resume", "confirmloss", "--tracking-uri", sqlite(tmp_path)],

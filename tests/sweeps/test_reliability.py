@@ -26,6 +26,7 @@ from tests.sweeps._procs import (
     free_port,
     kill_group,
     start_driver,
+    tune_snapshot,
     wait_for,
     wait_http,
     write_spec,
@@ -214,32 +215,6 @@ def test_node_loss_restores_trials_from_checkpoints(tmp_path):
     for k in kids:
         steps = [m.step for m in client.get_metric_history(k.info.run_id, "val_acc")]
         assert sorted(steps) == list(range(1, 31))  # every epoch once, none twice
-
-
-def tune_snapshot(exp_dir: Path) -> dict[str, tuple[str, bool]] | None:
-    """What a resumed Tune would restore: each trial's status in the experiment's latest
-    snapshot (``experiment_state-*.json``), and whether the snapshot names a checkpoint of it.
-    None while no snapshot is complete on disk. Ray 2.60 stores the checkpoint manager as a hex
-    cloudpickle (its fallback for what JSON cannot hold); ``_latest_checkpoint_result`` is the
-    private field that ``sweeps/ray_internals.py`` repairs."""
-    import json
-    import pickle
-
-    states = sorted(exp_dir.glob("experiment_state-*.json"))
-    if not states:
-        return None
-    try:
-        trial_data = json.loads(states[-1].read_text())["trial_data"]
-    except (json.JSONDecodeError, KeyError):
-        return None  # being written
-    out = {}
-    for trial_json, metadata_json in trial_data:
-        trial = json.loads(trial_json)
-        manager = json.loads(metadata_json)["checkpoint_manager"]
-        # Tune's own pickle, written by this test's own driver moments ago.
-        latest = pickle.loads(bytes.fromhex(manager["value"]))._latest_checkpoint_result  # noqa: S301
-        out[trial["trial_id"]] = (trial["status"], latest is not None)
-    return out
 
 
 def checkpoints_written(exp_dir: Path, trial_id: str) -> int:

@@ -666,6 +666,23 @@ def _take(items: deque[_Item]) -> list[_Item]:
     return batch
 
 
+def _unlogged(items: list[_Item], last: int) -> tuple[list[_Item], int]:
+    """Of a run's items, in order, those still to log when its epochs up to ``last`` are:
+    every status change, and each epoch past ``last`` (one at or before it was replayed after
+    a restore from an older checkpoint; a diverged or OOM report is logged again); and the
+    last epoch they reach. An epoch's verdict is kept on it (``skip``) for its retries."""
+    todo = []
+    for item in items:
+        if item.status is None:
+            if item.skip is None:
+                item.skip = item.step <= last and not item.replay_ok
+            if item.skip:
+                continue
+            last = max(last, item.step)
+        todo.append(item)
+    return todo, last
+
+
 @dataclass
 class _Call:
     """The arguments of one ``log_batch`` call, and how many of each item's entities it carries."""
@@ -1255,17 +1272,7 @@ class MLflowTracker(Callback):
         What landed is recorded after each call (``_owed``, each item's ``sent``), so a
         retry after a failed call re-sends none of it."""
         run_id = self._runs[tid]
-        last = self._last_step.get(tid, 0)
-        todo = []
-        for item in items:
-            if item.status is None:
-                if item.skip is None:
-                    # Replayed after a restore from an older checkpoint: already logged.
-                    item.skip = item.step <= last and not item.replay_ok
-                if item.skip:
-                    continue
-                last = max(last, item.step)
-            todo.append(item)
+        todo, last = _unlogged(items, self._last_step.get(tid, 0))
         for call in _log_batches(self._owed.get(tid, []), todo):
             client.log_batch(run_id, metrics=call.metrics, params=call.params, tags=call.tags)
             if call.params:
@@ -1331,14 +1338,9 @@ class MLflowTracker(Callback):
             write.params = self._params(self._specs[tid])
         else:
             write.params = self._owed.get(tid, [])
-        last = 0 if new else self._last_step.get(tid, 0)
-        for item in batch:
+        todo, last = _unlogged(batch, 0 if new else self._last_step.get(tid, 0))
+        for item in todo:
             if item.status is None:
-                if item.skip is None:
-                    item.skip = item.step <= last and not item.replay_ok
-                if item.skip:
-                    continue
-                last = max(last, item.step)
                 write.metrics += item.metrics[item.sent :]
             elif not (new and item is close):  # a new run got its closing tags at creation
                 write.tags += item.tags[item.sent :]

@@ -23,8 +23,8 @@ status and end time. A run or experiment that is not active is refused as MLflow
 
 It is used only where it is known to match: the store is MLflow's ``SqlAlchemyStore`` on
 SQLite or PostgreSQL, and MLflow's tables have exactly the columns this module fills
-(``COLUMNS``); after an MLflow upgrade that changes them, :func:`for_client` returns None
-and the tracker writes through MLflow's API as before. ``FLATSWEEP_MLFLOW_BULK=0`` turns it
+(``COLUMNS``); after an MLflow upgrade that changes them, :func:`supported` says no and the
+tracker writes through MLflow's API as before. ``FLATSWEEP_MLFLOW_BULK=0`` turns it
 off. An HTTP tracking server is always written through its REST API.
 """
 
@@ -415,19 +415,32 @@ def _chunks(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return [rows[i : i + _ROWS_PER_INSERT] for i in range(0, len(rows), _ROWS_PER_INSERT)]
 
 
-def for_client(client: MlflowClient) -> SqlBulk | None:
-    """A bulk writer on ``client``'s own store, or None where MLflow's API must be used: the
-    store is not MLflow's SQL store on SQLite or PostgreSQL, its tables differ from
-    ``COLUMNS``, or ``FLATSWEEP_MLFLOW_BULK=0``."""
+def supported(tracking_uri: str) -> bool:
+    """Whether the runs of ``tracking_uri`` may be written in bulk: ``FLATSWEEP_MLFLOW_BULK``
+    is on, the URI is a SQLite or PostgreSQL database (which MLflow serves with its SQL
+    store), and MLflow's run tables have exactly ``COLUMNS``. Decided from the URI and
+    MLflow's table definitions, without opening the database: a store that is down for a
+    while is retried, not written some other way."""
     if not enabled():
-        return None
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+        return False
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
 
-    store = client._tracking_client.store
-    if not isinstance(store, SqlAlchemyStore) or store.engine.dialect.name not in DIALECTS:
-        return None
-    bulk = SqlBulk(store)
-    tables = (bulk.runs, bulk.tags, bulk.params, bulk.metrics, bulk.latest)
+    try:
+        backend = make_url(tracking_uri).get_backend_name()
+    except ArgumentError:  # a plain path: a file store
+        return False
+    if backend not in DIALECTS:
+        return False
+    from mlflow.store.tracking.dbmodels.models import (
+        SqlLatestMetric,
+        SqlMetric,
+        SqlParam,
+        SqlRun,
+        SqlTag,
+    )
+
+    tables = (m.__table__ for m in (SqlRun, SqlTag, SqlParam, SqlMetric, SqlLatestMetric))
     found = {t.name: {c.name for c in t.columns} for t in tables}
     if found != COLUMNS:
         log.warning(
@@ -435,5 +448,11 @@ def for_client(client: MlflowClient) -> SqlBulk | None:
             "MLflow's API (slower). Columns: %s",
             {k: sorted(v ^ COLUMNS.get(k, set())) for k, v in found.items()},
         )
-        return None
-    return bulk
+        return False
+    return True
+
+
+def for_client(client: MlflowClient) -> SqlBulk:
+    """A bulk writer on ``client``'s own store (for a URI :func:`supported` accepts), which
+    MLflow opens on first use: raises while the database is unreachable."""
+    return SqlBulk(client._tracking_client.store)

@@ -1025,7 +1025,7 @@ class MLflowTracker(Callback):
             ``writers`` threads): for a SQLite store on a machine with cores to spare, whose
             one process would hold the GIL for all of the store's work.
         bulk: write rounds of runs in one transaction where the store allows
-            (``sqlbulk.for_client``). None: ``FLATSWEEP_MLFLOW_BULK`` (``1``, the default,
+            (``sqlbulk.supported``). None: ``FLATSWEEP_MLFLOW_BULK`` (``1``, the default,
             or ``0``).
     """
 
@@ -1076,14 +1076,16 @@ class MLflowTracker(Callback):
         self._start_ms: dict[str, int] = {}  # trial id -> when Tune started it
         self._configs: dict[str, dict[str, Any]] = {}  # trial id -> config, for _resolve
         self._specs: dict[str, dict[str, Any]] = {}  # trial id -> its full TrainSpec (JSON)
-        self._bulks: dict[int, SqlBulk | None] = {}  # writer -> its bulk writer, once known
+        self._bulks: dict[int, SqlBulk] = {}  # writer -> its bulk writer, made at first use
+        # Decided once, from the URI: a store that is down is retried, not written another way.
+        self._bulk_ok = getattr(self, "bulk", False) and sqlbulk.supported(self.tracking_uri)
         self._outbox: Any
         if getattr(self, "process", False):
             from sweeps.writer_process import WriterProcess
 
             self._outbox = WriterProcess(self, processes=getattr(self, "processes", 1))
         else:
-            bulk = (self._bulkable, self._deliver_bulk) if self.bulk else None
+            bulk = (self._bulkable, self._deliver_bulk) if self._bulk_ok else None
             self._outbox = _Outbox(self._deliver, writers=self.writers, bulk=bulk)
         self.killed = 0  # trials closed as KILLED at the end of the experiment
 
@@ -1289,23 +1291,11 @@ class MLflowTracker(Callback):
 
     # -- many runs in one transaction (sweeps.sqlbulk) ----------------------------------------
 
-    def _bulk_for(self, writer: int) -> SqlBulk | None:
-        """Writer ``writer``'s bulk writer, or None where its store takes MLflow's API only."""
-        if not self.bulk:
-            return None
-        if writer not in self._bulks:
-            try:
-                self._bulks[writer] = sqlbulk.for_client(self._client_for(writer))
-            except Exception as e:  # noqa: BLE001 - the store is down: the API path retries
-                log.debug("bulk writer not ready: %s", e)
-                return None
-        return self._bulks[writer]
-
     def _bulkable(self, writer: int, batch: list[_Item]) -> bool:
         """Whether a delivery can go in a bulk round: run writes only (no one-off call), of a
         run known to the writer or new in a stage started afresh (a restored trial's run is
         first searched for by the API path), that need not be reopened."""
-        if any(item.call is not None for item in batch) or self._bulk_for(writer) is None:
+        if any(item.call is not None for item in batch):
             return False
         run_id = self._runs.get(batch[0].trial)
         if run_id is None:
@@ -1317,8 +1307,9 @@ class MLflowTracker(Callback):
         ``_deliver_run`` makes of each. The writer's state (run ids, owed params, what each
         item has sent) changes only once the transaction committed, so a retry after a
         failure writes the whole round again."""
-        bulk = self._bulk_for(writer)
-        assert bulk is not None
+        if writer not in self._bulks:  # opens the store: raises (and is retried) while down
+            self._bulks[writer] = sqlbulk.for_client(self._client_for(writer))
+        bulk = self._bulks[writer]
         plans = [self._plan(batch) for batch in batches]
         bulk.write([write for write, _ in plans])
         for _, commit in plans:

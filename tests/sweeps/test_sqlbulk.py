@@ -181,7 +181,7 @@ def test_bulk_rounds_record_what_mlflows_api_records(make_store, monkeypatch):
     api_store, bulk_store = make_store("api"), make_store("bulk")
     _record(api_store, monkeypatch, bulk=False)
     bulk = _record(bulk_store, monkeypatch, bulk=True)
-    assert bulk._bulk_for(0) is not None  # the bulk path was really taken
+    assert bulk._bulks  # a bulk writer was made: the bulk path was really taken
 
     api, got = _snapshot(api_store), _snapshot(bulk_store)
     assert sorted(got) == ["div", "failed", "long", "retry", "short"]
@@ -224,9 +224,8 @@ def test_a_fresh_stages_short_trials_land_in_one_transaction(make_store, monkeyp
 
 
 def _bulk(store: tuple) -> sqlbulk.SqlBulk:
-    bulk = sqlbulk.for_client(store[1])
-    assert bulk is not None
-    return bulk
+    assert sqlbulk.supported(store[0])
+    return sqlbulk.for_client(store[1])
 
 
 def _new(store: tuple, **kw: Any) -> RunWrite:
@@ -286,20 +285,25 @@ def test_only_mlflows_sql_store_with_the_known_tables_is_written_in_bulk(
     tmp_path, monkeypatch, caplog
 ):
     uri = f"sqlite:///{tmp_path / 'k.db'}"
-    assert sqlbulk.for_client(MlflowClient(uri)) is not None
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    assert sqlbulk.for_client(MlflowClient(str(tmp_path / "mlruns"))) is None  # a file store
-    assert sqlbulk.for_client(MlflowClient("http://127.0.0.1:9")) is None  # a server
+    assert sqlbulk.supported(uri)
+    # Decided from the URI, without opening the database: nothing listens on port 9.
+    assert sqlbulk.supported("postgresql+psycopg2://postgres@127.0.0.1:9/flatsweep")
+    assert not (tmp_path / "k.db").exists()
+    assert not sqlbulk.supported(str(tmp_path / "mlruns"))  # a file store
+    assert not sqlbulk.supported(f"file://{tmp_path / 'mlruns'}")
+    assert not sqlbulk.supported("http://127.0.0.1:9")  # a server
     monkeypatch.setenv("FLATSWEEP_MLFLOW_BULK", "0")
-    assert sqlbulk.for_client(MlflowClient(uri)) is None
+    assert not sqlbulk.supported(uri)
     monkeypatch.setenv("FLATSWEEP_MLFLOW_BULK", "yes")
     with pytest.raises(ValueError, match="FLATSWEEP_MLFLOW_BULK must be 0 or 1, but got 'yes'"):
         sqlbulk.enabled()
     monkeypatch.delenv("FLATSWEEP_MLFLOW_BULK")
     # An MLflow whose run tables changed: MLflow's API, and a warning that says so.
     monkeypatch.setitem(sqlbulk.COLUMNS, "runs", sqlbulk.COLUMNS["runs"] | {"new_column"})
-    assert sqlbulk.for_client(MlflowClient(uri)) is None
+    assert not sqlbulk.supported(uri)
     assert "writing through MLflow's API" in caplog.text and "new_column" in caplog.text
+    tracker = MLflowTracker(uri, "1", "parent", "t", BASE_TRAIN, max_epochs=2, fresh=True)
+    assert tracker._outbox._bulk is None  # the tracker writes through the API
 
 
 def test_a_bug_in_a_bulk_round_stops_the_writer_and_reports_its_writes(tmp_path, monkeypatch):

@@ -144,8 +144,9 @@ class SqlBulk:
             metrics, params, tags = _validate_batch_log_data(w.metrics, w.params, w.tags)
             checked.append((w, metrics, params, tags))
         with self.engine.begin() as conn:
-            created = self._create(conn, [w for w in writes if w.create is not None])
-            self._check_active(conn, [w.run_id for w in writes if w.create is None])
+            fresh = self._unseen(conn, [w for w in writes if w.create is not None])
+            created = self._create(conn, fresh)
+            self._check_active(conn, [w.run_id for w in writes if w.run_id not in created])
             self._log_params(conn, [(w.run_id, p) for w, _, params, _ in checked for p in params])
             self._log_metrics(conn, checked, created)
             self._set_tags(conn, [(w.run_id, t) for w, _, _, tags in checked for t in tags])
@@ -163,6 +164,20 @@ class SqlBulk:
                     .values(status=bindparam("status"), end_time=bindparam("end_time")),
                     ends,
                 )
+
+    def _unseen(self, conn: Any, writes: list[RunWrite]) -> list[RunWrite]:
+        """The runs to create that do not exist yet. A round is sent again when its answer was
+        lost (a timeout over HTTP, a connection dropped at commit): its runs were created by
+        the first copy, and the rest of the round (params, metrics, tags, end) is written as to
+        runs that exist, which MLflow's rules make a no-op for what is already there."""
+        if not writes:
+            return []
+        from sqlalchemy import select
+
+        r = self.runs
+        ids = [w.run_id for w in writes]
+        seen = {i for (i,) in conn.execute(select(r.c.run_uuid).where(r.c.run_uuid.in_(ids)))}
+        return [w for w in writes if w.run_id not in seen]
 
     def _create(self, conn: Any, writes: list[RunWrite]) -> set[str]:
         """``create_run`` for each: the run row and its tags, ``mlflow.runName`` included."""
@@ -394,6 +409,145 @@ class SqlBulk:
             )
 
 
+# -- over HTTP: an mlflow server with flatsweep's app (sweeps.mlflow_app) --------------------
+
+#: The route flatsweep's MLflow server app adds (under the server's static prefix, as MLflow's
+#: own ``/api/2.0/mlflow/...`` routes). GET: whether the server can write in bulk; POST: a round.
+ROUTE = "/api/2.0/flatsweep/runs/bulk-write"
+#: Runs one request may carry (the tracker sends ``tracking.BULK_RUNS``, 500).
+MAX_RUNS = 1000
+
+
+def encode(writes: Sequence[RunWrite]) -> dict[str, Any]:
+    """A round as JSON for :data:`ROUTE` (values as given: the server validates them as
+    MLflow's API does)."""
+    return {
+        "runs": [
+            {
+                "run_id": w.run_id,
+                "create": None
+                if w.create is None
+                else {
+                    "experiment_id": w.create.experiment_id,
+                    "name": w.create.name,
+                    "start_time": w.create.start_time,
+                    "tags": w.create.tags,
+                },
+                "params": [[p.key, p.value] for p in w.params],
+                "metrics": [[m.key, m.value, m.timestamp, m.step] for m in w.metrics],
+                "tags": [[t.key, t.value] for t in w.tags],
+                "end": None if w.end is None else list(w.end),
+            }
+            for w in writes
+        ]
+    }
+
+
+def decode(body: Any) -> list[RunWrite]:
+    """:func:`encode`'s JSON back as ``RunWrite``s; ``ValueError`` naming the first field that
+    is not of the form (the values themselves are MLflow's to validate)."""
+
+    def fail(where: str, what: str) -> ValueError:
+        return ValueError(f"{where} must be {what}")
+
+    def rows(run: dict[str, Any], key: str, width: int, where: str) -> list[list[Any]]:
+        value = run.get(key, [])
+        if not isinstance(value, list) or not all(
+            isinstance(r, list) and len(r) == width for r in value
+        ):
+            raise fail(f"{where}.{key}", f"a list of {width}-item lists")
+        return value
+
+    if not isinstance(body, dict) or not isinstance(body.get("runs"), list):
+        raise fail("the body", 'an object with a list "runs"')
+    runs = body["runs"]
+    if len(runs) > MAX_RUNS:
+        raise fail("runs", f"at most {MAX_RUNS} runs, not {len(runs)}")
+    writes = []
+    for i, run in enumerate(runs):
+        where = f"runs[{i}]"
+        if not isinstance(run, dict) or not isinstance(run.get("run_id"), str):
+            raise fail(where, 'an object with a string "run_id"')
+        if not (len(run["run_id"]) == 32 and run["run_id"].isalnum()):
+            raise fail(f"{where}.run_id", "32 letters and digits (an MLflow run id)")
+        write = RunWrite(run["run_id"])
+        create = run.get("create")
+        if create is not None:
+            ok = (
+                isinstance(create, dict)
+                and isinstance(create.get("experiment_id"), str)
+                and isinstance(create.get("name"), str)
+                and isinstance(create.get("start_time"), int)
+                and isinstance(create.get("tags"), dict)
+                and all(isinstance(v, str) for v in create["tags"].values())
+            )
+            if not ok:
+                raise fail(
+                    f"{where}.create",
+                    "null or {experiment_id: str, name: str, start_time: int, tags: {str: str}}",
+                )
+            write.create = NewRun(
+                create["experiment_id"], create["name"], create["start_time"], create["tags"]
+            )
+        write.params = [Param(k, v) for k, v in rows(run, "params", 2, where)]
+        write.metrics = [Metric(k, v, t, s) for k, v, t, s in rows(run, "metrics", 4, where)]
+        write.tags = [RunTag(k, v) for k, v in rows(run, "tags", 2, where)]
+        end = run.get("end")
+        if end is not None:
+            if not (
+                isinstance(end, list)
+                and len(end) == 2
+                and end[0] in ("FINISHED", "FAILED", "KILLED", "RUNNING", "SCHEDULED")
+                and (end[1] is None or isinstance(end[1], int))
+            ):
+                raise fail(f"{where}.end", "null or [an MLflow run status, an int or null]")
+            write.end = (end[0], end[1])
+        writes.append(write)
+    return writes
+
+
+class HttpBulk:
+    """Rounds of runs (:meth:`write`) sent to an ``mlflow server`` started with
+    ``--app-name flatsweep``, which writes each in one transaction (:class:`SqlBulk` on the
+    server's own store). Authentication, TLS and proxies are MLflow's: the request goes
+    through ``mlflow.utils.rest_utils`` with the client's host credentials."""
+
+    def __init__(self, store: Any) -> None:
+        self.creds = store.get_host_creds
+
+    def available(self) -> bool:
+        """Whether the server writes in bulk: it answers :data:`ROUTE` with ``supported``.
+        A server without flatsweep's app answers 404 (no such route): False. Raises while
+        the server cannot be reached (the caller asks again later)."""
+        from mlflow.utils.rest_utils import http_request
+
+        response = http_request(self.creds(), ROUTE, "GET", max_retries=0, timeout=30)
+        if response.status_code in (404, 405):
+            return False
+        if response.status_code != 200:
+            raise OSError(f"{ROUTE} answered HTTP {response.status_code}")
+        try:
+            answer = response.json()
+        except ValueError:
+            return False  # something else answers there (a proxy's page)
+        supported = isinstance(answer, dict) and answer.get("supported") is True
+        if not supported and isinstance(answer, dict) and answer.get("reason"):
+            log.warning(
+                "the MLflow server cannot write in bulk (%s); writing through MLflow's API",
+                answer["reason"],
+            )
+        return supported
+
+    def write(self, writes: Sequence[RunWrite]) -> None:
+        """One round, in one transaction on the server; raises as :meth:`SqlBulk.write` (a
+        ``RestException`` carrying MLflow's error) or on a transport error (retried by the
+        caller: a round sent twice is written once, see ``SqlBulk._unseen``)."""
+        from mlflow.utils.rest_utils import http_request, verify_rest_response
+
+        response = http_request(self.creds(), ROUTE, "POST", json=encode(writes))
+        verify_rest_response(response, ROUTE)
+
+
 def _newer(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """MLflow's order for a key's latest value: larger (step, timestamp, value) wins."""
     return (a["step"], a["timestamp"], a["value"]) > (b["step"], b["timestamp"], b["value"])
@@ -426,12 +580,27 @@ def supported(tracking_uri: str) -> bool:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
+    if tracking_uri.startswith(("http://", "https://")):
+        return True  # if the server has flatsweep's app: asked at the first write
     try:
         backend = make_url(tracking_uri).get_backend_name()
     except ArgumentError:  # a plain path: a file store
         return False
     if backend not in DIALECTS:
         return False
+    differ = tables_match()
+    if differ is not None:
+        log.warning(
+            "MLflow's run tables differ from those flatsweep writes in bulk; writing through "
+            "MLflow's API (slower). Columns: %s",
+            differ,
+        )
+        return False
+    return True
+
+
+def tables_match() -> str | None:
+    """None if MLflow's run tables have exactly ``COLUMNS``, else what differs."""
     from mlflow.store.tracking.dbmodels.models import (
         SqlLatestMetric,
         SqlMetric,
@@ -442,17 +611,19 @@ def supported(tracking_uri: str) -> bool:
 
     tables = (m.__table__ for m in (SqlRun, SqlTag, SqlParam, SqlMetric, SqlLatestMetric))
     found = {t.name: {c.name for c in t.columns} for t in tables}
-    if found != COLUMNS:
-        log.warning(
-            "MLflow's run tables differ from those flatsweep writes in bulk; writing through "
-            "MLflow's API (slower). Columns: %s",
-            {k: sorted(v ^ COLUMNS.get(k, set())) for k, v in found.items()},
-        )
-        return False
-    return True
+    if found == COLUMNS:
+        return None
+    return str({k: sorted(v ^ COLUMNS.get(k, set())) for k, v in found.items()})
 
 
-def for_client(client: MlflowClient) -> SqlBulk:
-    """A bulk writer on ``client``'s own store (for a URI :func:`supported` accepts), which
-    MLflow opens on first use: raises while the database is unreachable."""
-    return SqlBulk(client._tracking_client.store)
+def for_client(client: MlflowClient) -> SqlBulk | HttpBulk:
+    """A bulk writer on ``client``'s own store (for a URI :func:`supported` accepts): for a
+    database, :class:`SqlBulk` on the store MLflow opens on first use (raises while the
+    database is unreachable); for a server, :class:`HttpBulk` (ask it :meth:`~HttpBulk.
+    available` first)."""
+    from mlflow.store.tracking.rest_store import RestStore
+
+    store = client._tracking_client.store
+    if isinstance(store, RestStore):
+        return HttpBulk(store)
+    return SqlBulk(store)

@@ -735,6 +735,9 @@ def _log_batches(params: list[Param], items: list[_Item]) -> list[_Call]:
 #: Runs per bulk transaction (``sweeps.sqlbulk``): a round of a few hundred runs commits in
 #: well under a second, so a writer process's acknowledgements keep coming.
 BULK_RUNS = 500
+#: How often a tracking server that could not be reached is asked again whether it takes
+#: bulk rounds (``MLflowTracker._takes_bulk``).
+PROBE_EVERY_S = 10.0
 
 
 class _Outbox:
@@ -1079,6 +1082,12 @@ class MLflowTracker(Callback):
         self._bulks: dict[int, SqlBulk] = {}  # writer -> its bulk writer, made at first use
         # Decided once, from the URI: a store that is down is retried, not written another way.
         self._bulk_ok = getattr(self, "bulk", False) and sqlbulk.supported(self.tracking_uri)
+        # A server takes bulk rounds only with flatsweep's app (sweeps.mlflow_app): asked at
+        # the first write, again at most every PROBE_EVERY_S while it cannot be reached.
+        server = self.tracking_uri.startswith(("http://", "https://"))
+        self._server_bulks: bool | None = None if server else True
+        self._probe_at = 0.0
+        self._probe_lock = threading.Lock()
         self._outbox: Any
         if getattr(self, "process", False):
             from sweeps.writer_process import WriterProcess
@@ -1295,12 +1304,34 @@ class MLflowTracker(Callback):
         """Whether a delivery can go in a bulk round: run writes only (no one-off call), of a
         run known to the writer or new in a stage started afresh (a restored trial's run is
         first searched for by the API path), that need not be reopened."""
-        if any(item.call is not None for item in batch):
+        if any(item.call is not None for item in batch) or not self._takes_bulk(writer):
             return False
         run_id = self._runs.get(batch[0].trial)
         if run_id is None:
             return self.fresh
         return not batch[0].opens or run_id in self._running
+
+    def _takes_bulk(self, writer: int) -> bool:
+        """Whether the store takes bulk rounds: a database always (``sqlbulk.supported``); a
+        server once it said so (``HttpBulk.available``). Until a server answers, deliveries
+        go through MLflow's API, which retries them as usual."""
+        if self._server_bulks is not None:
+            return self._server_bulks
+        with self._probe_lock:
+            if self._server_bulks is None and time.monotonic() >= self._probe_at:
+                try:
+                    bulk = sqlbulk.for_client(self._client_for(writer))
+                    self._server_bulks = bulk.available()
+                except Exception as e:  # unreachable, or answering errors: ask again later
+                    log.info("MLflow server not asked about bulk writes yet (%s)", e)
+                    self._probe_at = time.monotonic() + PROBE_EVERY_S
+                else:
+                    log.info(
+                        "MLflow server %s: %s",
+                        self.tracking_uri,
+                        "bulk writes" if self._server_bulks else "MLflow's REST API",
+                    )
+        return bool(self._server_bulks)
 
     def _deliver_bulk(self, writer: int, batches: list[list[_Item]]) -> None:
         """Deliveries that ``_bulkable`` accepted, in one transaction: the same records as

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import signal
 import subprocess
 import time
 import uuid
@@ -30,6 +32,8 @@ import sweeps.tracking as tracking
 from sweeps import sqlbulk
 from sweeps.sqlbulk import NewRun, RunWrite
 from sweeps.tracking import TAG_PARENT, TAG_TRIAL, MLflowTracker
+from tests._ports import free_port
+from tests.sweeps._procs import BIN, SERVER_ENV, kill_group, wait_http
 from tests.sweeps.conftest import BASE_TRAIN
 
 
@@ -55,9 +59,54 @@ def _psql(sql: str) -> None:
     )
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+def _server(tmp: Path, app: str | None) -> Iterator[str]:
+    """``mlflow server`` on 127.0.0.1 over a SQLite file, with ``--app-name app``."""
+    port = free_port()
+    with open(tmp / "server.log", "ab") as out:
+        proc = subprocess.Popen(
+            [
+                str(BIN / "mlflow"),
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--backend-store-uri",
+                f"sqlite:///{tmp / 'server.db'}",
+                "--default-artifact-root",
+                str(tmp / "art"),
+                "--workers",
+                "1",
+                *(["--app-name", app] if app else []),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **SERVER_ENV},
+            start_new_session=True,
+        )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", 120)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        kill_group(proc, signal.SIGTERM)
+
+
+@pytest.fixture(scope="module")
+def bulk_server(tmp_path_factory) -> Iterator[str]:
+    """A server with flatsweep's app (``sweeps.mlflow_app``): bulk rounds over HTTP."""
+    yield from _server(tmp_path_factory.mktemp("bulk-server"), "flatsweep")
+
+
+@pytest.fixture(scope="module")
+def plain_server(tmp_path_factory) -> Iterator[str]:
+    """MLflow's own server, without flatsweep's app."""
+    yield from _server(tmp_path_factory.mktemp("plain-server"), None)
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "http"])
 def make_store(request, tmp_path: Path) -> Iterator[Any]:
-    """Makes fresh stores of one kind: ``make_store(name)`` -> (uri, client, exp, parent)."""
+    """Makes fresh stores of one kind: ``make_store(name)`` -> (uri, client, exp, parent).
+    ``http``: a new experiment on one ``mlflow server --app-name flatsweep`` (SQLite)."""
     if request.param == "postgresql" and not _pg_up():
         pytest.skip("no PostgreSQL server on 127.0.0.1:5432")
     databases: list[str] = []
@@ -65,13 +114,17 @@ def make_store(request, tmp_path: Path) -> Iterator[Any]:
     def make(name: str) -> tuple[str, MlflowClient, str, str]:
         if request.param == "sqlite":
             uri = f"sqlite:///{tmp_path / name}.db"
+        elif request.param == "http":
+            uri = request.getfixturevalue("bulk_server")
         else:
             db = f"flatsweep_bulk_{uuid.uuid4().hex[:12]}"
             _psql(f"create database {db}")
             databases.append(db)
             uri = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{db}"
         client = MlflowClient(uri)
-        exp = client.create_experiment("t", artifact_location=str(tmp_path / name / "art"))
+        exp = client.create_experiment(
+            f"t-{uuid.uuid4().hex[:8]}", artifact_location=str(tmp_path / name / "art")
+        )
         parent = client.create_run(exp, tags={"flatsweep.role": "parent"}).info.run_id
         return uri, client, exp, parent
 
@@ -217,7 +270,8 @@ def test_a_fresh_stages_short_trials_land_in_one_transaction(make_store, monkeyp
             _report(tracker, trial, _result(epoch, 1.0 / epoch))
         tracker.on_trial_complete(0, [], trial)
     assert tracker.drain()
-    assert rounds == [40]  # 40 runs created, logged and closed by one transaction
+    # 40 runs created, logged and closed by one transaction per writer (a server has 4).
+    assert sorted(rounds) == [40 // tracker.writers] * tracker.writers
     runs = client.search_runs([exp], filter_string=f"tags.`{TAG_PARENT}` = '{parent}'")
     assert len(runs) == 40 and {r.info.status for r in runs} == {"FINISHED"}
     assert {len(client.get_metric_history(r.info.run_id, "val_acc")) for r in runs} == {2}
@@ -291,7 +345,8 @@ def test_only_mlflows_sql_store_with_the_known_tables_is_written_in_bulk(
     assert not (tmp_path / "k.db").exists()
     assert not sqlbulk.supported(str(tmp_path / "mlruns"))  # a file store
     assert not sqlbulk.supported(f"file://{tmp_path / 'mlruns'}")
-    assert not sqlbulk.supported("http://127.0.0.1:9")  # a server
+    # A server: tried, and asked at the first write whether it has flatsweep's app.
+    assert sqlbulk.supported("http://127.0.0.1:9")
     monkeypatch.setenv("FLATSWEEP_MLFLOW_BULK", "0")
     assert not sqlbulk.supported(uri)
     monkeypatch.setenv("FLATSWEEP_MLFLOW_BULK", "yes")
@@ -323,3 +378,108 @@ def test_a_bug_in_a_bulk_round_stops_the_writer_and_reports_its_writes(tmp_path,
     assert not tracker.drain()  # outstanding, not lost silently
     assert tracker._outbox.broken and tracker.outstanding == 2
     assert json.loads(json.dumps(tracker.run_ids)) == {}
+
+
+def test_a_round_sent_again_is_written_once(make_store):
+    """A round whose answer was lost (an HTTP timeout, a connection dropped at commit) is sent
+    again: the second copy finds its runs created and changes nothing."""
+    store = make_store("again")
+    _, client, _, _ = store
+    bulk = _bulk(store)
+    run = _new(
+        store,
+        params=[Param("a", "1")],
+        metrics=[Metric("m", 0.5, 10, 1), Metric("m", 0.25, 11, 2)],
+        tags=[RunTag("x", "1")],
+        end=("FINISHED", 20),
+    )
+    bulk.write([run])
+    before = client.get_run(run.run_id)
+    bulk.write([run])
+    after = client.get_run(run.run_id)
+    assert after.to_dictionary() == before.to_dictionary()
+    history = client.get_metric_history(run.run_id, "m")
+    assert [(h.step, h.value) for h in history] == [(1, 0.5), (2, 0.25)]
+    assert (after.info.status, after.data.params, after.data.tags["x"]) == (
+        "FINISHED",
+        {"a": "1"},
+        "1",
+    )
+
+
+def test_a_server_without_flatsweeps_app_is_written_through_mlflows_api(
+    plain_server, tmp_path, monkeypatch
+):
+    """MLflow's own server has no bulk route: the tracker asks once, then writes as with
+    ``bulk=False``, and the records are the same."""
+    api_client = MlflowClient(f"sqlite:///{tmp_path / 'api.db'}")
+    api_exp = api_client.create_experiment("t")
+    api_parent = api_client.create_run(api_exp, tags={"flatsweep.role": "parent"})
+    api_store = (api_client.tracking_uri, api_client, api_exp, api_parent.info.run_id)
+    client = MlflowClient(plain_server)
+    assert not sqlbulk.for_client(client).available()
+    exp = client.create_experiment("plain", artifact_location="/tmp/unused-plain")
+    parent = client.create_run(exp, tags={"flatsweep.role": "parent"}).info.run_id
+    plain = (plain_server, client, exp, parent)
+    _record(api_store, monkeypatch, bulk=False)
+    tracker = _record(plain, monkeypatch, bulk=True)
+    assert tracker._bulk_ok and tracker._server_bulks is False and not tracker._bulks
+    api, got = _snapshot(api_store), _snapshot(plain)
+    assert sorted(got) == ["div", "failed", "long", "retry", "short"]
+    for tid in api:
+        del api[tid]["artifact_uri"], got[tid]["artifact_uri"]
+        assert got[tid] == api[tid], tid
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"not json", "the body is not JSON: Expecting value"),
+        (b'{"runs": 3}', 'the body must be an object with a list "runs"'),
+        (b'{"runs": [{"run_id": "../../etc"}]}', "runs[0].run_id must be 32 letters and digits"),
+        (
+            b'{"runs": [{"run_id": "' + b"a" * 32 + b'", "metrics": [["m", 1]]}]}',
+            "runs[0].metrics must be a list of 4-item lists",
+        ),
+        (
+            b'{"runs": [{"run_id": "' + b"a" * 32 + b'", "end": ["DONE", 1]}]}',
+            "runs[0].end must be null or [an MLflow run status, an int or null]",
+        ),
+        (
+            b'{"runs": [' + b",".join([b"{}"] * (sqlbulk.MAX_RUNS + 1)) + b"]}",
+            f"runs must be at most {sqlbulk.MAX_RUNS} runs, not {sqlbulk.MAX_RUNS + 1}",
+        ),
+    ],
+)
+def test_the_bulk_route_refuses_a_malformed_round_with_one_line(bulk_server, body, message):
+    import requests
+
+    answer = requests.post(bulk_server + sqlbulk.ROUTE, data=body, timeout=30)
+    assert answer.status_code == 400, answer.text
+    error = answer.json()
+    assert error["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert message in error["message"] and "\n" not in error["message"]
+    assert requests.get(bulk_server + sqlbulk.ROUTE, timeout=30).json() == {
+        "supported": True,
+        "reason": "",
+    }
+
+
+def test_the_bulk_route_says_no_for_a_store_it_cannot_write(tmp_path, monkeypatch):
+    """Asked in-process through Flask's test client, on a server whose store is MLflow's file
+    store: ``supported`` false with the reason, and a POST refused without writing."""
+    from flask import Flask
+    from mlflow.server import BACKEND_STORE_URI_ENV_VAR, handlers
+
+    from sweeps import mlflow_app
+
+    monkeypatch.setenv(BACKEND_STORE_URI_ENV_VAR, str(tmp_path / "mlruns"))
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.setattr(handlers, "_tracking_store", None)
+    monkeypatch.delenv("_MLFLOW_SGI_NAME", raising=False)
+    app = mlflow_app.create_app(Flask("t"))
+    web = app.test_client()
+    answer = web.get(sqlbulk.ROUTE).get_json()
+    assert answer["supported"] is False and "FileStore" in answer["reason"]
+    posted = web.post(sqlbulk.ROUTE, json={"runs": []})
+    assert posted.status_code == 501 and posted.get_json()["error_code"] == "FEATURE_DISABLED"

@@ -41,10 +41,11 @@ Both servers run as ``infra/`` runs them, without MLflow 3's server jobs (GenAI 
 prompt optimisation; ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false`` unless the environment sets
 it): on a database store they would start eight more processes that import MLflow.
 
-``--bulk 1,0`` runs each SQLite and PostgreSQL store both ways: a delivery round's runs in one
-transaction (``sweeps.sqlbulk``, what a sweep does on a database URI; the default, ``1``) and
-through MLflow's API, three calls per trial (``0``). An HTTP server is always written through
-its REST API.
+``--bulk 1,0`` runs each store both ways: a delivery round's runs in one transaction
+(``sweeps.sqlbulk``, what a sweep does on a database URI and on a server started with
+``--app-name flatsweep``; the default, ``1``) and through MLflow's API, three calls per trial
+(``0``). The servers are started as ``infra/`` starts them, with ``--app-name flatsweep``
+(``sweeps.mlflow_app``: MLflow's server plus the bulk route), in both cases.
 
 When ``MLflowTracker`` takes ``writers`` (several writer threads for HTTP stores), the http
 store runs twice: ``writers=1`` and the tracker's default; otherwise once, with the single
@@ -375,6 +376,8 @@ def open_store(kind: str, tmp: Path, server_workers: int) -> Iterator[Store]:
                 database_uri,
                 "--artifacts-destination",
                 str(tmp / "mlartifacts"),
+                "--app-name",
+                "flatsweep",
                 *(
                     ["--workers", str(server_workers), "--gunicorn-opts", GUNICORN_OPTS]
                     if kind == "gunicorn"
@@ -464,7 +467,7 @@ def install(meter: Meter, calls: Calls) -> None:
     from mlflow.tracking import MlflowClient
     from mlflow.utils import rest_utils
 
-    from sweeps.sqlbulk import SqlBulk
+    from sweeps.sqlbulk import HttpBulk, SqlBulk
     from sweeps.tracking import MLflowTracker
 
     for name in list(vars(MlflowClient)):
@@ -472,6 +475,7 @@ def install(meter: Meter, calls: Calls) -> None:
             meter.wrap(MlflowClient, name, "mlflow", label=f"mlflow.{name}", observe=calls.seen)
     # A bulk round's transaction: one call for the runs of a round, not three per run.
     meter.wrap(SqlBulk, "write", "mlflow", label="mlflow.bulk_write", observe=calls.seen)
+    meter.wrap(HttpBulk, "write", "mlflow", label="mlflow.bulk_write", observe=calls.seen)
     for hook in ("on_trial_start", "on_trial_result", "on_trial_complete"):
         meter.wrap(MLflowTracker, hook, "hooks", label=f"hooks.{hook}")
     # Every REST call goes through this module-level function (call_endpoint looks it up at
@@ -841,8 +845,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--bulk",
         type=parse_bulk,
         default=[True],
-        help="for sqlite and postgresql: 1 bulk rounds (a sweep's default), 0 MLflow's API; "
-        "e.g. 1,0 for both (an HTTP server is always written through its API)",
+        help="1 bulk rounds (a sweep's default; a server with --app-name flatsweep), "
+        "0 MLflow's API; e.g. 1,0 for both",
     )
     p.add_argument("--server-workers", type=int, default=4, help="mlflow server --workers")
     p.add_argument(
@@ -920,7 +924,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         (kind, writers, procs, bulk)
         for kind, writers in plan(args.store, args.writers, supported)
         for procs in args.processes
-        for bulk in ([False] if kind in SERVERS else args.bulk)
+        for bulk in args.bulk
     ]
     for i, (kind, writers, procs, bulk) in enumerate(planned):
         label = f"{kind} writers={'default' if writers is None else writers}"
@@ -973,10 +977,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"their own (a fresh server's workers import and connect on their first requests). "
         f"Tracker: {version}"
         f"{f'; ${WRITERS_ENV}={env}' if env else ''}; MLflow writes: bulk (a round's runs in "
-        f"one transaction, `sweeps.sqlbulk`, a sweep's default on a database URI) or API "
+        f"one transaction, `sweeps.sqlbulk`, a sweep's default on a database URI and on a "
+        f"server with `--app-name flatsweep`) or API "
         f"(`create_run`, `log_batch`, `set_terminated` per trial). Each run on a fresh store: "
         f"SQLite (WAL, `tune_sqlite`) in this process; postgresql: MLflow's SQL store in this "
-        f"process on a fresh PostgreSQL database; HTTP: `mlflow server --workers "
+        f"process on a fresh PostgreSQL database; HTTP: `mlflow server --app-name flatsweep "
+        f"--workers "
         f'{args.server_workers}` (uvicorn; gunicorn: `--gunicorn-opts "--workers '
         f'{args.server_workers}"`) on 127.0.0.1 with a fresh PostgreSQL'
         f"{f' {pg_version}' if pg_version else ''} database, local artifacts.\n"

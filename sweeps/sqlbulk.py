@@ -25,7 +25,9 @@ It is used only where it is known to match: the store is MLflow's ``SqlAlchemySt
 SQLite or PostgreSQL, and MLflow's tables have exactly the columns this module fills
 (``COLUMNS``); after an MLflow upgrade that changes them, :func:`supported` says no and the
 tracker writes through MLflow's API as before. ``FLATSWEEP_MLFLOW_BULK=0`` turns it
-off. An HTTP tracking server is always written through its REST API.
+off. Over HTTP, a server started with ``mlflow server --app-name flatsweep``
+(:mod:`sweeps.mlflow_app`) takes the same rounds (:class:`HttpBulk`) and writes them with this
+module on its own store; any other server is written through MLflow's REST API.
 """
 
 from __future__ import annotations
@@ -517,12 +519,14 @@ class HttpBulk:
 
     def available(self) -> bool:
         """Whether the server writes in bulk: it answers :data:`ROUTE` with ``supported``.
-        A server without flatsweep's app answers 404 (no such route): False. Raises while
-        the server cannot be reached (the caller asks again later)."""
+        A server without flatsweep's app answers 404 (no such route), one with MLflow's
+        ``basic-auth`` app may answer 401 or 403 for a route it does not know: False, and
+        MLflow's API (which reports bad credentials itself). Raises while the server cannot
+        be reached or answers 5xx (the caller asks again later)."""
         from mlflow.utils.rest_utils import http_request
 
         response = http_request(self.creds(), ROUTE, "GET", max_retries=0, timeout=30)
-        if response.status_code in (404, 405):
+        if response.status_code in (401, 403, 404, 405):
             return False
         if response.status_code != 200:
             raise OSError(f"{ROUTE} answered HTTP {response.status_code}")

@@ -218,6 +218,9 @@ if [[ $start_mlflow == 1 ]]; then
         # --no-control-socket: gunicorn 26 otherwise listens on ~/.gunicorn/gunicorn.ctl,
         # one path for every server of the user, which nothing here needs.
         --gunicorn-opts "--timeout 300 --no-control-socket"
+        # MLflow's server plus flatsweep's bulk route (sweeps/mlflow_app.py): a sweep's
+        # delivery rounds in one transaction each, not three requests per trial.
+        --app-name flatsweep
     )
     log "starting MLflow on 127.0.0.1:$mlflow_port, log $mlflow_log"
     # The Host headers MLflow answers to, in place of its default (loopback plus all private

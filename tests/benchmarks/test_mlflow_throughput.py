@@ -11,7 +11,6 @@ import random
 import re
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 from types import ModuleType
 
@@ -273,18 +272,21 @@ def test_twenty_trials_on_the_postgresql_backed_http_server(tmp_path: Path) -> N
     proc = run_script(
         tmp_path,
         *("--trials", "20", "--store", "http", "--warmup", "5", "--server-workers", "2"),
+        *("--writers", "1", "--bulk", "1,0"),
         timeout=900,
     )
     rows = check_output(proc.stdout, "http", 20)
     _, cells = table(proc.stdout)
+    assert [(r[1].split(" ")[0], r[2]) for r in cells] == [("1", "bulk"), ("1", "API")]
     for r in cells:
-        assert r[2] == "API"  # a server is written through its REST API
         assert numbers(r[8])[0] >= numbers(r[7])[0]  # each client call is at least 1 request
         assert numbers(r[10])[0] > 0  # the server worked
-    assert len(rows) in (1, 2)  # writers=1 and the default, when the tracker takes writers
-    counts = Counter(r[1].split(" ")[0] for r in cells)
-    assert counts["default"] == 1
-    assert "POST runs/create 1.00" in proc.stdout  # one run created per trial
+    assert len(rows) == 2
+    # Bulk: the server (--app-name flatsweep) took the trials in rounds, a fraction of a
+    # request each; API: three requests a trial, one run created per trial.
+    assert numbers(cells[0][8])[0] < 1 and numbers(cells[1][8])[0] >= 3
+    assert "POST /api/2.0/flatsweep/runs/bulk-write" in proc.stdout
+    assert "POST runs/create 1.00" in proc.stdout
     # The server runs as infra/ runs it: the CLI, uvicorn and its 2 workers (and perhaps a
     # multiprocessing helper), not MLflow 3's job runner and huey consumers (13 processes).
     procs = [

@@ -183,6 +183,12 @@ def test_up_serves_on_loopback_and_down_leaves_nothing(stack_env, backend):
         assert http_status(search, host="attacker.example") == 403
         assert http_status(search, host="localhost:8080") == 200
         assert http_status(search) == 200
+        # flatsweep's app (--app-name flatsweep): the bulk route, behind the same Host check.
+        from sweeps.sqlbulk import ROUTE
+
+        assert http_status(mlflow + ROUTE, host="attacker.example") == 403
+        with urllib.request.urlopen(mlflow + ROUTE, timeout=10) as r:
+            assert json.load(r) == {"supported": True, "reason": ""}
         assert http_status(f"{dashboard}/api/version") == 401
         assert http_status(f"{dashboard}/api/version", token=token[::-1]) == 403
         with urllib.request.urlopen(

@@ -158,7 +158,8 @@ def children(client: MlflowClient, name: str) -> list:
 
 
 class MlflowServer:
-    """``mlflow server`` on 127.0.0.1 with a fresh PostgreSQL database and S3 (moto) artifacts."""
+    """``mlflow server`` on 127.0.0.1 with a fresh PostgreSQL database and S3 (moto) artifacts,
+    with flatsweep's app (bulk writes) as ``infra/local/up.sh`` starts it."""
 
     def __init__(self, tmp: Path, s3_endpoint: str) -> None:
         import psycopg2
@@ -196,6 +197,8 @@ class MlflowServer:
                 "s3://flatsweep-test/mlartifacts",
                 "--workers",
                 "1",
+                "--app-name",
+                "flatsweep",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

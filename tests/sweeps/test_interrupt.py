@@ -161,7 +161,8 @@ def test_driver_killed_in_the_confirmation_stage_resumes_without_rerunning_seeds
 
 
 class _SqliteServer:
-    """``mlflow server`` on 127.0.0.1 over a SQLite file, restartable on the same port."""
+    """``mlflow server --app-name flatsweep`` (bulk writes) on 127.0.0.1 over a SQLite file,
+    restartable on the same port."""
 
     def __init__(self, tmp) -> None:  # noqa: ANN001
         from tests.sweeps._procs import free_port
@@ -193,6 +194,8 @@ class _SqliteServer:
                 f"sqlite:///{self.tmp / 'server.db'}",
                 "--artifacts-destination",
                 str(self.tmp / "artifacts"),
+                "--app-name",
+                "flatsweep",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -211,7 +214,11 @@ def test_undelivered_records_end_the_sweep_failed_and_resume_delivers_them(tmp_p
     server = _SqliteServer(tmp_path)
     server.start()
     try:
-        train = {**SLOW_TRAIN, "epochs": 8}
+        # Trials long enough to be training when the server stops: a round that finds them
+        # finished delivers every epoch and the close at once (bulk writes), and nothing is
+        # left undelivered to test.
+        epochs = 30
+        train = {**SLOW_TRAIN, "epochs": epochs}
         # Two trials, one round on the two CPUs (a third one took another round for nothing).
         spec = write_spec(
             tmp_path, "lost", server.uri, num_samples=2, train=train, scheduler={"name": "fifo"}
@@ -227,6 +234,7 @@ def test_undelivered_records_end_the_sweep_failed_and_resume_delivers_them(tmp_p
 
         wait_for(first_epoch, 300, "a first epoch in MLflow")
         server.stop()  # and it stays down past the end of the sweep
+        assert proc.poll() is None, "the sweep ended before the outage began"
         code = proc.wait(timeout=600)
         log = (tmp_path / "driver.log").read_text()
         assert code == 1, log[-3000:]
@@ -245,7 +253,7 @@ def test_undelivered_records_end_the_sweep_failed_and_resume_delivers_them(tmp_p
         assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
         for r in runs:  # every epoch, including those the first driver never delivered
             steps = sorted(m.step for m in client.get_metric_history(r.info.run_id, "val_acc"))
-            assert steps == list(range(1, 9)), steps
+            assert steps == list(range(1, epochs + 1)), steps
             assert "test_acc" in r.data.metrics
     finally:
         server.stop()

@@ -164,6 +164,11 @@ def test_a_30_second_tracking_outage_loses_nothing(tmp_path, server):
     assert proc.wait(timeout=600) == 0, (tmp_path / "driver.log").read_text()[-3000:]
     log = (tmp_path / "driver.log").read_text()
     assert "buffering and retrying" in log  # the outage really hit the driver
+    # ... whose rounds went in bulk (the server runs flatsweep's app), before and after it.
+    served = (tmp_path / "mlflow-server.log").read_text()
+    assert served.count('POST /api/2.0/flatsweep/runs/bulk-write HTTP/1.1" 200') >= 2, served[
+        -2000:
+    ]
     kids = children(client, "outage")
     assert len(kids) == 4
     for k in kids:

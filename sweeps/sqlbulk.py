@@ -452,12 +452,31 @@ def decode(body: Any) -> list[RunWrite]:
     def fail(where: str, what: str) -> ValueError:
         return ValueError(f"{where} must be {what}")
 
-    def rows(run: dict[str, Any], key: str, width: int, where: str) -> list[list[Any]]:
+    def whole(x: Any) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    def rows(run: dict[str, Any], key: str, where: str) -> list[list[Any]]:
+        """``[[key, value], ...]`` of strings; metrics ``[[key, value, timestamp, step]]``
+        with whole-number timestamp and step (the value is MLflow's to check)."""
         value = run.get(key, [])
-        if not isinstance(value, list) or not all(
-            isinstance(r, list) and len(r) == width for r in value
-        ):
-            raise fail(f"{where}.{key}", f"a list of {width}-item lists")
+        if key == "metrics":
+            ok = all(
+                isinstance(r, list)
+                and len(r) == 4
+                and isinstance(r[0], str)
+                and whole(r[2])
+                and whole(r[3])
+                for r in value
+            )
+            what = "a list of [str key, number, int timestamp, int step]"
+        else:
+            ok = all(
+                isinstance(r, list) and len(r) == 2 and all(isinstance(x, str) for x in r)
+                for r in value
+            )
+            what = "a list of [str key, str value]"
+        if not isinstance(value, list) or not ok:
+            raise fail(f"{where}.{key}", what)
         return value
 
     if not isinstance(body, dict) or not isinstance(body.get("runs"), list):
@@ -465,42 +484,48 @@ def decode(body: Any) -> list[RunWrite]:
     runs = body["runs"]
     if len(runs) > MAX_RUNS:
         raise fail("runs", f"at most {MAX_RUNS} runs, not {len(runs)}")
-    writes = []
+    writes: list[RunWrite] = []
+    seen: set[str] = set()
     for i, run in enumerate(runs):
         where = f"runs[{i}]"
         if not isinstance(run, dict) or not isinstance(run.get("run_id"), str):
             raise fail(where, 'an object with a string "run_id"')
-        if not (len(run["run_id"]) == 32 and run["run_id"].isalnum()):
+        if not (len(run["run_id"]) == 32 and run["run_id"].isascii() and run["run_id"].isalnum()):
             raise fail(f"{where}.run_id", "32 letters and digits (an MLflow run id)")
+        if run["run_id"] in seen:
+            raise fail(f"{where}.run_id", "unique in a round (one entry per run)")
+        seen.add(run["run_id"])
         write = RunWrite(run["run_id"])
         create = run.get("create")
         if create is not None:
             ok = (
                 isinstance(create, dict)
                 and isinstance(create.get("experiment_id"), str)
+                and create["experiment_id"].isascii()
+                and create["experiment_id"].isdigit()
                 and isinstance(create.get("name"), str)
-                and isinstance(create.get("start_time"), int)
+                and whole(create.get("start_time"))
                 and isinstance(create.get("tags"), dict)
                 and all(isinstance(v, str) for v in create["tags"].values())
             )
             if not ok:
                 raise fail(
                     f"{where}.create",
-                    "null or {experiment_id: str, name: str, start_time: int, tags: {str: str}}",
+                    "null or {experiment_id: digits, name: str, start_time: int, tags: {str: str}}",
                 )
             write.create = NewRun(
                 create["experiment_id"], create["name"], create["start_time"], create["tags"]
             )
-        write.params = [Param(k, v) for k, v in rows(run, "params", 2, where)]
-        write.metrics = [Metric(k, v, t, s) for k, v, t, s in rows(run, "metrics", 4, where)]
-        write.tags = [RunTag(k, v) for k, v in rows(run, "tags", 2, where)]
+        write.params = [Param(k, v) for k, v in rows(run, "params", where)]
+        write.metrics = [Metric(k, v, t, s) for k, v, t, s in rows(run, "metrics", where)]
+        write.tags = [RunTag(k, v) for k, v in rows(run, "tags", where)]
         end = run.get("end")
         if end is not None:
             if not (
                 isinstance(end, list)
                 and len(end) == 2
                 and end[0] in ("FINISHED", "FAILED", "KILLED", "RUNNING", "SCHEDULED")
-                and (end[1] is None or isinstance(end[1], int))
+                and (end[1] is None or whole(end[1]))
             ):
                 raise fail(f"{where}.end", "null or [an MLflow run status, an int or null]")
             write.end = (end[0], end[1])

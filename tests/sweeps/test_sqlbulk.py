@@ -439,7 +439,24 @@ def test_a_server_without_flatsweeps_app_is_written_through_mlflows_api(
         (b'{"runs": [{"run_id": "../../etc"}]}', "runs[0].run_id must be 32 letters and digits"),
         (
             b'{"runs": [{"run_id": "' + b"a" * 32 + b'", "metrics": [["m", 1]]}]}',
-            "runs[0].metrics must be a list of 4-item lists",
+            "runs[0].metrics must be a list of [str key, number, int timestamp, int step]",
+        ),
+        (
+            b'{"runs": [{"run_id": "' + b"a" * 32 + b'", "metrics": [["m", 1, 1, 1.5]]}]}',
+            "runs[0].metrics must be a list of [str key, number, int timestamp, int step]",
+        ),
+        (
+            b'{"runs": [{"run_id": "' + b"a" * 32 + b'", "params": [["k", 1]]}]}',
+            "runs[0].params must be a list of [str key, str value]",
+        ),
+        (
+            b'{"runs": [{"run_id": "' + b"a" * 32 + b'", "create": {"experiment_id": "x", '
+            b'"name": "n", "start_time": 1, "tags": {}}}]}',
+            "runs[0].create must be null or {experiment_id: digits,",
+        ),
+        (
+            b'{"runs": [{"run_id": "' + b"a" * 32 + b'"}, {"run_id": "' + b"a" * 32 + b'"}]}',
+            "runs[1].run_id must be unique in a round",
         ),
         (
             b'{"runs": [{"run_id": "' + b"a" * 32 + b'", "end": ["DONE", 1]}]}',

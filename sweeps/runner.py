@@ -37,7 +37,7 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
-from sweeps import sqlbulk, studies, tracking
+from sweeps import optunabulk, sqlbulk, studies, tracking
 from sweeps.searchers import SAMPLERS, SCHEDULERS
 from sweeps.spec import SpecError, SweepSpec
 from sweeps.tracking import META_CONFIG, META_STAGE, MLflowTracker, Sweep
@@ -684,6 +684,7 @@ def run_sweep(
         tracking._writers(tracking_uri, None)
         tracking._metrics_every_s()
         sqlbulk.enabled()
+        optunabulk.enabled()
     except ValueError as e:
         raise SpecError(str(e)) from None
     tracking.tune_sqlite()

@@ -28,13 +28,14 @@ import copy
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import optuna
 import sqlalchemy.exc
 import tenacity
 
+from sweeps import optunabulk
 from sweeps.dbinit import first_use
 
 if TYPE_CHECKING:  # a type only: the MLflow writer process stores trials without torch
@@ -280,6 +281,48 @@ class StudyMirror:
             # Tune's snapshot keeps the searcher's own study, which holds this trial.
             self.failed += 1
             log.warning("Optuna study %s: trial %s not stored (%s)", self.name, tid, e)
+
+    def store_many(self, trials: Sequence[optuna.trial.FrozenTrial]) -> None:
+        """:meth:`store` for each of ``trials``; those not stored yet in one transaction
+        where the storage allows (``sweeps.optunabulk``: 0.25 ms of CPU per trial in rounds
+        of 50 here, against 20 ms through ``add_trial``). A round the bulk path refuses (a
+        trial Optuna would refuse too) is stored one trial at a time, so one bad trial costs
+        only itself, as with :meth:`store`."""
+        todo: dict[str, optuna.trial.FrozenTrial] = {}
+        for trial in trials:
+            tid = trial.user_attrs.get(ATTR_TRIAL)
+            if not tid:
+                self.store(trial)  # nothing to know it by: the one-at-a-time path
+                continue
+            if tid in self._stored or tid in todo:
+                continue
+            run_id = self.run_ids.get(tid)
+            if run_id and ATTR_RUN not in trial.user_attrs:
+                trial.user_attrs[ATTR_RUN] = run_id
+            todo[tid] = trial
+        if len(todo) > 1 and optunabulk.supported(self.study):
+            try:
+                for attempt in tenacity.Retrying(
+                    stop=tenacity.stop_after_delay(60),
+                    wait=tenacity.wait_exponential(multiplier=0.5, max=10),
+                    retry=tenacity.retry_if_exception_type(sqlalchemy.exc.OperationalError),
+                    reraise=True,
+                ):
+                    with attempt:
+                        optunabulk.add_trials(self.study, list(todo.values()))
+                self._stored.update(todo)
+                return
+            except sqlalchemy.exc.OperationalError as e:
+                # Away for a minute: as store() gives up on a trial (the study is a copy).
+                self.failed += len(todo)
+                log.warning("Optuna study %s: %d trials not stored (%s)", self.name, len(todo), e)
+                return
+            except Exception as e:  # noqa: BLE001 - one trial Optuna refuses: one at a time
+                log.info(
+                    "Optuna study %s: storing %d trials one by one (%s)", self.name, len(todo), e
+                )
+        for trial in todo.values():
+            self.store(trial)
 
     def flush(self, timeout_s: float = 300.0) -> bool:
         """Wait until every queued trial is written; False if ``timeout_s`` passed first."""

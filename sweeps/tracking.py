@@ -771,6 +771,8 @@ class _Outbox:
         metrics_every_s: float | None = None,
         bulk: tuple[Callable[[int, list[_Item]], bool], Callable[[int, list[list[_Item]]], None]]
         | None = None,
+        calls: tuple[Callable[[list[_Item]], Any], Callable[[int, list[list[_Item]]], None]]
+        | None = None,
     ) -> None:
         if writers < 1:
             raise ValueError(f"writers must be at least 1, but got {writers=}")
@@ -780,6 +782,8 @@ class _Outbox:
         self._deliver = deliver  # (writer index, one delivery's items)
         # (whether a delivery may go in a bulk round, deliver many in one transaction)
         self._bulk = bulk
+        # (a one-off call's group, or None; deliver a group's calls together)
+        self._calls = calls
         self._cv = threading.Condition()  # one lock for all writers: drain waits for them all
         # Per writer: trial id -> its undelivered items in order, trials in order of arrival.
         self._queues: list[dict[str, deque[_Item]]] = [{} for _ in range(writers)]
@@ -920,6 +924,25 @@ class _Outbox:
                         if not attempt(f"of {len(part)} runs", deliver_bulk, batches):
                             return
                         delivered(part)
+                if self._calls is not None:
+                    # One-off calls of one group (a stage's Optuna copies) together.
+                    group_of, deliver_calls = self._calls
+                    groups: dict[Any, list[tuple[str, list[_Item]]]] = {}
+                    alone = []
+                    for d in due:
+                        key = group_of(d[1])
+                        if key is None:
+                            alone.append(d)
+                        else:
+                            groups.setdefault(key, []).append(d)
+                    due = alone
+                    for group in groups.values():
+                        for i in range(0, len(group), BULK_RUNS):
+                            part = group[i : i + BULK_RUNS]
+                            batches = [batch for _, batch in part]
+                            if not attempt(f"of {len(part)} calls", deliver_calls, batches):
+                                return
+                            delivered(part)
                 for tid, batch in due:
                     if not attempt(batch[0].what, self._deliver, batch):
                         return
@@ -1095,7 +1118,8 @@ class MLflowTracker(Callback):
             self._outbox = WriterProcess(self, processes=getattr(self, "processes", 1))
         else:
             bulk = (self._bulkable, self._deliver_bulk) if self._bulk_ok else None
-            self._outbox = _Outbox(self._deliver, writers=self.writers, bulk=bulk)
+            calls = (_call_group, self._deliver_calls)
+            self._outbox = _Outbox(self._deliver, writers=self.writers, bulk=bulk, calls=calls)
         self.killed = 0  # trials closed as KILLED at the end of the experiment
 
     # Tune pickles its callbacks with the experiment; clients and buffers are per process.
@@ -1584,6 +1608,16 @@ class MLflowTracker(Callback):
         """Start the writer process, if any, before the first write needs it."""
         self._outbox.start()
 
+    def _deliver_calls(self, writer: int, batches: list[list[_Item]]) -> None:
+        """Calls of one ``_call_group``, together: a stage's finished trials copied into its
+        Optuna study in one transaction (``StudyMirror.store_many``)."""
+        from sweeps.studies import StudyMirror
+
+        key = batches[0][0].call.keywords["key"]  # type: ignore[union-attr]
+        mirror = StudyMirror.get(*key)
+        mirror.run_ids = self.run_ids
+        mirror.store_many([batch[0].call.keywords["trial"] for batch in batches])  # type: ignore[union-attr]
+
     def mirror_through(self, mirror: Any) -> None:
         """Store ``mirror``'s (a ``studies.StudyMirror``) finished trials on this tracker's
         writer: in its writer process where it has one, so the Optuna storage's ORM work
@@ -1628,6 +1662,16 @@ class MLflowTracker(Callback):
             self._set_status(trial, "KILLED", self._device_tags(trial.last_result or {}))
         self.killed = len(open_here)
         self.drain()
+
+
+def _call_group(batch: list[_Item]) -> Any:
+    """The group of a one-off call that may be delivered with others of its group
+    (``_Outbox``'s ``calls``): an Optuna copy (``_store_trial``) by its study; else None."""
+    call = batch[0].call
+    if len(batch) == 1 and isinstance(call, functools.partial) and call.func is _store_trial:
+        url, name, *_ = call.keywords["key"]  # the study (its directions are lists)
+        return ("optuna", url, name)
+    return None
 
 
 def _store_trial(tracker: MLflowTracker, client: MlflowClient, key: tuple, trial: Any) -> None:

@@ -372,6 +372,9 @@ def main() -> None:
     if outbox._bulk is not None:
         bulkable, deliver_bulk = outbox._bulk
         outbox._bulk = (bulkable, acknowledged(deliver_bulk, many=True))
+    if outbox._calls is not None:
+        group_of, deliver_calls = outbox._calls
+        outbox._calls = (group_of, acknowledged(deliver_calls, many=True))
     threading.Thread(target=open_store, name="mlflow-open", daemon=True).start()
     while True:
         try:

@@ -42,6 +42,7 @@ CODE_ENV = {
     "FLATSWEEP_MLFLOW_PROCESS",
     "FLATSWEEP_MLFLOW_METRICS_EVERY_S",
     "FLATSWEEP_MLFLOW_BULK",
+    "FLATSWEEP_OPTUNA_BULK",
 }
 # Set by the shell or the OS, not part of our interface.
 SHELL_VARS = {"HOME", "PATH", "PWD", "SECONDS", "BASH_SOURCE", "TMPDIR"}

@@ -250,6 +250,7 @@ def test_the_resolved_spec_carries_every_default_that_is_used():
         ("FLATSWEEP_MLFLOW_PROCESS", "33", "writer processes from 1 to 32, but got '33'"),
         ("FLATSWEEP_MLFLOW_WRITERS", "0", "FLATSWEEP_MLFLOW_WRITERS must be a whole number >= 1"),
         ("FLATSWEEP_MLFLOW_BULK", "yes", "FLATSWEEP_MLFLOW_BULK must be 0 or 1, but got 'yes'"),
+        ("FLATSWEEP_OPTUNA_BULK", "2", "FLATSWEEP_OPTUNA_BULK must be 0 or 1, but got '2'"),
         (
             "FLATSWEEP_MLFLOW_METRICS_EVERY_S",
             "soon",

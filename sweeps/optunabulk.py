@@ -118,7 +118,7 @@ def add_trials(study: optuna.Study, trials: Sequence[FrozenTrial]) -> list[int]:
             )
     if not trials:
         return []
-    from sqlalchemy import func, select
+    from sqlalchemy import bindparam, func, select
 
     m = _models()
     trial_t = m.TrialModel.__table__
@@ -132,13 +132,10 @@ def add_trials(study: optuna.Study, trials: Sequence[FrozenTrial]) -> list[int]:
             lock = lock.with_for_update()
         if conn.execute(lock).one_or_none() is None:
             raise KeyError(f"No study with study_id {study_id} exists.")
-        base = conn.execute(
-            select(func.count(trial_t.c.trial_id)).where(trial_t.c.study_id == study_id)
-        ).scalar_one()
         params = _check_params(conn, study_id, trials)
         rows = [
             {
-                "number": base + i,
+                "number": None,  # set below, once the rows hold the write lock
                 "study_id": study_id,
                 "state": t.state,
                 "datetime_start": _utc(t.datetime_start),
@@ -151,6 +148,22 @@ def add_trials(study: optuna.Study, trials: Sequence[FrozenTrial]) -> list[int]:
                 trial_t.insert().returning(trial_t.c.trial_id, sort_by_parameter_order=True),
                 rows,
             ).scalars()
+        )
+        # A trial's number is the count of the study's trials before it, counted as Optuna
+        # does after the insert: SQLite takes its write lock at the first INSERT (Python's
+        # sqlite3 begins no transaction for a SELECT), so a count made before it could miss a
+        # trial another writer process added in between.
+        base = conn.execute(
+            select(func.count(trial_t.c.trial_id)).where(
+                trial_t.c.study_id == study_id, trial_t.c.trial_id < ids[0]
+            )
+        ).scalar_one()
+        numbers = [base + i for i in range(len(ids))]
+        conn.execute(
+            trial_t.update()
+            .where(trial_t.c.trial_id == bindparam("id"))
+            .values(number=bindparam("n")),
+            [{"id": i, "n": n} for i, n in zip(ids, numbers, strict=True)],
         )
         values, inter, users, systems = [], [], [], []
         for trial_id, t in zip(ids, trials, strict=True):
@@ -201,7 +214,7 @@ def add_trials(study: optuna.Study, trials: Sequence[FrozenTrial]) -> list[int]:
         ):
             for i in range(0, len(batch), 2000):  # under SQLite's bound-parameter limit
                 conn.execute(model.__table__.insert(), batch[i : i + 2000])
-    return [row["number"] for row in rows]
+    return numbers
 
 
 def _check_params(conn: Any, study_id: int, trials: Sequence[FrozenTrial]) -> list[list[dict]]:

@@ -761,6 +761,9 @@ class _Outbox:
     With ``bulk`` (a predicate and a delivery of many), the deliveries of a round that the
     predicate accepts go together, up to ``BULK_RUNS`` runs per call (one transaction,
     ``sweeps.sqlbulk``); the rest, and every delivery without ``bulk``, one run at a time.
+    With ``calls`` (a grouping of one-off calls and a delivery of a group), a round's calls of
+    one group go together too: a stage's Optuna copies, one transaction
+    (``sweeps.optunabulk``).
     """
 
     def __init__(
@@ -1620,8 +1623,9 @@ class MLflowTracker(Callback):
 
     def mirror_through(self, mirror: Any) -> None:
         """Store ``mirror``'s (a ``studies.StudyMirror``) finished trials on this tracker's
-        writer: in its writer process where it has one, so the Optuna storage's ORM work
-        (about 25 statements per trial) leaves the GIL of Tune's event loop as MLflow's does.
+        writer: in its writer process where it has one, so the Optuna storage's work leaves
+        the GIL of Tune's event loop as MLflow's does; a round's trials together
+        (``_deliver_calls``, ``sweeps.optunabulk``).
         Each stored trial is linked to its run from the writer's own run ids, and ``drain``
         waits for the trials too."""
         key = (mirror.url, mirror.name, mirror.directions, mirror.metrics)

@@ -195,3 +195,31 @@ def test_a_rounds_optuna_copies_are_stored_together_linked_to_their_runs(tmp_pat
     assert [t.number for t in stored] == list(range(20))
     assert {t.user_attrs[studies.ATTR_RUN] for t in stored} == set(tracker.run_ids.values())
     assert len(set(tracker.run_ids.values())) == 20
+
+
+def test_writers_adding_to_one_study_at_once_number_its_trials_once_each(url):
+    """Several writer processes (``FLATSWEEP_MLFLOW_PROCESS=N``) copy into one study: each
+    trial's number is the count of the trials before it, none given twice."""
+    import threading
+
+    optuna.create_study(storage=url, study_name="s", direction="maximize")
+    errors: list[BaseException] = []
+
+    def writer(k: int) -> None:
+        study = optuna.load_study(storage=optuna.storages.RDBStorage(url), study_name="s")
+        try:
+            for _ in range(5):
+                optunabulk.add_trials(study, _trials(9))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    stored = optuna.load_study(storage=url, study_name="s").get_trials()
+    assert sorted(t.number for t in stored) == list(range(135))
+    # Numbers follow the storage's order of the trials, as Optuna numbers them.
+    assert [t.number for t in sorted(stored, key=lambda t: t._trial_id)] == list(range(135))

@@ -21,14 +21,11 @@ workspaces are on (the route does not scope by workspace).
 from __future__ import annotations
 
 import json
-import logging
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
 
 from sweeps import sqlbulk
-
-log = logging.getLogger(__name__)
 
 #: The largest request body accepted (a round of 1000 short trials is about 2 MB).
 MAX_BODY_BYTES = 64 * 1024 * 1024

@@ -226,14 +226,18 @@ def _check_params(conn: Any, study_id: int, trials: Sequence[FrozenTrial]) -> li
     p, t = m.TrialParamModel.__table__, m.TrialModel.__table__
     names = {name for trial in trials for name in trial.params}
     held: dict[str, distributions.BaseDistribution] = {}
-    if names:
+    for name in sorted(names):
+        # One row per name (Optuna's ``.first()``): all of them would grow with the study
+        # (7.5% of a 3000-trial sweep's driver and writer samples, py-spy).
         query = (
-            select(p.c.param_name, p.c.distribution_json)
+            select(p.c.distribution_json)
             .join(t, t.c.trial_id == p.c.trial_id)
-            .where(t.c.study_id == study_id, p.c.param_name.in_(names))
+            .where(t.c.study_id == study_id, p.c.param_name == name)
+            .limit(1)
         )
-        for name, text in conn.execute(query):
-            held.setdefault(name, distributions.json_to_distribution(text))
+        text = conn.execute(query).scalar_one_or_none()
+        if text is not None:
+            held[name] = distributions.json_to_distribution(text)
     out = []
     for trial in trials:
         rows = []

@@ -5,13 +5,14 @@
 #
 # Stages, each under `timeout` (one that fails or runs out of time is recorded and the next
 # still runs):
-#   1. the `gpu`-marked tests: .venv/bin/python -m pytest -m gpu -q                 <= 90 s
+#   1. the `gpu`-marked tests: .venv/bin/python -m pytest -m gpu -q                 <= 110 s
 #   2. benchmarks/step_cost.py on CUDA: PreActResNet18, batch 128, fp32 then bf16, channels_last
-#      memory format; images per second for ERM and AMP K=1 (batch / median step time)   <= 150 s
+#      memory format; images per second for ERM and AMP K=1 (batch / median step time)   <= 140 s
 #   3. a 4-trial sweep (MNIST-1D + cnn1d, device cuda, 2 epochs, random search, FIFO) with
 #      resources {gpu: 0.25} per trial, so the four share the GPU; a temporary SQLite MLflow
 #      store and Tune storage; nvidia-smi sampled meanwhile for how many trial processes
-#      held the GPU at once; then `sweeps status --json` for the trials                  <= 180 s
+#      held the GPU at once; then `sweeps status --json` for the trials, and the device
+#      each trial really trained on (its MLflow tag flatsweep.device)                   <= 180 s
 # Then a "gpu_check" section is appended to benchmarks/RESULTS.md: the GPU (nvidia-smi name,
 # driver, memory), the date (UTC), the commit, each stage's result and time, and the numbers.
 # step_cost.py appends its own full tables there too, just before it.
@@ -20,6 +21,7 @@
 # single line "gpu_check: no CUDA device; skipped", exits 0 and writes nothing.
 # Exit status otherwise: 0 when every stage passed, 1 when any failed or timed out.
 # PYTHON overrides the interpreter (default .venv/bin/python; sweeps is taken beside it).
+# GPU_CHECK_KEEP=DIR keeps each stage's log and numbers there (they are deleted otherwise).
 
 set -uo pipefail
 
@@ -42,11 +44,16 @@ fi
 
 # Every stage must have ended by DEADLINE seconds after the start; 8 minutes is 480 s, and
 # the rest is for writing the results. A stage gets its own limit or what is left, if less;
-# the limits below add up to 420 s, 440 s with each stage's KILL_AFTER.
+# the limits below add up to 430 s, 450 s with each stage's KILL_AFTER.
 DEADLINE=455
 KILL_AFTER=5 # seconds between timeout's TERM and its KILL
 WORK="$(mktemp -d -t gpu_check.XXXXXX)"
-trap 'rm -rf "$WORK"' EXIT
+keep_work() {
+    [ -n "${GPU_CHECK_KEEP:-}" ] && mkdir -p "$GPU_CHECK_KEEP" &&
+        cp "$WORK"/*.log "$WORK"/*.json "$WORK"/*.txt "$GPU_CHECK_KEEP"/ 2>/dev/null
+    rm -rf "$WORK"
+}
+trap keep_work EXIT
 FAILED=0
 STAGES=()
 
@@ -83,7 +90,7 @@ run_stage() {
 }
 
 # --- 1. the gpu-marked tests -------------------------------------------------------------
-run_stage gpu_tests 90 "$PY" -m pytest -m gpu -q
+run_stage gpu_tests 110 "$PY" -m pytest -m gpu -q
 
 # --- 2. step cost on CUDA ----------------------------------------------------------------
 cat >"$WORK/step_cost_gpu.py" <<'PYEOF'
@@ -139,7 +146,7 @@ for precision in ("fp32", "bf16"):
 with open(out_path, "w") as f:
     json.dump(report, f)
 PYEOF
-run_stage step_cost 150 "$PY" "$WORK/step_cost_gpu.py" "$WORK/step_cost.json"
+run_stage step_cost 140 "$PY" "$WORK/step_cost_gpu.py" "$WORK/step_cost.json"
 
 # --- 3. a 4-trial sweep sharing the GPU --------------------------------------------------
 cat >"$WORK/sweep.yaml" <<'YAMLEOF'
@@ -182,6 +189,31 @@ kill "$SAMPLER" 2>/dev/null
 wait "$SAMPLER" 2>/dev/null
 timeout --kill-after="$KILL_AFTER" "$(stage_limit 30)" "$SWEEPS" status gpu_check --json \
     >"$WORK/sweep_status.json" 2>>"$WORK/sweep.log"
+# The device each trial really trained on, as its MLflow run records it (a GPU reservation
+# that ran on CPU would show here as "cpu").
+timeout --kill-after="$KILL_AFTER" "$(stage_limit 30)" "$PY" - "$WORK/devices.json" \
+    >>"$WORK/sweep.log" 2>&1 <<'PYEOF'
+import collections
+import json
+import sys
+
+import mlflow
+
+runs = mlflow.search_runs(
+    search_all_experiments=True,
+    filter_string="tags.`flatsweep.sweep` = 'gpu_check'",
+    output_format="list",
+)
+tags = [r.data.tags for r in runs if "flatsweep.device" in r.data.tags]
+with open(sys.argv[1], "w") as f:
+    json.dump(
+        {
+            "devices": collections.Counter(t["flatsweep.device"] for t in tags),
+            "gpu_reserved_on_cpu": sum(t.get("flatsweep.gpu_reserved_on_cpu") == "1" for t in tags),
+        },
+        f,
+    )
+PYEOF
 
 # --- results -----------------------------------------------------------------------------
 GPU="$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader |
@@ -210,11 +242,12 @@ SECTION="$WORK/section.md"
     printf '%s\n' "${STAGES[@]}"
     echo
     echo "- gpu tests (\`pytest -m gpu -q\`): ${TESTS_LINE:-no summary line}"
-    "$PY" - "$WORK/step_cost.json" "$WORK/sweep_status.json" "${MAX_PROCS:-}" <<'PYEOF'
+    "$PY" - "$WORK/step_cost.json" "$WORK/sweep_status.json" "${MAX_PROCS:-}" \
+        "$WORK/devices.json" <<'PYEOF'
 import json
 import sys
 
-step_path, status_path, max_procs = sys.argv[1:4]
+step_path, status_path, max_procs, devices_path = sys.argv[1:5]
 try:
     with open(step_path) as f:
         report = json.load(f)
@@ -252,6 +285,17 @@ else:
         f"- sweep (4 trials, MNIST-1D + cnn1d, 2 epochs, gpu 0.25 each): sweep "
         f"{status.get('status')}; trials: {states}; best val_acc {best}; most processes on "
         f"the GPU at once (nvidia-smi, sampled each second): {seen}"
+    )
+try:
+    with open(devices_path) as f:
+        devices = json.load(f)
+except (OSError, ValueError):
+    print("- devices the trials trained on: unknown (not read from MLflow)")
+else:
+    used = ", ".join(f"{d} × {n}" for d, n in sorted(devices["devices"].items())) or "none"
+    print(
+        f"- devices the trials trained on (MLflow tag flatsweep.device): {used}; GPU "
+        f"reservations that ran on CPU: {devices['gpu_reserved_on_cpu']}"
     )
 PYEOF
 } >"$SECTION"

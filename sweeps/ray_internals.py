@@ -39,6 +39,9 @@ access was checked against Ray 2.60 and is still needed:
   two ``train`` calls race and the second fails ("Should not have reached here"). The
   patched ``_on_training_result`` leaves a saving trial's queued decision to the save, where
   Tune merges the two (STOP wins).
+* :func:`no_trial_dataframes`: ``Tuner.fit`` ends by reading every trial's ``result.json``
+  into a pandas ``DataFrame`` (``ExperimentAnalysis._fetch_trial_dataframes``), which a
+  sweep never reads; nothing public skips it.
 
 Repair restored trials whose latest checkpoint a killed driver had already deleted.
 
@@ -352,3 +355,32 @@ def buffered_results(max_wait_s: float = 1.0, max_results: int = 1000) -> Iterat
     finally:
         for name, fn in saved.items():
             setattr(TuneController, name, fn)
+
+
+@contextlib.contextmanager
+def no_trial_dataframes() -> Iterator[None]:
+    """Within the block, the ``ResultGrid`` that ``Tuner.fit`` returns holds no per-trial
+    metrics ``DataFrame``: each trial's ``metrics_dataframe`` is empty.
+
+    At its end ``Tuner.fit`` builds an ``ExperimentAnalysis``, which reads every trial's
+    ``result.json`` back from storage into a pandas ``DataFrame``
+    (``ExperimentAnalysis._fetch_trial_dataframes``): one file read and one
+    ``pd.json_normalize`` per trial after the last trial has ended, 2.4 s and 55 MB of the
+    driver's memory for 3000 trials of two results each (measured on 2 cores), growing with
+    the sweep. A sweep reads only the grid's length and its errors (trial states) and keeps
+    every result in MLflow, so nothing it uses comes from those frames. Each trial's
+    ``metrics`` (its last result), ``error`` and checkpoint are Tune's as before.
+    """
+    from pandas import DataFrame
+    from ray.tune.analysis.experiment_analysis import ExperimentAnalysis
+
+    fetch = ExperimentAnalysis._fetch_trial_dataframes
+
+    def empty(self: Any) -> dict[str, Any]:
+        return {trial.trial_id: DataFrame() for trial in self.trials}
+
+    ExperimentAnalysis._fetch_trial_dataframes = empty
+    try:
+        yield
+    finally:
+        ExperimentAnalysis._fetch_trial_dataframes = fetch

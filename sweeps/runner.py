@@ -402,6 +402,7 @@ def _run_stage(
         RepairCheckpoints,
         bounded_snapshots,
         buffered_results,
+        no_trial_dataframes,
         restore_tuner,
     )
     from sweeps.trainable import ROW, train_trial
@@ -511,8 +512,9 @@ def _run_stage(
         # Snapshot the experiment (trials + searcher) every 2 s while that is cheap, instead of
         # Tune's adaptive >= 10 s: a killed driver then re-runs at most the trials that ended
         # in those 2 s. As the snapshot grows, its period grows to keep it at 5% of the time.
-        # One driver round trip per second of short epochs, not per epoch (ray_internals).
-        with bounded_snapshots(2.0), buffered_results(1.0):
+        # One driver round trip per second of short epochs, not per epoch, and no read-back
+        # of every trial's results into pandas when Tune ends (ray_internals).
+        with bounded_snapshots(2.0), buffered_results(1.0), no_trial_dataframes():
             grid = tuner.fit()
     finally:
         watch.restore_handlers()

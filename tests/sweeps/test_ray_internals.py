@@ -304,3 +304,39 @@ def test_only_schedulers_that_never_pause_get_batches(ray_local, tmp_path, monke
         assert calls.count("train_buffered") >= 1 and calls.count("train") == 0
     else:
         assert calls.count("train_buffered") == 0 and calls.count("train") >= 6
+
+
+def test_no_trial_dataframes_keeps_what_a_sweep_reads_of_the_grid(ray_local, tmp_path):
+    """Without the per-trial frames the grid still has every trial, its last result, its
+    error and the error count; Tune's own read-back is back after the block."""
+    from ray import tune
+    from ray.tune.analysis.experiment_analysis import ExperimentAnalysis
+
+    from sweeps.ray_internals import no_trial_dataframes
+
+    def trainable(config):
+        if config["x"] == 2:
+            raise ValueError("boom")
+        for epoch in (1, 2):
+            tune.report({"epoch": epoch, "x": config["x"]})
+
+    def run(name: str):
+        return tune.Tuner(
+            trainable,
+            param_space={"x": tune.grid_search([1, 2, 3])},
+            run_config=tune.RunConfig(name=name, storage_path=str(tmp_path), verbose=0),
+        ).fit()
+
+    original = ExperimentAnalysis._fetch_trial_dataframes
+    with no_trial_dataframes():
+        assert ExperimentAnalysis._fetch_trial_dataframes is not original
+        skipped = run("skipped")
+    assert ExperimentAnalysis._fetch_trial_dataframes is original
+    full = run("full")
+    for grid in (skipped, full):
+        assert len(grid) == 3
+        assert grid.num_errors == 1
+        ok = sorted((r.metrics["x"], r.metrics["epoch"]) for r in grid if r.error is None)
+        assert ok == [(1, 2), (3, 2)]
+    assert all(r.metrics_dataframe.empty for r in skipped)
+    assert all(len(r.metrics_dataframe) == 2 for r in full if r.error is None)

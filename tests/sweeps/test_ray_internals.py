@@ -306,11 +306,12 @@ def test_only_schedulers_that_never_pause_get_batches(ray_local, tmp_path, monke
         assert calls.count("train_buffered") == 0 and calls.count("train") >= 6
 
 
-def test_no_trial_dataframes_keeps_what_a_sweep_reads_of_the_grid(ray_local, tmp_path):
+def test_no_trial_dataframes_keeps_what_a_sweep_reads_of_the_grid(ray_local, tmp_path, monkeypatch):
     """Without the per-trial frames the grid still has every trial, its last result, its
     error and the error count; Tune's own read-back is back after the block."""
     from ray import tune
     from ray.tune.analysis.experiment_analysis import ExperimentAnalysis
+    from ray.tune.logger import JsonLoggerCallback
 
     from sweeps.ray_internals import no_trial_dataframes
 
@@ -320,11 +321,17 @@ def test_no_trial_dataframes_keeps_what_a_sweep_reads_of_the_grid(ray_local, tmp
         for epoch in (1, 2):
             tune.report({"epoch": epoch, "x": config["x"]})
 
+    # Each trial's result.json, as a sweep writes it (runner: Tune's automatic loggers off, its
+    # JSON logger on), whatever an earlier test in this process left in the environment.
+    monkeypatch.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+
     def run(name: str):
         return tune.Tuner(
             trainable,
             param_space={"x": tune.grid_search([1, 2, 3])},
-            run_config=tune.RunConfig(name=name, storage_path=str(tmp_path), verbose=0),
+            run_config=tune.RunConfig(
+                name=name, storage_path=str(tmp_path), verbose=0, callbacks=[JsonLoggerCallback()]
+            ),
         ).fit()
 
     original = ExperimentAnalysis._fetch_trial_dataframes

@@ -248,10 +248,19 @@ import json
 import sys
 
 step_path, status_path, max_procs, devices_path = sys.argv[1:5]
-try:
-    with open(step_path) as f:
-        report = json.load(f)
-except (OSError, ValueError):
+
+
+def load(path):
+    """A stage's JSON, or None when the stage wrote none (failed, timed out)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+report = load(step_path)
+if report is None:
     print("- step cost: no numbers (the stage did not finish)")
 else:
     print(
@@ -267,10 +276,8 @@ else:
             f"{r['images_per_s']:.0f} | {r['ratio']:.3f} |"
         )
     print()
-try:
-    with open(status_path) as f:
-        status = json.load(f)
-except (OSError, ValueError):
+status = load(status_path)
+if status is None:
     print("- sweep: no status (the sweep did not record one)")
 else:
     trials = status.get("trials", [])
@@ -286,10 +293,8 @@ else:
         f"{status.get('status')}; trials: {states}; best val_acc {best}; most processes on "
         f"the GPU at once (nvidia-smi, sampled each second): {seen}"
     )
-try:
-    with open(devices_path) as f:
-        devices = json.load(f)
-except (OSError, ValueError):
+devices = load(devices_path)
+if devices is None:
     print("- devices the trials trained on: unknown (not read from MLflow)")
 else:
     used = ", ".join(f"{d} × {n}" for d, n in sorted(devices["devices"].items())) or "none"

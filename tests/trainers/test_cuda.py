@@ -9,14 +9,20 @@ test_perturbations.py and test_loop.py; these check that nothing in them depends
 
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest
 import torch
 
-from tests.trainers.test_loop import spec
-from tests.trainers.test_perturbations import CASES, KINDS, REFERENCES, closure_for, make
+from tests.trainers.test_loop import assert_follows_fp32, spec
+from tests.trainers.test_perturbations import (
+    CASES,
+    KINDS,
+    REFERENCES,
+    assert_restores,
+    closure_for,
+    make,
+)
 from trainers import fit
 from trainers.loop import resolve_device
 from trainers.perturbations import build
@@ -59,17 +65,7 @@ def test_gradient_on_cuda_matches_the_cpu_reference(kind, hparams, model_name, n
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_weights_are_restored_bit_identically_on_cuda(kind):
-    model, x, y = _on_cuda("cnn_bn")
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    twin = copy.deepcopy(model)
-    closure_for(twin, x, y, [0])()  # one plain pass: the BN statistics plain training gives
-    build(kind, model, **({"radius": 0.3} if kind != "erm" else {})).backward(
-        closure_for(model, x, y, [0])
-    )
-    for n, p in model.named_parameters():
-        assert torch.equal(p, before[n]), f"{kind}: {n} not restored bit-identically"
-    for (n, b), b_twin in zip(model.named_buffers(), twin.buffers(), strict=True):
-        assert torch.equal(b, b_twin), f"{kind}: buffer {n} differs from one unperturbed pass"
+    assert_restores(kind, *_on_cuda("cnn_bn"))
 
 
 def test_device_auto_is_cuda_here():
@@ -101,11 +97,7 @@ def test_training_on_cuda_learns_in_every_precision(kind, precision):
 
 
 def test_bf16_on_cuda_follows_fp32(no_tf32):
-    ref = fit(spec(epochs=2, device="cuda")).history
-    got = fit(spec(epochs=2, device="cuda", precision="bf16")).history
-    assert [m["train_loss"] for m in got] == pytest.approx([m["train_loss"] for m in ref], rel=5e-2)
-    # autocast really ran in bf16 on the GPU: the losses are not bit-equal to fp32's
-    assert [m["val_loss"] for m in got] != [m["val_loss"] for m in ref]
+    assert_follows_fp32("bf16", rel=5e-2, device="cuda")
 
 
 def test_cuda_and_cpu_train_alike_in_fp32(no_tf32):

@@ -195,7 +195,12 @@ def test_amp_cases_cover_clipping_and_not():
 @pytest.mark.parametrize("model_name", ["mlp_bn", "cnn_bn"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_restores_weights_bit_identically_and_keeps_unperturbed_bn_stats(kind, model_name):
-    model, x, y = make(model_name)
+    assert_restores(kind, *make(model_name))
+
+
+def assert_restores(kind: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    """After one step of ``kind`` the weights are bit-identical to before it and the BN
+    buffers are those of one unperturbed pass (also run on CUDA, test_cuda.py)."""
     hp = {"radius": 0.3} if kind != "erm" else {}
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     twin = copy.deepcopy(model)

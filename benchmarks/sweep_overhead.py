@@ -50,6 +50,8 @@ senses: (a) the first full-length trial whose final-epoch ``val_acc`` >= target 
     python benchmarks/sweep_overhead.py                     # --part all: ~5 min on 2 idle cores
     python benchmarks/sweep_overhead.py --part overhead
     python benchmarks/sweep_overhead.py --quick             # seconds-long trials (the test's)
+    python benchmarks/sweep_overhead.py --part overhead --trial-seconds 30 --slots 2
+        # 30-s trials on any machine (epochs calibrated here first), 2 slots whatever its cores
 
 Each part prints a markdown section and appends it to ``benchmarks/RESULTS.md`` (``--results``
 elsewhere) with the date (UTC), the machine, the load averages and the exact command.
@@ -216,6 +218,7 @@ def make_spec(
         "metric": "val_acc",
         "mode": "max",
         "finalists": {"top_k": 0},  # the search's own overhead: no confirmation stage
+        "max_concurrent": cfg.get("slots"),  # None: one trial per CPU
         "storage_path": str(tmp / "ray_results"),
         "tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
     }
@@ -615,6 +618,30 @@ def start_ray() -> float:
     return time.perf_counter() - t
 
 
+def calibrate_epochs(cfg: dict[str, Any], seconds: float, probe: int = 4) -> tuple[int, float]:
+    """Epochs for part 1's trials to train about ``seconds`` each on this machine, and the
+    seconds per epoch that gave them: ``probe`` epochs of the part's training (the middle of
+    its radius range, one inner step, one torch thread as in a 1-CPU trial) run here, before
+    Ray starts; the median ``epoch_seconds`` of all but the first (warm-up) sets the count.
+    For machines whose cores are much faster or slower than the 2-core EPYC the defaults were
+    set on, where a fixed epoch count would give trials of another length."""
+    import torch
+
+    from trainers import TrainSpec
+    from trainers.loop import fit
+
+    train = {**TRAIN, "epochs": probe, "data": data_spec(cfg)}
+    train["perturbation"] = {"kind": "amp", "radius": sum(RADIUS) / 2, "inner_steps": 1}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = fit(TrainSpec.model_validate(train))
+    finally:
+        torch.set_num_threads(threads)
+    per_epoch = statistics.median(h["epoch_seconds"] for h in result.history[1:])
+    return max(1, round(seconds / per_epoch)), per_epoch
+
+
 def init_mlflow(tmp: Path) -> float:
     """Create the SQLite tracking database (schema migrations) and the Optuna study database
     beside it (``SweepSpec.optuna_storage_url``: its tables) before anything is timed: both
@@ -846,7 +873,9 @@ def part_overhead(
         "| measure | value |",
         "|---|---:|",
         f"| trials finished / epochs each | {len(trials)} / {cfg['epochs']} |",
-        f"| slots (Ray CPUs {ray.cluster_resources().get('CPU', 0):g}, 1 CPU per trial) "
+        f"| slots (Ray CPUs {ray.cluster_resources().get('CPU', 0):g}, 1 CPU per trial"
+        + ("" if spec.max_concurrent is None else f", max_concurrent {spec.max_concurrent}")
+        + ") "
         f"| {slots} |",
         f"| max trials running at once, MLflow run start/end | {max_overlap(mlflow_ivs)} |",
         f"| max trials running at once, driver on_trial_start/complete "
@@ -1077,6 +1106,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--target", type=float, help="part 2 target val_acc (default 0.82)")
     p.add_argument("--epochs", type=int, help="part 1 epochs per trial (default 120)")
     p.add_argument("--num-train", type=int, help="part 1 MNIST-1D training examples (4000)")
+    p.add_argument(
+        "--trial-seconds",
+        type=float,
+        help="part 1: choose the epochs so a trial trains about this long here (calibrated "
+        "before timing; overrides --epochs)",
+    )
+    p.add_argument(
+        "--slots",
+        type=int,
+        help="trials at once (the spec's max_concurrent; default: one per CPU); fewer leave "
+        "cores to the driver and Ray's own processes, as on a cluster's head node",
+    )
     p.add_argument("--keep", action="store_true", help="keep the temporary sweep directory")
     p.add_argument(
         "--cold-cache",
@@ -1108,6 +1149,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.num_train is not None:
         over_cfg["num_train"] = args.num_train
     search_cfg = dict(QUICK_SEARCH if args.quick else SEARCH)
+    over_cfg["slots"] = search_cfg["slots"] = args.slots
     if args.target is not None:
         search_cfg["target"] = args.target
     asha = QUICK_ASHA if args.quick else ASHA
@@ -1123,6 +1165,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     # First, on an idle machine: what every new worker imports (skipped by the smoke run).
     floor = None if args.quick or args.part == "search" else import_floor()
     warm_s = None if args.cold_cache else warm_datasets([over_cfg, search_cfg])
+    calibration = ""
+    if args.trial_seconds is not None and args.part != "search":
+        over_cfg["epochs"], per_epoch = calibrate_epochs(over_cfg, args.trial_seconds)
+        calibration = (
+            f"- epochs calibrated for ~{args.trial_seconds:g}-s trials: {per_epoch:.3f} s per "
+            f"epoch alone (1 thread, before Ray started) -> {over_cfg['epochs']} epochs\n"
+        )
     try:
         load_before_ray = os.getloadavg()
         if args.quick:
@@ -1140,7 +1189,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             f"- machine: {machine()}\n"
             f"- code: {code_state()}\n"
             f"- command: `{command}`{quick}\n"
-            f"- Ray start-up (ray.init, local, no dashboard): {ray_s:.1f} s, load before it "
+            + calibration
+            + f"- Ray start-up (ray.init, local, no dashboard): {ray_s:.1f} s, load before it "
             f"{fmt_load(load_before_ray)}; MLflow and Optuna SQLite schema creation "
             f"(before timing): {mlflow_s:.1f} s\n"
             f"- dataset cache ({'--cold-cache' if args.cold_cache else cache_dir()}): "

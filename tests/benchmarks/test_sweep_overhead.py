@@ -68,7 +68,16 @@ def split_sections(text: str) -> dict[str, str]:
 def test_quick_run_appends_both_parts(tmp_path: Path) -> None:
     results = tmp_path / "RESULTS.md"
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--cold-cache", "--results", str(results)],
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--quick",
+            "--cold-cache",
+            "--slots",
+            "1",
+            "--results",
+            str(results),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -95,6 +104,10 @@ def test_quick_run_appends_both_parts(tmp_path: Path) -> None:
         nums = numbers(values[key])
         assert nums and all(v > 0 for v in nums), (label, values[key])
     assert numbers(values["trials finished / epochs each"]) == [2, 3]
+    # --slots caps the trials at once (the spec's max_concurrent): one slot, one at a time.
+    slots_row = next(k for k in values if k.startswith("slots (Ray CPUs"))
+    assert slots_row.endswith("1 CPU per trial, max_concurrent 1)") and values[slots_row] == "1"
+    assert numbers(values["max trials running at once, MLflow run start/end"]) == [1]
     # A new actor's wait for its first result, and the part of it inside its first `train`
     # call (where imports and set-up run), in both arms: a part, so no larger than the whole.
     whole = numbers(
@@ -146,3 +159,21 @@ def test_import_floor_times_each_module_in_turn_in_a_fresh_interpreter() -> None
     assert [m for m, _ in floor] == ["json", "ray"]
     assert all(s > 0 for _, s in floor) and floor[1][1] > floor[0][1]  # ray is no stdlib module
     assert not ray_here
+
+
+def test_calibrate_epochs_sizes_trials_from_a_probe_run() -> None:
+    """``--trial-seconds``: a probe of 4 epochs of part 1's training (here the quick part's
+    synthetic data) sets the epoch count from the median epoch after the first, and the
+    caller's torch thread count is left as it was."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import sweep_overhead
+
+    threads = torch.get_num_threads()
+    cfg = sweep_overhead.QUICK_OVERHEAD
+    epochs, per_epoch = sweep_overhead.calibrate_epochs(cfg, 3.0)
+    assert 0 < per_epoch < 3.0
+    assert epochs == max(1, round(3.0 / per_epoch))
+    assert sweep_overhead.calibrate_epochs(cfg, 1e-6)[0] == 1  # never zero epochs
+    assert torch.get_num_threads() == threads

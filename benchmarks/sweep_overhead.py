@@ -618,27 +618,39 @@ def start_ray() -> float:
     return time.perf_counter() - t
 
 
-def calibrate_epochs(cfg: dict[str, Any], seconds: float, probe: int = 4) -> tuple[int, float]:
+# Run in a fresh interpreter with one OpenMP thread, as Ray starts a 1-CPU trial's worker: the
+# driver's own torch has a thread pool sized for the whole machine.
+_PROBE = (
+    "import json, sys\n"
+    "from trainers import TrainSpec\n"
+    "from trainers.loop import fit\n"
+    "result = fit(TrainSpec.model_validate(json.loads(sys.argv[1])))\n"
+    "print(json.dumps([h['epoch_seconds'] for h in result.history]))\n"
+)
+
+
+def calibrate_epochs(cfg: dict[str, Any], seconds: float, probe: int = 8) -> tuple[int, float]:
     """Epochs for part 1's trials to train about ``seconds`` each on this machine, and the
     seconds per epoch that gave them: ``probe`` epochs of the part's training (the middle of
-    its radius range, one inner step, one torch thread as in a 1-CPU trial) run here, before
-    Ray starts; the median ``epoch_seconds`` of all but the first (warm-up) sets the count.
-    For machines whose cores are much faster or slower than the 2-core EPYC the defaults were
-    set on, where a fixed epoch count would give trials of another length."""
-    import torch
-
-    from trainers import TrainSpec
-    from trainers.loop import fit
-
+    its radius range, one inner step) run alone in a fresh interpreter with one thread, as a
+    1-CPU trial's worker, before Ray starts; the median ``epoch_seconds`` of the second half
+    (past the warm-up) sets the count. For machines whose cores are faster or slower than
+    the 2-core EPYC the defaults were set on, where a fixed epoch count gives trials of
+    another length. Trials in the sweep share the machine, so theirs can differ by ~10-20%;
+    the table gives the epoch times they really had."""
     train = {**TRAIN, "epochs": probe, "data": data_spec(cfg)}
     train["perturbation"] = {"kind": "amp", "radius": sum(RADIUS) / 2, "inner_steps": 1}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        result = fit(TrainSpec.model_validate(train))
-    finally:
-        torch.set_num_threads(threads)
-    per_epoch = statistics.median(h["epoch_seconds"] for h in result.history[1:])
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE, json.dumps(train)],
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
+    epochs = json.loads(done.stdout.splitlines()[-1])
+    per_epoch = statistics.median(epochs[len(epochs) // 2 :])
     return max(1, round(seconds / per_epoch)), per_epoch
 
 
@@ -1170,7 +1182,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         over_cfg["epochs"], per_epoch = calibrate_epochs(over_cfg, args.trial_seconds)
         calibration = (
             f"- epochs calibrated for ~{args.trial_seconds:g}-s trials: {per_epoch:.3f} s per "
-            f"epoch alone (1 thread, before Ray started) -> {over_cfg['epochs']} epochs\n"
+            "epoch alone (1 thread, a fresh interpreter, before Ray started) -> "
+            f"{over_cfg['epochs']} epochs\n"
         )
     try:
         load_before_ray = os.getloadavg()

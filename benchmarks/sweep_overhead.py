@@ -8,7 +8,7 @@ the driver's timestamps) and Tune's per-trial ``result.json`` (the worker's ``ti
 
 Part 1, ``overhead``: 8 trials of ~20 s of training each (MNIST-1D, cnn1d, AMP with one inner
 step so every trial costs the same; FIFO scheduler and random sampler, so no trial stops early),
-1 CPU per trial. With S slots (CPUs / 1)::
+1 CPU per trial. With S slots (CPUs / 1, or ``--slots``)::
 
     overhead = 1 - sum(training seconds of all trials) / (wall seconds * S)
 
@@ -1110,6 +1110,22 @@ def part_search(cfg: dict[str, Any], asha: dict[str, Any], tmp: Path) -> tuple[s
 # -- main ----------------------------------------------------------------------------------------
 
 
+def positive(kind: type[int] | type[float]) -> Any:
+    """An argparse type: a number of ``kind`` above zero, else one line naming the value."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not value > 0 or not math.isfinite(value):
+            what = "a whole number" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"must be {what} above 0, got {text!r}")
+        return value
+
+    return parse
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--part", choices=["overhead", "search", "all"], default="all")
@@ -1120,13 +1136,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--num-train", type=int, help="part 1 MNIST-1D training examples (4000)")
     p.add_argument(
         "--trial-seconds",
-        type=float,
+        type=positive(float),
         help="part 1: choose the epochs so a trial trains about this long here (calibrated "
         "before timing; overrides --epochs)",
     )
     p.add_argument(
         "--slots",
-        type=int,
+        type=positive(int),
         help="trials at once (the spec's max_concurrent; default: one per CPU); fewer leave "
         "cores to the driver and Ray's own processes, as on a cluster's head node",
     )

@@ -173,3 +173,27 @@ def test_calibrate_epochs_sizes_trials_from_a_probe_run() -> None:
     assert 0 < per_epoch < 3.0
     assert epochs == max(1, round(3.0 / per_epoch))
     assert sweep_overhead.calibrate_epochs(cfg, 1e-6, probe=2)[0] == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--slots", "0"], "argument --slots: must be a whole number above 0, got '0'"),
+        (["--slots", "1.5"], "argument --slots: must be a whole number above 0, got '1.5'"),
+        (["--trial-seconds", "-3"], "argument --trial-seconds: must be a number above 0, got '-3'"),
+        (["--trial-seconds", "nan"], "argument --trial-seconds: must be a number above 0"),
+    ],
+)
+def test_bad_slots_or_trial_seconds_stop_before_anything_runs(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Refused by the argument parser (exit 2, one line naming the flag), before the import
+    floor, the probe or Ray."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import sweep_overhead
+
+    with pytest.raises(SystemExit) as e:
+        sweep_overhead.parse_args(args)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err.splitlines()[-1]
+    assert sweep_overhead.parse_args(["--slots", "2", "--trial-seconds", "30"]).slots == 2

@@ -570,6 +570,15 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+#: Runs per ``search_runs`` page when reading a sweep's children. MLflow's SQL store builds a
+#: page's runs from its rows of tags, params and latest metrics (~75 per child here) all at
+#: once, about 95 KB of transient objects per run against 15 KB per finished ``Run``: reading
+#: 1000 children from SQLite in pages of 1000 raised the reader's RSS by 93 MB, in pages of 250
+#: by 40 and of 100 by 27, in 0.70, 0.74 and 0.77 s (2-core Xeon). Smaller pages reuse the
+#: memory of the one before; the RSS glibc keeps then grows with the page, not the sweep.
+CHILDREN_PAGE = 200
+
+
 def find_children(
     client: MlflowClient, experiment_id: str, parent_id: str, stage: str | None = None
 ) -> list[Run]:
@@ -582,7 +591,7 @@ def find_children(
     with gc_paused():
         while True:
             page = client.search_runs(
-                [experiment_id], filter_string=flt, max_results=1000, page_token=token
+                [experiment_id], filter_string=flt, max_results=CHILDREN_PAGE, page_token=token
             )
             out.extend(page)
             token = page.token

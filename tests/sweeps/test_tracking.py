@@ -364,3 +364,37 @@ def test_gc_paused_restores_the_collector_as_it_was() -> None:
         assert not gc.isenabled()  # left off, as the caller had it
     finally:
         gc.enable()
+
+
+def test_find_children_reads_every_page_of_children_and_only_those(store, monkeypatch):
+    """Children are read in pages of ``CHILDREN_PAGE`` (kept small for the reader's memory):
+    with pages of 3, all 7 children of the parent come back once each, a stage filter keeps
+    its own, and another parent's child is left out."""
+    from sweeps import tracking
+
+    _, client, exp, parent = store
+    monkeypatch.setattr(tracking, "CHILDREN_PAGE", 3)
+    ids = {
+        client.create_run(
+            exp,
+            tags={TAG_PARENT: parent, tracking.TAG_STAGE: "finalist" if i < 2 else "search"},
+        ).info.run_id
+        for i in range(7)
+    }
+    other = client.create_run(exp).info.run_id
+    client.create_run(exp, tags={TAG_PARENT: other})
+    calls = []
+    search = client.search_runs
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs["max_results"])
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(client, "search_runs", counted)
+    runs = tracking.find_children(client, exp, parent)
+    assert sorted(r.info.run_id for r in runs) == sorted(ids)
+    assert calls == [3, 3, 3]  # 3 + 3 + 1
+    finalists = tracking.find_children(client, exp, parent, stage="finalist")
+    assert len(finalists) == 2 and {r.data.tags[tracking.TAG_STAGE] for r in finalists} == {
+        "finalist"
+    }

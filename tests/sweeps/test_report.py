@@ -204,6 +204,30 @@ def test_importance_names_the_evaluator_and_ranks_the_radius_first(
     assert sum(float(x) for _, x in rows) == pytest.approx(1.0, abs=3e-3)
 
 
+def test_importance_above_256_trials_caps_the_trees_and_says_so(tmp_path: Path) -> None:
+    """Above ``IMPORTANCE_FULL_DEPTH_TRIALS`` search trials fANOVA's trees stop at depth 8
+    (the default's cost grows with the square of the trials); the report names the evaluator
+    it really used, and the radius, the only parameter val_acc depends on, still ranks first.
+    At the threshold the default evaluator is used."""
+    from sweeps.report import IMPORTANCE_FULL_DEPTH_TRIALS
+
+    for n, capped in (
+        (IMPORTANCE_FULL_DEPTH_TRIALS + 1, True),
+        (IMPORTANCE_FULL_DEPTH_TRIALS, False),
+    ):
+        out = tmp_path / str(n)
+        section = _section(
+            write_report(_record(n_search=n), out)[0].read_text(), "Hyperparameter importance"
+        )
+        assert (f"of {n} FINISHED search trials") in section
+        assert ("FanovaImportanceEvaluator(seed=0, max_depth=8)" in section) is capped
+        assert ("FanovaImportanceEvaluator(seed=0)" in section) is not capped
+        assert ("trees stop at depth 8" in section) is capped
+        rows = re.findall(r"\| `([^`]+)` \| ([0-9.]+) \|", section)
+        assert rows[0][0] == "perturbation.radius", rows
+        assert sum(float(x) for _, x in rows) == pytest.approx(1.0, abs=3e-3)
+
+
 def test_importance_skipped_with_too_few_trials(tmp_path: Path) -> None:
     paths = write_report(_record(n_search=3), tmp_path)
     section = _section(paths[0].read_text(), "Hyperparameter importance")

@@ -19,11 +19,10 @@ random forest attributes to each parameter, and are only as good as that forest'
 Deviation from Optuna's default evaluator, above ``IMPORTANCE_FULL_DEPTH_TRIALS`` trials only:
 its trees (64 of them, ``max_depth`` 64) grow about a leaf per trial, and the marginal variances
 walk each tree once per split value of the parameter, so the cost grows with the square of the
-trials: 17 s at 1000 trials and minutes at 3000 on a noisy objective (2-core Xeon), all spent in
+trials: 17 s at 1000 trials and 109 s at 3000 on a noisy objective (2-core Xeon), all spent in
 the driver after the last trial. Beyond 256 trials the trees stop at depth 8 (at most 256
-leaves): 1.6 s at 1000 trials and 2.4 s at 3000, with importances within 0.01-0.02 of the
-full-depth ones where both were computed (300 and 1000 trials of a known objective); the report
-names the depth it used.
+leaves): 1.6 s at 1000 trials and 2.4 s at 3000, with importances within 0.02 of the full-depth
+ones at 300, 1000 and 3000 trials of a known objective; the report names the depth it used.
 """
 
 from __future__ import annotations

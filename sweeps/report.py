@@ -67,9 +67,9 @@ FIGURES = (FIG_IMPORTANCE, FIG_RADIUS, FIG_CONTOUR, FIG_CURVES)
 DPI = 100  # small files: the report is an MLflow artifact, viewed in a browser
 MIN_IMPORTANCE_TRIALS = 4  # fewer points than this cannot fit a forest worth reading
 IMPORTANCE_EVALUATOR = "FanovaImportanceEvaluator(seed=0)"
-#: Up to this many trials fANOVA's trees keep Optuna's default depth (64), which a forest
-#: on this few trials never reaches beyond this many leaves; above it they stop at depth
-#: ``IMPORTANCE_CAPPED_DEPTH`` (module doc: the default's cost grows with trials squared).
+#: Up to this many trials fANOVA keeps Optuna's default trees (depth 64: on this few trials
+#: at most this many leaves, as many as a depth-8 tree holds); above it the trees stop at
+#: depth ``IMPORTANCE_CAPPED_DEPTH`` (module doc: the default's cost grows with trials squared).
 IMPORTANCE_FULL_DEPTH_TRIALS = 256
 IMPORTANCE_CAPPED_DEPTH = 8
 

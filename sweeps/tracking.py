@@ -574,8 +574,9 @@ def gc_paused() -> Iterator[None]:
 #: page's runs from its rows of tags, params and latest metrics (~75 per child here) all at
 #: once, about 95 KB of transient objects per run against 15 KB per finished ``Run``: reading
 #: 1000 children from SQLite in pages of 1000 raised the reader's RSS by 93 MB, in pages of 250
-#: by 40 and of 100 by 27, in 0.70, 0.74 and 0.77 s (2-core Xeon). Smaller pages reuse the
-#: memory of the one before; the RSS glibc keeps then grows with the page, not the sweep.
+#: by 40 and of 100 by 27, in 0.70, 0.74 and 0.77 s (2-core Xeon). A page reuses the memory
+#: of the one before, so the transient part grows with the page, not with the sweep (the
+#: finished runs the caller keeps still do, about 15 MB per 1000).
 CHILDREN_PAGE = 200
 
 

@@ -586,6 +586,21 @@ _IMPORT_TIMER = (
 )
 
 
+def fresh_json(code: str, *args: str, timeout: float, **env: str) -> Any:
+    """Run ``code`` in a fresh interpreter (this one's Python, in the repository, with ``env``
+    added to this environment) and return the JSON it printed on its last line."""
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=timeout,
+    )
+    return json.loads(done.stdout.splitlines()[-1])
+
+
 def import_floor(modules: Sequence[str] = WORKER_IMPORTS) -> list[tuple[str, float]]:
     """Seconds each of ``modules`` takes to import, in turn, in a fresh interpreter.
 
@@ -594,15 +609,7 @@ def import_floor(modules: Sequence[str] = WORKER_IMPORTS) -> list[tuple[str, flo
     machine. Timed alone, before Ray starts; in a sweep the workers start at once beside the
     driver and take longer.
     """
-    done = subprocess.run(
-        [sys.executable, "-c", _IMPORT_TIMER, *modules],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    )
-    return list(zip(modules, json.loads(done.stdout.splitlines()[-1]), strict=True))
+    return list(zip(modules, fresh_json(_IMPORT_TIMER, *modules, timeout=300), strict=True))
 
 
 def start_ray() -> float:
@@ -640,16 +647,7 @@ def calibrate_epochs(cfg: dict[str, Any], seconds: float, probe: int = 8) -> tup
     the table gives the epoch times they really had."""
     train = {**TRAIN, "epochs": probe, "data": data_spec(cfg)}
     train["perturbation"] = {"kind": "amp", "radius": sum(RADIUS) / 2, "inner_steps": 1}
-    done = subprocess.run(
-        [sys.executable, "-c", _PROBE, json.dumps(train)],
-        cwd=ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=600,
-    )
-    epochs = json.loads(done.stdout.splitlines()[-1])
+    epochs = fresh_json(_PROBE, json.dumps(train), timeout=600, OMP_NUM_THREADS="1")
     per_epoch = statistics.median(epochs[len(epochs) // 2 :])
     return max(1, round(seconds / per_epoch)), per_epoch
 

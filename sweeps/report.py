@@ -66,7 +66,6 @@ FIG_CURVES = "val_curves.png"
 FIGURES = (FIG_IMPORTANCE, FIG_RADIUS, FIG_CONTOUR, FIG_CURVES)
 DPI = 100  # small files: the report is an MLflow artifact, viewed in a browser
 MIN_IMPORTANCE_TRIALS = 4  # fewer points than this cannot fit a forest worth reading
-IMPORTANCE_EVALUATOR = "FanovaImportanceEvaluator(seed=0)"
 #: Up to this many trials fANOVA keeps Optuna's default trees (depth 64: on this few trials
 #: at most this many leaves, as many as a depth-8 tree holds); above it the trees stop at
 #: depth ``IMPORTANCE_CAPPED_DEPTH`` (module doc: the default's cost grows with trials squared).
@@ -415,13 +414,12 @@ def _importance_section(record: SweepRecord, trials: list[TrialRecord]) -> Secti
     from optuna.importance import FanovaImportanceEvaluator
 
     capped = len(trials) > IMPORTANCE_FULL_DEPTH_TRIALS
-    evaluator, name = FanovaImportanceEvaluator(seed=0), IMPORTANCE_EVALUATOR
-    if capped:
-        evaluator = FanovaImportanceEvaluator(seed=0, max_depth=IMPORTANCE_CAPPED_DEPTH)
-        name = f"FanovaImportanceEvaluator(seed=0, max_depth={IMPORTANCE_CAPPED_DEPTH})"
+    # The report names the evaluator from the arguments it really got.
+    kwargs = {"seed": 0, **({"max_depth": IMPORTANCE_CAPPED_DEPTH} if capped else {})}
+    name = f"FanovaImportanceEvaluator({', '.join(f'{k}={v}' for k, v in kwargs.items())})"
     with _quiet_optuna():
         importances = optuna.importance.get_param_importances(
-            _study(record, trials), evaluator=evaluator, params=common
+            _study(record, trials), evaluator=FanovaImportanceEvaluator(**kwargs), params=common
         )
     dropped = ", ".join(_code(p) for p in record.searched if p not in common)
     lines += [

@@ -7,6 +7,7 @@ asserted: no timing thresholds beyond a guard against a hung run.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import subprocess
@@ -161,13 +162,21 @@ def test_import_floor_times_each_module_in_turn_in_a_fresh_interpreter() -> None
     assert not ray_here
 
 
-def test_calibrate_epochs_sizes_trials_from_a_probe_run() -> None:
+@pytest.fixture(scope="module")
+def sweep_overhead():
+    """The script as a module, loaded from its file as the other benchmarks' tests load theirs."""
+    spec = importlib.util.spec_from_file_location("sweep_overhead", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_calibrate_epochs_sizes_trials_from_a_probe_run(sweep_overhead) -> None:
     """``--trial-seconds``: a probe of 8 epochs of part 1's training (here the quick part's
     synthetic data), in an interpreter of its own, sets the epoch count from the median of
     its last 4 epochs; never fewer than one."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import sweep_overhead
-
     cfg = sweep_overhead.QUICK_OVERHEAD
     epochs, per_epoch = sweep_overhead.calibrate_epochs(cfg, 3.0)
     assert 0 < per_epoch < 3.0
@@ -185,13 +194,10 @@ def test_calibrate_epochs_sizes_trials_from_a_probe_run() -> None:
     ],
 )
 def test_bad_slots_or_trial_seconds_stop_before_anything_runs(
-    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+    sweep_overhead, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Refused by the argument parser (exit 2, one line naming the flag), before the import
     floor, the probe or Ray."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import sweep_overhead
-
     with pytest.raises(SystemExit) as e:
         sweep_overhead.parse_args(args)
     assert e.value.code == 2

@@ -9,7 +9,6 @@ from the intervals, and no claim the interval does not make.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import re
@@ -18,6 +17,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests._scripts import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "method_table.py"
@@ -35,18 +36,9 @@ ROW = re.compile(
 ERM_ROW = re.compile(rf"^\| ERM \| — \(the reference\) \| [^|]+ \| — \| — \| {PM} \|", re.M)
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("method_table", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def mt():
-    return load_script()
+    return load_benchmark("method_table")
 
 
 def _specs(mt, tmp_path: Path, **kw):

@@ -5,7 +5,6 @@ end on SQLite (about 10 s) and, as a ``cluster`` test, on a PostgreSQL-backed ``
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import random
 import re
@@ -15,6 +14,8 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from tests._scripts import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "mlflow_throughput.py"
@@ -37,12 +38,7 @@ COLUMNS = [
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("mlflow_throughput", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("mlflow_throughput")
 
 
 def numbers(cell: str) -> list[float]:

@@ -5,23 +5,13 @@ Speed is measured, never asserted: no timing thresholds here.
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "step_cost.py"
+from tests._scripts import load_benchmark
+
 # (label, closure calls): ERM 1, SAM 2, AMP 1 + K for K = 1, 2, 3, AWP 1 + inner_steps.
 EXPECTED = [("ERM", 1), ("SAM", 2), ("AMP K=1", 2), ("AMP K=2", 3), ("AMP K=3", 4), ("AWP", 2)]
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("step_cost", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def table_rows(text: str) -> list[list[str]]:
@@ -38,7 +28,7 @@ def table_rows(text: str) -> list[list[str]]:
 
 def test_quick_run_appends_one_row_per_method(tmp_path: Path) -> None:
     results = tmp_path / "RESULTS.md"
-    step_cost = load_script()
+    step_cost = load_benchmark("step_cost")
 
     rows = step_cost.main(["--quick", "--device", "cpu", "--results", str(results)])
 
@@ -62,7 +52,7 @@ def test_quick_run_appends_one_row_per_method(tmp_path: Path) -> None:
 def test_second_run_appends_without_repeating_the_intro(tmp_path: Path) -> None:
     results = tmp_path / "RESULTS.md"
     results.write_text("# Benchmark results\n\nearlier entries\n")
-    step_cost = load_script()
+    step_cost = load_benchmark("step_cost")
 
     step_cost.main(["--quick", "--device", "cpu", "--repeats", "1", "--results", str(results)])
 

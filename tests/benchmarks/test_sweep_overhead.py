@@ -7,7 +7,6 @@ asserted: no timing thresholds beyond a guard against a hung run.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
@@ -15,6 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests._scripts import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "sweep_overhead.py"
@@ -164,13 +165,8 @@ def test_import_floor_times_each_module_in_turn_in_a_fresh_interpreter() -> None
 
 @pytest.fixture(scope="module")
 def sweep_overhead():
-    """The script as a module, loaded from its file as the other benchmarks' tests load theirs."""
-    spec = importlib.util.spec_from_file_location("sweep_overhead", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    """The script as a module (``tests._scripts``)."""
+    return load_benchmark("sweep_overhead")
 
 
 def test_calibrate_epochs_sizes_trials_from_a_probe_run(sweep_overhead) -> None:

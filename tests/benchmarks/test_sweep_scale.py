@@ -6,7 +6,6 @@ cores), so it is a ``cluster`` test. Speed is measured, never asserted.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -17,6 +16,8 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+
+from tests._scripts import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "sweep_scale.py"
@@ -36,18 +37,9 @@ COLUMNS = [
 ]
 
 
-def load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("sweep_scale", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def scale() -> ModuleType:
-    return load_script()
+    return load_benchmark("sweep_scale")
 
 
 def numbers(cell: str) -> list[float]:

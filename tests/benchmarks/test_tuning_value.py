@@ -8,7 +8,6 @@ the report is: both intervals, both verdicts, one row per draw, and nothing reco
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import math
 import os
 import re
@@ -17,6 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests._scripts import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "tuning_value.py"
@@ -49,18 +50,9 @@ finalists: {top_k: 3, seeds: 3}
 """
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("tuning_value", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def tv():
-    return load_script()
+    return load_benchmark("tuning_value")
 
 
 @pytest.fixture

@@ -183,7 +183,8 @@ def _run(s, text: str, *, resume: bool, quiet: bool, search: bool = True) -> Non
 
         out.print(format_verdict_table(result.verdict), markup=False, highlight=False)
     elif s.finalists.top_k:
-        out.print("no verdict: the confirmation stage had nothing to confirm", markup=False)
+        why = result.no_verdict or "the confirmation stage had nothing to confirm"
+        out.print(f"no verdict: {why}", markup=False)
     if result.report_dir:
         out.print(
             f"report: {result.report_dir}/report.md (also the parent run's report/ artifacts)",

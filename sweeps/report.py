@@ -33,7 +33,7 @@ import os
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -105,6 +105,9 @@ class Verdict:
     verdict: str  # better | no_difference | worse
     cost_ratio_passes: float  # winner closure passes / baseline's
     cost_ratio_seconds: float  # winner measured training seconds / baseline's
+    # config id -> why it was left out: a finalist with a seed that diverged, ran out of
+    # memory or failed cannot win; baseline seeds without a result are left out of the pairs
+    excluded: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -183,6 +186,7 @@ def format_verdict_table(v: Verdict) -> str:
     width = max(len(r[1]) for r in rows)
     lines = [f"{v.metric} ({v.mode}), {len(v.seeds)} paired seeds [{seeds}]"]
     lines += [f"  {label:<9}{cfg:<{width}}  {text}".rstrip() for label, cfg, text in rows]
+    lines += [f"  excluded {cid}: {why}" for cid, why in v.excluded.items()]
     return "\n".join(lines)
 
 
@@ -285,6 +289,14 @@ def _verdict_section(record: SweepRecord) -> list[str]:
     ]
     if d.n == 1:
         lines += ["With one seed the spread is unknown: the interval is unbounded.", ""]
+    if v.excluded:
+        lines += [
+            "Left out: a finalist with a seed that diverged, ran out of memory or failed cannot "
+            "win (on the seeds it survived it would look better than it is), and a baseline "
+            "seed without a result has no pair.",
+            "",
+        ]
+        lines += [f"- {_code(cid)}: {why}" for cid, why in v.excluded.items()] + [""]
     lines += [
         f"Per seed ({m}):",
         "",

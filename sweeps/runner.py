@@ -267,6 +267,7 @@ class SweepResult:
     num_trials: int
     best: dict[str, Any] | None
     verdict: Any = None  # sweeps.report.Verdict, when the confirmation stage ran
+    no_verdict: str = ""  # why there is none, when the confirmation stage was on
     report_dir: str | None = None
 
     def ui_url(self, base: str | None = None) -> str:
@@ -743,15 +744,18 @@ def run_sweep(
         if confirm:
             stage = _confirm_stage(client, sweep, spec, search=search)
             if stage is None:
-                log.warning(
-                    "no search trial finished its full epoch budget: nothing to "
-                    "confirm, so no verdict"
-                )
+                result.no_verdict = "no search trial finished its full epoch budget"
             else:
                 num_trials += run_once(stage)
                 result.verdict = tracking.retrying(
                     lambda: tracking.log_verdict(client, sweep, spec)
                 )
+                if result.verdict is None:
+                    result.no_verdict = tracking.retrying(
+                        lambda: tracking.no_verdict_reason(client, sweep)
+                    )
+            if result.no_verdict:
+                log.warning("no verdict: %s", result.no_verdict)
         status = "FINISHED"
     except (Interrupted, KeyboardInterrupt):
         status = "KILLED"
@@ -791,7 +795,7 @@ def _close(
             }
         if status == "FINISHED":
             result.report_dir = _report(client, sweep, spec.resolved_storage(), runs)
-        note = tracking.parent_note(sweep, status, best, result.verdict)
+        note = tracking.parent_note(sweep, status, best, result.verdict, result.no_verdict)
         name = tracking.parent_name(sweep, status, result.verdict)
         tracking.retrying(
             lambda: tracking.close_parent(client, sweep, status, best, note, name, runs),

@@ -249,6 +249,16 @@ class SweepSpec(_Strict):
                 raise ValueError(
                     f"metric {m!r} needs a validation split, but train.data.val_fraction is 0"
                 )
+        primary = metrics[0]
+        if self.finalists.top_k and primary not in FINAL_METRICS and not test_metric_for(primary):
+            # The verdict picks the winner by this metric over the confirmation seeds and then
+            # compares it with the baseline on its test counterpart; without one it would
+            # compare the very numbers it picked by (the winner's curse again).
+            held_out = ", ".join(sorted(v for v in EPOCH_METRICS if test_metric_for(v)))
+            raise ValueError(
+                f"metric {primary!r} has no test-set counterpart for the finalists' verdict; "
+                f"put one of {held_out} first, or set finalists.top_k: 0"
+            )
         if len(metrics) > 1 and not SAMPLERS.get(self.searcher.sampler).multi_objective:
             multi = ", ".join(n for n in SAMPLERS.names() if SAMPLERS.get(n).multi_objective)
             raise ValueError(

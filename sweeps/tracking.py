@@ -1734,33 +1734,99 @@ def _test_metric(metric: str) -> str:
     return test_metric_for(metric) or metric
 
 
+def _why_unusable(run: Run, metric: str, test: str) -> str | None:
+    """Why a confirmation run cannot count, when it ended without a usable result; None when
+    it can, or when it has not ended (running, or killed and left for a resume)."""
+    tags, status = run.data.tags, run.info.status
+    if tags.get(TAG_DIVERGED) == "1":
+        return "diverged"
+    if tags.get(TAG_OOM) == "1":
+        return "ran out of memory"
+    if status == "FAILED":
+        return "failed"
+    if status == "FINISHED" and not (metric in run.data.metrics and test in run.data.metrics):
+        return f"finished without {metric} or {test}"
+    return None
+
+
+def _seed_outcomes(runs: Iterable[Run], metric: str, test: str) -> dict[str, dict[int, Any]]:
+    """Confirmation runs by config id, then seed: the usable ``Run``, else why the seed has
+    none (a string), else the seed is left out (it has not ended). A seed run twice (a resume
+    re-runs a failed one) counts its usable run."""
+    out: dict[str, dict[int, Any]] = {}
+    for r in runs:
+        if TAG_CONFIG not in r.data.tags or TAG_SEED not in r.data.tags:
+            continue
+        seeds = out.setdefault(r.data.tags[TAG_CONFIG], {})
+        seed, why = int(r.data.tags[TAG_SEED]), _why_unusable(r, metric, test)
+        if why is None and r.info.status == "FINISHED":
+            seeds[seed] = r
+        elif why is not None and not isinstance(seeds.get(seed), Run):
+            seeds[seed] = why
+    return out
+
+
+def _failures(seeds: dict[int, Any]) -> str:
+    """``{3: "diverged", 1: "failed"}`` -> "failed on seed 1; diverged on seed 3"."""
+    by_why: dict[str, list[int]] = {}
+    for s in sorted(seeds):
+        if isinstance(seeds[s], str):
+            by_why.setdefault(seeds[s], []).append(s)
+    return "; ".join(
+        f"{why} on seed{'s' if len(ss) > 1 else ''} {', '.join(map(str, ss))}"
+        for why, ss in by_why.items()
+    )
+
+
 def compute_verdict(client: MlflowClient, sweep: Sweep, runs: list[Run] | None = None) -> Any:
     """The winner (best mean validation metric over seeds) against the baseline, paired by
-    seed on the matching test metric; None without finished finalists and baseline.
-    ``runs``: the sweep's children if already read."""
+    seed on the matching test metric; None without an eligible finalist and a baseline.
+    ``runs``: the sweep's children if already read.
+
+    A finalist with a seed that diverged, ran out of memory or failed cannot win: judged on
+    its other seeds alone it would be chosen, and compared, on the seeds it survived. Such
+    finalists, and baseline seeds without a result (left out of the pairs), are named in
+    ``Verdict.excluded``; :func:`no_verdict_reason` says why there is no verdict at all.
+    """
+    return _confirmation(client, sweep, runs)[0]
+
+
+def no_verdict_reason(client: MlflowClient, sweep: Sweep, runs: list[Run] | None = None) -> str:
+    """Why :func:`compute_verdict` found no verdict, in one sentence for the user."""
+    verdict, excluded = _confirmation(client, sweep, runs)
+    if verdict is not None:
+        return ""
+    if not excluded:
+        return "the confirmation stage had no finished finalist and baseline on a shared seed"
+    named = "; ".join(f"{cid}: {why}" for cid, why in excluded.items())
+    return f"no finalist finished every seed with a result ({named})"
+
+
+def _confirmation(
+    client: MlflowClient, sweep: Sweep, runs: list[Run] | None
+) -> tuple[Any, dict[str, str]]:
     from sweeps.report import Verdict
     from sweeps.stats import mean_std, paired_difference, verdict
 
     metric, mode = sweep.objectives[0]
     test = _test_metric(metric)
-    groups = _by_config(_of_stage(client, sweep, runs, "finalist", "baseline"))
+    groups = _seed_outcomes(_of_stage(client, sweep, runs, "finalist", "baseline"), metric, test)
     baseline = groups.pop("baseline", {})
+    excluded: dict[str, str] = {}
+    if failed := _failures(baseline):
+        excluded["baseline"] = f"{failed} (left out of the pairs)"
     sign = 1.0 if mode == "max" else -1.0
     candidates = []
-    for cid, seeds in groups.items():
-        common = sorted(
-            s
-            for s in seeds
-            if s in baseline
-            and metric in seeds[s].data.metrics
-            and test in seeds[s].data.metrics
-            and test in baseline[s].data.metrics
-        )
+    for cid, seeds in sorted(groups.items()):
+        if failed := _failures(seeds):
+            excluded[cid] = failed
+            continue
+        common = sorted(s for s in seeds if isinstance(baseline.get(s), Run))
         if common:
             val, _ = mean_std([seeds[s].data.metrics[metric] for s in common])
             candidates.append((sign * val, cid, common))
     if not candidates:
-        return None
+        return None, excluded
     _, cid, common = max(candidates, key=lambda c: (c[0], -int(c[1].lstrip("f") or 0)))
     win = groups[cid]
     a = [win[s].data.metrics[test] for s in common]
@@ -1772,18 +1838,22 @@ def compute_verdict(client: MlflowClient, sweep: Sweep, runs: list[Run] | None =
         z = mean_std([baseline[s].data.metrics.get(key, math.nan) for s in common])[0]
         return w / z if z and math.isfinite(z) else math.nan
 
-    return Verdict(
-        metric=test,
-        mode=mode,
-        winner_config_id=cid,
-        winner_run_ids=[win[s].info.run_id for s in common],
-        winner_values=a,
-        baseline_values=b,
-        seeds=common,
-        diff=diff,
-        verdict=verdict(diff, mode),
-        cost_ratio_passes=cost("closure_passes_total"),
-        cost_ratio_seconds=cost("train_seconds_total"),
+    return (
+        Verdict(
+            metric=test,
+            mode=mode,
+            winner_config_id=cid,
+            winner_run_ids=[win[s].info.run_id for s in common],
+            winner_values=a,
+            baseline_values=b,
+            seeds=common,
+            diff=diff,
+            verdict=verdict(diff, mode),
+            cost_ratio_passes=cost("closure_passes_total"),
+            cost_ratio_seconds=cost("train_seconds_total"),
+            excluded=excluded,
+        ),
+        excluded,
     )
 
 
@@ -1810,9 +1880,9 @@ def log_verdict(client: MlflowClient, sweep: Sweep, spec: Any = None) -> Any:
     return v
 
 
-def parent_note(sweep: Sweep, status: str, best: Run | None, v: Any) -> str:
+def parent_note(sweep: Sweep, status: str, best: Run | None, v: Any, no_verdict: str = "") -> str:
     """The parent run's description (markdown; a fresh UI folds it after about 4 lines, so
-    the verdict comes first)."""
+    the verdict comes first); ``no_verdict``: why there is none."""
     metric, mode = sweep.objectives[0]
     lines = []
     if v is not None:
@@ -1825,8 +1895,13 @@ def parent_note(sweep: Sweep, status: str, best: Run | None, v: Any) -> str:
             f"compute {v.cost_ratio_passes:.2f}x the baseline's (closure passes), "
             f"{v.cost_ratio_seconds:.2f}x (seconds). Report: artifacts `report/report.html`."
         )
+        if v.excluded:
+            lines.append(
+                "Left out: " + "; ".join(f"{cid} {why}" for cid, why in v.excluded.items()) + "."
+            )
     elif status == "FINISHED":
-        lines.append("**No verdict:** no confirmation stage result, so no claim is made.")
+        why = no_verdict or "no confirmation stage result"
+        lines.append(f"**No verdict:** {why}, so no claim is made.")
     if status == "KILLED":
         lines.append(f"**Interrupted:** run `sweeps resume {sweep.name}` to continue.")
     elif status == "FAILED":

@@ -52,6 +52,12 @@ BAD = [
     (with_("metric", "test_acc"), "use 'val_acc' (or set allow_test_selection: true)"),
     (with_("metric", "test_loss"), "use 'val_loss' (or set allow_test_selection: true)"),
     (with_("train.data", {"name": "mnist1d", "val_fraction": 0}), "needs a validation split"),
+    # the finalists' verdict needs a test counterpart of the metric it picks the winner by
+    (
+        yaml.safe_dump({**sweep_dict(), "metric": "gen_gap", "finalists": {"top_k": 2}}),
+        "metric 'gen_gap' has no test-set counterpart for the finalists' verdict; put one of "
+        "val_acc, val_loss, val_robust_acc first, or set finalists.top_k: 0",
+    ),
     # the regularizer is stated once: a space that contradicts it is refused
     (
         with_("train.perturbation", {"kind": "sam"}),

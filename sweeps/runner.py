@@ -698,7 +698,11 @@ def run_sweep(
         if not resume and search and tracking.find_sweep(client, spec.name) is None:
             studies.check_new(spec.optuna_storage_url(), studies.study_name(spec.name, "search"))
         warm = studies.check_warm_start(
-            spec.optuna_storage_url(), spec.searcher.warm_start, spec.ranges(), spec.modes
+            spec.optuna_storage_url(),
+            spec.searcher.warm_start,
+            spec.ranges(),
+            spec.modes,
+            spec.metrics,
         )
     except ValueError as e:
         raise SpecError(str(e)) from None

@@ -82,10 +82,12 @@ def _same_space(trial: optuna.trial.FrozenTrial, space: dict[str, Any]) -> bool:
 
 
 def check_warm_start(
-    url: str | None, names: list[str], ranges: Ranges, directions: list[str]
+    url: str | None, names: list[str], ranges: Ranges, directions: list[str], metrics: list[str]
 ) -> list[optuna.trial.FrozenTrial]:
     """The finished trials of the earlier sweeps ``names``; raises a one-line ValueError when
-    a study is missing, optimises other directions or searched another space."""
+    a study is missing, optimises other directions or other metrics, or searched another
+    space. (Same direction is not enough: values of a sweep on ``test_acc`` would feed the
+    test set into this one's searcher, and ``val_loss`` ones are no ``train_loss``.)"""
     if not names:
         return []
     if url is None:
@@ -111,6 +113,11 @@ def check_warm_start(
                 f"searcher.warm_start: study {name!r} optimises {got}, this sweep {directions}"
             )
         done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if done and study.metric_names != metrics:
+            raise ValueError(
+                f"searcher.warm_start: study {name!r} optimised {study.metric_names}, this "
+                f"sweep {metrics}"
+            )
         other = [t for t in done if not _same_space(t, space)]
         if other or (done and set(done[0].distributions) != set(space)):
             theirs = sorted(done[0].distributions) if done else []

@@ -91,6 +91,25 @@ def test_warm_start_from_another_space_is_refused_before_anything_is_written(fir
     assert tracking.find_sweep(client, "third") is None
 
 
+def test_warm_start_from_a_study_of_another_metric_is_refused(first):
+    # Same direction, other metric: train_acc values are no val_acc ones (and a study on
+    # test_acc would feed the test set into this sweep's searcher).
+    tmp, d, spec, result = first
+    d4 = {
+        **d,
+        "name": "fourth",
+        "metric": "train_acc",
+        "searcher": {**d["searcher"], "warm_start": ["first"]},
+    }
+    with pytest.raises(
+        SpecError,
+        match=r"^searcher.warm_start: study 'first' optimised \['val_acc'\], this sweep "
+        r"\['train_acc'\]$",
+    ):
+        run(tmp, d4)
+    assert tracking.find_sweep(MlflowClient(f"sqlite:///{tmp / 'm.db'}"), "fourth") is None
+
+
 def test_a_left_over_study_of_the_same_name_is_refused(first, tmp_path):
     url = f"sqlite:///{tmp_path / 'm.optuna.db'}"
     optuna.create_study(study_name="orphan", storage=url)

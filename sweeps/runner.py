@@ -626,9 +626,16 @@ def _confirm_stage(
         baseline: dict[str, Any] | None = None
         if spec.finalists.baseline:
             baseline = {"point": {}}
-            if spec.space.optimizer:
+            # Without a search (``sweeps reproduce``) the finalist runs the spec's own
+            # optimizer values, and so does the baseline: there is no baseline search.
+            if spec.space.optimizer and search:
                 picked = _choose(client, sweep, spec, "baseline_search", 1)
                 baseline = picked[0] if picked else None
+                if baseline is None:
+                    log.warning(
+                        "the baseline's own search finished no full-length trial: the "
+                        "finalists run without a baseline, so there is no verdict"
+                    )
         plan = {"finalists": finalists, "baseline": baseline}
         client.set_tag(sweep.parent_id, tracking.TAG_FINALISTS, json.dumps(plan))
     rows = []

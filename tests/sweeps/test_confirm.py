@@ -15,8 +15,9 @@ from typer.testing import CliRunner
 
 from sweeps import tracking
 from sweeps.cli import app
-from sweeps.runner import run_sweep
+from sweeps.runner import _confirm_stage, run_sweep
 from sweeps.spec import SweepSpec
+from sweeps.tracking import META_STAGE
 from tests.sweeps.conftest import sweep_dict
 
 TOP_K, SEEDS = 2, 2
@@ -227,3 +228,22 @@ def test_a_space_that_tunes_the_optimizer_tunes_the_baseline_too(ray_local, tmp_
         )
     assert sweep.parent.data.tags is not None
     assert client.get_run(sweep.parent_id).data.tags["flatsweep.verdict"]
+
+
+def test_a_reproduction_that_tunes_the_optimizer_keeps_its_baseline(tmp_path):
+    """`sweeps reproduce` has no search, hence no baseline search: the baseline runs the
+    spec's own optimizer values beside the one finalist (it was dropped without a word)."""
+    d = sweep_dict("repro-opt", finalists={"top_k": 1, "seeds": 2}, space={"optimizer": True})
+    d["tracking_uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = SweepSpec.model_validate(d)
+    client = tracking.open_client(spec.resolved_tracking_uri())
+    sweep = tracking.open_parent(client, spec, yaml.safe_dump(d), resume=False)
+
+    stage = _confirm_stage(client, sweep, spec, search=False)
+
+    seeds = [spec.train.seed + 1, spec.train.seed + 2]
+    assert [(r[META_STAGE], r["seed"]) for r in stage.rows] == [
+        (role, s) for s in seeds for role in ("finalist", "baseline")
+    ]
+    plan = json.loads(client.get_run(sweep.parent_id).data.tags[tracking.TAG_FINALISTS])
+    assert plan["baseline"] == {"point": {}}

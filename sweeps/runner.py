@@ -789,7 +789,30 @@ def _close(
     client: MlflowClient, sweep: Sweep, spec: SweepSpec, status: str, result: SweepResult
 ) -> bool:
     """Record the best trial, the report and the parent's end; False when MLflow stayed
-    unreachable (bounded by the drain timeout: a resume closes it later)."""
+    unreachable (bounded by the drain timeout: a resume closes it later).
+
+    A Ctrl-C or SIGTERM meanwhile (the report alone takes seconds at scale, and `ray job
+    stop` or a scheduler's time limit can land there) still closes the parent, as KILLED
+    when the sweep had finished (its end was not recorded: `sweeps resume` records it), and
+    is raised again: the CLI then says KILLED, and so does MLflow.
+    """
+    try:
+        return _close_once(client, sweep, spec, status, result)
+    except KeyboardInterrupt:
+        status = "KILLED" if status == "FINISHED" else status
+        try:
+            note = tracking.parent_note(sweep, status, None, None)
+            name = tracking.parent_name(sweep, status, None)
+            tracking.close_parent(client, sweep, status, None, note, name)
+        except Exception as e:  # noqa: BLE001 - the interrupt is what the user must see
+            log.error("could not record sweep %s as %s in MLflow (%s)", sweep.name, status, e)
+        raise
+
+
+def _close_once(
+    client: MlflowClient, sweep: Sweep, spec: SweepSpec, status: str, result: SweepResult
+) -> bool:
+    """``_close`` without the interrupt handling."""
     timeout = min(300.0, _drain_timeout_s())
     try:
         # Every child, read once for the best trial, the report and the leftover check.

@@ -202,6 +202,11 @@ class InterruptWatch(Callback):
     def __init__(self) -> None:
         self.interrupted: int | None = None  # the signal number, once one arrived
         self._saved: dict[int, Any] = {}
+        # The SIGINT handler to put back after fit is the one from before it: Tune leaves its
+        # own behind unless a signal arrived, and that stale one only logs "Stop signal
+        # received" for a run that is over, so the first Ctrl-C while the stage's records
+        # drain (or between stages, or while the report is written) would be swallowed.
+        self._before_fit = signal.getsignal(signal.SIGINT)
 
     def __getstate__(self) -> dict[str, Any]:  # pickled with the experiment: keep nothing
         return {}
@@ -225,14 +230,16 @@ class InterruptWatch(Callback):
                 raise KeyboardInterrupt  # a second Ctrl-C: stop waiting for cleanup
             # A second SIGTERM: Tune is already stopping; nothing more to do.
 
+        self._saved[signal.SIGINT] = self._before_fit
+        self._saved[signal.SIGTERM] = signal.getsignal(signal.SIGTERM)
         for sig in (signal.SIGINT, signal.SIGTERM):
-            self._saved[sig] = signal.getsignal(sig)
             signal.signal(sig, on_signal)
 
     def restore_handlers(self) -> None:
         """Put back the handlers that were there before ``setup``."""
         for sig, handler in self._saved.items():
-            signal.signal(sig, handler)
+            if handler is not None:  # None: not installed from Python; nothing to put back
+                signal.signal(sig, handler)
         self._saved.clear()
 
 

@@ -54,3 +54,29 @@ def test_sigterm_during_the_report_closes_the_parent_as_killed(tmp_path: Path, m
     assert "sweeps resume t" in run.data.tags[TAG_NOTE]
     assert client.get_run(left_running).info.status == "KILLED"
     assert client.get_run(child).info.status == "FINISHED"
+
+
+def test_after_a_stage_ctrl_c_raises_again_instead_of_reaching_tunes_stale_handler() -> None:
+    """Tune's fit installs a SIGINT handler and leaves it behind when no signal came (it only
+    logs "Stop signal received"): after the stage the handler from before fit is back, so the
+    first Ctrl-C while the records drain or the report is written interrupts."""
+    from sweeps.ray_internals import InterruptWatch
+
+    outer = signal.getsignal(signal.SIGINT)  # pytest-xdist's workers may ignore SIGINT
+    before = signal.default_int_handler  # a terminal's `sweeps run`: Ctrl-C raises
+    signal.signal(signal.SIGINT, before)
+    watch = InterruptWatch()  # the runner makes it before fit
+
+    def tunes(signum, frame):  # noqa: ANN001, ANN202 - what Tune's fit installs
+        pass
+
+    signal.signal(signal.SIGINT, tunes)
+    try:
+        watch.setup()
+        assert signal.getsignal(signal.SIGINT) not in (before, tunes)  # the watch's, wrapping
+        watch.restore_handlers()
+        assert signal.getsignal(signal.SIGINT) is before
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, outer)

@@ -297,7 +297,9 @@ def fit(
                 passes += 1
                 return loss.detach()
 
-            method.backward(closure)
+            # fp16: a step that overflowed is skipped, and its perturbed passes (at NaN
+            # weights) must not leave their BatchNorm statistics behind (``_base``).
+            method.backward(closure, found_inf=scaler.found_inf if scaler is not None else None)
             if scaler is not None:
                 scaler.step(optimizer)
             else:

@@ -1,4 +1,5 @@
-"""Tests for ``trainers.attacks``' AutoAttack evaluation and its ``fit`` option.
+"""Tests for ``trainers.attacks``: PGD in every precision, the AutoAttack evaluation and its
+``fit`` option.
 
 A model whose robustness is known exactly (it thresholds the mean pixel, so an L∞ budget
 ``eps`` moves its score by exactly ``eps``) tells whether the budget is in pixel units and the
@@ -17,7 +18,7 @@ from torch import nn
 
 from tests.trainers.test_data import write_cifar10
 from trainers import attacks, fit, loop
-from trainers.attacks import autoattack_accuracy, build_autoattack
+from trainers.attacks import _project, autoattack_accuracy, build_autoattack, pgd
 from trainers.spec import TrainSpec
 
 MEAN = (0.4914, 0.4822, 0.4465)  # CIFAR-10's, as the loaders normalise
@@ -54,6 +55,77 @@ def _images(pixels: list[float]) -> torch.Tensor:
 def small_budgets(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(attacks, "AUTOATTACK_STEPS", 5)
     monkeypatch.setattr(attacks, "AUTOATTACK_SQUARE_QUERIES", 20)
+
+
+def _confident_cnn(x: torch.Tensor, scale: float) -> tuple[nn.Module, torch.Tensor]:
+    """A small CNN and labels it predicts, its logits scaled up by ``scale`` (confidence)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 10),
+    ).eval()
+    with torch.no_grad():
+        y = model(x).argmax(1)
+        model[-1].weight.mul_(scale)
+        model[-1].bias.mul_(scale)
+    return model, y
+
+
+def _pgd_of_the_mean(model, x, y, *, eps, step_size, steps, mean, std):
+    """PGD as it stood before the summed loss: the sign of the batch mean's gradient (the AWP
+    official ``attack_pgd``), in normalised units, no random start."""
+    shape = (1, -1, 1, 1)
+    std, mean = std.view(shape), mean.view(shape)
+    lo, hi = (0 - mean) / std, (1 - mean) / std
+    eps_t, alpha = eps / std, step_size / std
+    delta = torch.zeros_like(x)
+    for _ in range(steps):
+        delta = _project(x, delta, eps_t, lo, hi).requires_grad_(True)
+        loss = nn.functional.cross_entropy(model(x + delta), y)
+        (grad,) = torch.autograd.grad(loss, delta)
+        delta = delta.detach() + alpha * grad.sign()
+    return (x + _project(x, delta, eps_t, lo, hi)).detach()
+
+
+_PGD = dict(eps=8 / 255, step_size=2 / 255, mean=_M.flatten(), std=_S.flatten())
+
+
+def test_pgd_under_fp16_moves_confident_examples() -> None:
+    """fp16 autocast without loss scaling: the batch mean's per-example gradients (p - y) / 128
+    underflow for confident examples (p_max about 0.99999 here), sign 0, and PGD left every
+    one of them where it was. The summed loss keeps them, as fp32 and bf16 do."""
+    torch.manual_seed(1)
+    x = (torch.rand(128, 3, 8, 8) - _M) / _S
+    model, y = _confident_cnn(x, scale=80.0)
+    moved = {}
+    for precision in ("fp32", "bf16", "fp16"):
+        dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+        with torch.autocast("cpu", dtype=dtype, enabled=precision != "fp32"):
+            x_adv = pgd(model, x, y, steps=2, random_start=False, **_PGD)
+        moved[precision] = float(((x_adv - x).flatten(1).abs().amax(1) > 0).float().mean())
+    assert moved == {"fp32": 1.0, "bf16": 1.0, "fp16": 1.0}
+
+
+@pytest.mark.parametrize("batch", [16, 12])
+@pytest.mark.parametrize("train_mode", [False, True])
+def test_pgd_in_fp32_is_the_sign_of_the_mean_gradient(batch: int, train_mode: bool) -> None:
+    """Summing instead of averaging scales the gradient by the batch size, which leaves its
+    sign alone: fp32 PGD is the official attack's, bit for bit (also in train mode, where
+    BatchNorm couples the examples, and for a batch that is not a power of two)."""
+    torch.manual_seed(2)
+    x = (torch.rand(batch, 3, 8, 8) - _M) / _S
+    model, y = _confident_cnn(x, scale=1.0)
+    model.train(train_mode)
+    got = pgd(model, x, y, steps=3, random_start=False, **_PGD)
+    expected = _pgd_of_the_mean(model, x, y, steps=3, **_PGD)
+    assert torch.equal(got, expected)
+    assert not torch.equal(got, x)
 
 
 @pytest.mark.parametrize(("num_classes", "targets"), [(10, 9), (100, 9), (4, 3)])

@@ -17,6 +17,7 @@ import trainers
 from trainers import EPOCH_METRICS, FINAL_METRICS, TrainSpec, fit, loop
 from trainers.checkpoint import load_checkpoint, save_checkpoint
 from trainers.loop import lr_factor
+from trainers.precision import LossScaler
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -142,6 +143,36 @@ def assert_follows_fp32(precision: str, rel: float, **overrides) -> None:
     assert [m["train_loss"] for m in got] == pytest.approx([m["train_loss"] for m in ref], rel=rel)
     # autocast really ran in reduced precision: the losses are not bit-equal to fp32's
     assert [m["val_loss"] for m in got] != [m["val_loss"] for m in ref]
+
+
+def test_fp16_skipped_steps_leave_all_passes_bn_statistics_finite(monkeypatch):
+    """An fp16 step that overflows is skipped; under all_passes its perturbed pass (at NaN
+    weights) must not leave NaN in the running statistics, which eval mode would read."""
+    skipped: list[bool] = []
+
+    class Overflowing(LossScaler):
+        """Starts at 2^24, so the first few fp16 backward passes overflow."""
+
+        def __init__(self, device: torch.device) -> None:
+            super().__init__(device, init_scale=2.0**24)
+
+        def step(self, optimizer: torch.optim.Optimizer) -> bool:
+            ok = super().step(optimizer)
+            skipped.append(not ok)
+            return ok
+
+    monkeypatch.setattr(loop, "LossScaler", Overflowing)
+    s = spec(
+        model={"name": "cnn1d", "args": {"batchnorm": True}},
+        perturbation={"kind": "amp", "radius": 0.02, "bn_update": "all_passes"},
+        precision="fp16",
+        epochs=1,
+    )
+    result = fit(s)
+    assert any(skipped) and not all(skipped)  # overflowed steps, then training
+    assert result.status == "finished"
+    for m in result.history:
+        assert math.isfinite(m["val_loss"]), m
 
 
 def test_awp_reports_robust_accuracy():

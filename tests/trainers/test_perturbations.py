@@ -17,6 +17,7 @@ from torch import nn
 
 from trainers import perturbations
 from trainers.perturbations import AMP, AWP, ERM, PERTURBATIONS, SAM, build, from_spec
+from trainers.precision import LossScaler
 from trainers.spec import PERTURBATION_SPECS, AMPSpec, BasePerturbationSpec, parse_perturbation
 
 KINDS = PERTURBATIONS.names()
@@ -248,6 +249,70 @@ def test_all_passes_updates_input_bn_once_per_closure_call(kind):
     assert int(bn.num_batches_tracked) == p.closure_calls
     torch.testing.assert_close(bn.running_mean, bn_twin.running_mean, rtol=0, atol=1e-7)
     torch.testing.assert_close(bn.running_var, bn_twin.running_var, rtol=0, atol=1e-7)
+
+
+def fp16_closure_for(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    scaler: LossScaler,
+    buffers_seen: list[list[torch.Tensor]],
+):
+    """The training loop's fp16 closure: autocast forward, scaled backward, unscaled grads."""
+    params = list(model.parameters())
+
+    def closure() -> torch.Tensor:
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = nn.functional.cross_entropy(model(x), y)
+        scaler.backward(loss, params)
+        buffers_seen.append([b.detach().clone() for b in model.buffers()])
+        return loss.detach()
+
+    return closure
+
+
+@pytest.mark.parametrize("model_name", ["mlp_bn", "cnn_bn"])
+@pytest.mark.parametrize(("kind", "hparams"), CASES, ids=lambda v: str(v))
+@pytest.mark.parametrize("bn_update", ["first_pass", "all_passes"])
+def test_fp16_overflow_keeps_weights_and_the_unperturbed_pass_bn_stats(
+    kind, hparams, bn_update, model_name
+):
+    """An fp16 step whose backward overflows is skipped; its perturbed passes run at NaN
+    weights (inf gradients times a clip factor of 0), and under all_passes their running
+    statistics were kept, NaN for good. With the scaler's flag they are dropped."""
+    model, x, y = make(model_name)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    twin = copy.deepcopy(model)
+    scaler = LossScaler(torch.device("cpu"), init_scale=2.0**40)  # every fp16 backward overflows
+    fp16_closure_for(twin, x, y, LossScaler(torch.device("cpu"), init_scale=2.0**40), [])()
+    seen: list[list[torch.Tensor]] = []
+    p = build(kind, model, **hparams, bn_update=bn_update)
+    p.backward(fp16_closure_for(model, x, y, scaler, seen), found_inf=scaler.found_inf)
+    assert float(scaler.found_inf) == 1.0  # the step will be skipped
+    if kind != "erm":  # the case under test: a perturbed pass ran at non-finite weights
+        assert not all(torch.isfinite(b).all() for b in seen[-1])
+    for n, q in model.named_parameters():
+        assert torch.equal(q, before[n]), f"{kind} {bn_update}: {n} not restored"
+    for (n, b), b_twin in zip(model.named_buffers(), twin.buffers(), strict=True):
+        assert torch.equal(b, b_twin), f"{kind} {bn_update}: buffer {n} not the first pass's"
+
+
+@pytest.mark.parametrize(("kind", "hparams"), CASES, ids=lambda v: str(v))
+@pytest.mark.parametrize("bn_update", ["first_pass", "all_passes"])
+def test_a_clear_overflow_flag_changes_nothing(kind, hparams, bn_update):
+    """fp16 without overflow: passing the scaler's flag gives bit-identical gradients and
+    buffers to not passing it (what fp32 and bf16 do)."""
+    model, x, y = make("cnn_bn")
+    twin = copy.deepcopy(model)
+    build(kind, twin, **hparams, bn_update=bn_update).backward(closure_for(twin, x, y, [0]))
+    clear = torch.zeros(())
+    p = build(kind, model, **hparams, bn_update=bn_update)
+    p.backward(closure_for(model, x, y, [0]), found_inf=clear)
+    for q, q_twin in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(q, q_twin) and torch.equal(q.grad, q_twin.grad)
+    for b, b_twin in zip(model.buffers(), twin.buffers(), strict=True):
+        assert torch.equal(b, b_twin)
 
 
 @pytest.mark.parametrize(("kind", "hparams"), CASES, ids=lambda v: str(v))

@@ -26,6 +26,17 @@ BatchNorm running statistics (``bn_update``):
   nothing is restored, as the official AMP optimizer does.
 
 In train mode BatchNorm normalises with batch statistics, so neither policy changes a gradient.
+
+fp16 steps skipped for overflow (``found_inf``): when a closure's backward overflows, the loss
+scaler flags the step and the caller will skip it, but ``.grad`` stays inf, so the next
+:meth:`Perturbation._move` sets non-finite weights (AMP, SAM: inf · a clip factor of 0 = NaN)
+and the next pass runs there. Its gradient goes with the skipped step and the weights are
+restored by copy, but under ``"all_passes"`` its forward would write NaN into the running
+statistics for good. Given the scaler's flag, ``backward`` also snapshots the buffers under
+``"all_passes"`` and, if the flag is set after the last pass, restores them: a skipped step
+keeps the statistics of its unperturbed pass, as ``"first_pass"`` always does. The choice is
+made on the device (``torch.where``), so it costs no host sync; fp32 and bf16 pass no flag
+and run exactly as before.
 """
 
 from __future__ import annotations
@@ -77,17 +88,30 @@ class Perturbation(ABC, Generic[S]):
         """Closure calls per ``backward``: ERM 1, SAM 2, AMP and AWP ``1 + inner_steps``."""
         return 1 + self.perturbed_calls
 
-    def backward(self, closure: Closure) -> torch.Tensor:
-        """Fill ``.grad`` with the method's gradient; return the unperturbed loss."""
+    def backward(self, closure: Closure, *, found_inf: torch.Tensor | None = None) -> torch.Tensor:
+        """Fill ``.grad`` with the method's gradient; return the unperturbed loss.
+
+        Args:
+            closure: zeroes the gradients, runs forward and backward at the current weights
+                and returns the detached loss.
+            found_inf: with fp16 loss scaling, the scaler's overflow flag (a 0-dim tensor, > 0
+                once any backward of this step overflowed). If it is set after the last pass
+                the step will be skipped, and the BatchNorm buffers are put back to those of
+                the unperturbed pass under either ``bn_update`` (see the module docstring).
+        """
         loss = closure()  # at w: the loss returned, g(w) in .grad, BN statistics updated
         if self.perturbed_calls == 0:
             return loss  # nothing moved, nothing to restore
-        self._snapshot()
+        # all_passes keeps every pass's statistics, unless the step is about to be skipped.
+        skip_flag = None if self._keeps_first_pass_stats else found_inf
+        self._snapshot(buffers=self._keeps_first_pass_stats or skip_flag is not None)
         for step in range(self.perturbed_calls):
             with torch.no_grad():
                 self._move(step)
             closure()
         self._restore()
+        if skip_flag is not None:
+            self._restore_buffers_if(skip_flag > 0)
         return loss
 
     @abstractmethod
@@ -109,12 +133,12 @@ class Perturbation(ABC, Generic[S]):
         return self.bn_update == "first_pass"
 
     @torch.no_grad()
-    def _snapshot(self) -> None:
+    def _snapshot(self, *, buffers: bool) -> None:
         if self._w is None:
             self._w = [torch.empty_like(p) for p in self.params]
             self._b = [torch.empty_like(b) for b in self.buffers]
         torch._foreach_copy_(self._w, self.params)
-        if self._b and self._keeps_first_pass_stats:
+        if self._b and buffers:
             torch._foreach_copy_(self._b, self.buffers)
 
     @torch.no_grad()
@@ -127,6 +151,14 @@ class Perturbation(ABC, Generic[S]):
         self._restore_weights()
         if self._b and self._keeps_first_pass_stats:
             torch._foreach_copy_(self.buffers, self._b)
+
+    @torch.no_grad()
+    def _restore_buffers_if(self, skipped: torch.Tensor) -> None:
+        # A select, not a blend: the buffers may hold NaN, and NaN · 0 is NaN. On the device,
+        # so fp16 steps pay no host sync for it (the scaler syncs once, when it steps).
+        assert self._b is not None
+        for b, saved in zip(self.buffers, self._b, strict=True):
+            torch.where(skipped, saved, b, out=b)
 
     def __repr__(self) -> str:
         fields = self.spec.model_dump(exclude={"kind", "warmup_epochs"})

@@ -513,7 +513,10 @@ def close_parent(
         client.update_run(sweep.parent_id, name=name)
     for child in children(client, sweep) if runs is None else runs:
         # Every trial has ended when the parent closes: a RUNNING child is a leftover of an
-        # interrupted driver or a lost trial, never a live run.
+        # interrupted driver or a lost trial, never a live run. It may also be a finished
+        # trial whose last writes were not delivered (the sweep then ends FAILED): KILLED
+        # marks it unfinished in MLflow until a resume delivers them from Tune's results and
+        # closes it as Tune says it ended (``MLflowTracker._write_ended``).
         if child.info.status == "RUNNING":
             client.set_terminated(child.info.run_id, "KILLED")
     tags = [RunTag(TAG_NOTE, note)]
@@ -642,6 +645,9 @@ class _Item:
     queued: float = 0.0  # when the outbox took it (time.monotonic)
     skip: bool | None = None  # an epoch logged before; decided at its first delivery attempt
     sent: int = 0  # how many of ``payload`` have landed
+    # The id of the run a bulk delivery headed by this item creates, chosen at its first
+    # attempt: a retry then names the same run, which the store creates once (``_plan``).
+    new_run_id: str | None = None
 
     @property
     def opens(self) -> bool:
@@ -1389,7 +1395,15 @@ class MLflowTracker(Callback):
         close = batch[-1] if batch[-1].closes else None
         run_id = self._runs.get(tid)
         new = run_id is None
-        write = RunWrite(run_id or sqlbulk.new_run_id())
+        if run_id is None:
+            # Chosen once per delivery, not per attempt: a round that committed but whose
+            # answer was lost (an HTTP timeout, a connection dropped at commit) is sent again
+            # with the same ids, and ``SqlBulk._unseen`` then creates none of its runs twice.
+            head = batch[0]
+            if head.new_run_id is None:
+                head.new_run_id = sqlbulk.new_run_id()
+            run_id = head.new_run_id
+        write = RunWrite(run_id)
         if new:
             name, tags, _ = self._new_run(tid, close)
             start = self._start_ms.get(tid) or int(time.time() * 1000)
@@ -1560,10 +1574,11 @@ class MLflowTracker(Callback):
     def _reconcile(self, ended: list[tuple[Any, str]]) -> None:
         """Close the runs of trials that ended under an earlier driver.
 
-        That driver may have died (or given up on an unreachable tracking server) with a
-        trial's writes still queued. Tune's restored experiment state still holds each trial's
-        status, and its ``result.json`` every epoch it reported, so the run gets its missing
-        metrics, final tags and status from there instead of being closed as KILLED later.
+        That driver may have died (or given up on an unreachable tracking server, or lost its
+        writer) with a trial's writes still queued, and then closed the trial's run as KILLED
+        (``close_parent``). Tune's restored experiment state still holds each trial's status,
+        and its ``result.json`` every epoch it reported, so the run gets its missing metrics,
+        final tags and status from there: it ends as Tune says the trial did.
         The trials' data is read here; one search finds the runs that need it, on a writer.
         """
         data = []
@@ -1595,8 +1610,12 @@ class MLflowTracker(Callback):
         }
         for tid, status, last, rows, config, spec in ended:
             run = runs.get(tid)
-            if run is not None and run.info.status in TERMINAL:
-                continue  # its writes did land before the kill
+            if run is not None and run.info.status == status:
+                continue  # its writes did land before the kill: its status is their last
+            # Any other status is owed Tune's: a run left RUNNING, or one an earlier driver's
+            # ``close_parent`` closed as KILLED while this trial's last writes were undelivered
+            # (its writer died, or MLflow came back only for the close). The trial ended all
+            # the same, so its missing epochs, final tags and status are delivered to that run.
             self._configs[tid], self._specs[tid] = config, spec
             self._resolve(client, tid, [run] if run is not None else [])
             # Epochs already in MLflow are skipped by _deliver_metrics.

@@ -343,6 +343,80 @@ def test_driver_loss_then_resume_finishes_without_rerunning_or_duplicates(tmp_pa
     assert {links[t] for t in by_trial} == {k.info.run_id for k in after.values()}
 
 
+def writer_processes(driver: int) -> list[int]:
+    """The MLflow writer processes (``sweeps.writer_process``) that ``driver`` started."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue  # a process that ended meanwhile
+        if ppid == driver and b"sweeps.writer_process" in command:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_a_killed_writer_process_loses_no_finished_trial_after_resume(tmp_path):
+    # The OOM killer takes the driver's MLflow writer process mid-stage. The trials finish in
+    # Tune with their last writes owed, so the sweep ends FAILED; MLflow itself is up and
+    # takes the close, which marks their runs KILLED. The resume must deliver those writes
+    # from Tune's results: every epoch, test_acc, and FINISHED.
+    epochs = 30  # the trials are still training when the writer dies
+    spec = write_spec(
+        tmp_path,
+        "writerkill",
+        sqlite(tmp_path),
+        num_samples=2,
+        train={**LONG_TRAIN, "epochs": epochs},
+        scheduler={"name": "fifo"},
+    )
+    env = {"FLATSWEEP_MLFLOW_PROCESS": "1", "FLATSWEEP_DRAIN_TIMEOUT_S": "10"}
+    client = MlflowClient(sqlite(tmp_path))
+    proc = start_driver(["run", str(spec)], tmp_path, env=env)
+    try:
+        wait_for(
+            lambda: any(
+                k.data.metrics.get("val_acc") is not None for k in children(client, "writerkill")
+            ),
+            300,
+            "a first epoch in MLflow",
+        )
+        (writer,) = wait_for(lambda: writer_processes(proc.pid), 30, "the writer process")
+        assert proc.poll() is None, "the sweep ended before its writer was killed"
+        os.kill(writer, signal.SIGKILL)
+        assert proc.wait(timeout=600) == 1, (tmp_path / "driver.log").read_text()[-3000:]
+    finally:
+        kill_group(proc)  # and whatever of its local Ray outlived it
+    assert (
+        "MLflow writes of the search stage were not delivered"
+        in (tmp_path / "driver.log").read_text()
+    )
+    # Nothing left RUNNING, nothing claimed finished.
+    assert {k.info.status for k in children(client, "writerkill")} == {"KILLED"}
+
+    resume = start_driver(
+        ["resume", "writerkill", "--tracking-uri", sqlite(tmp_path)],
+        tmp_path,
+        env=env,
+        log_name="resume.log",
+    )
+    try:
+        assert resume.wait(timeout=600) == 0, (tmp_path / "resume.log").read_text()[-3000:]
+    finally:
+        kill_group(resume)
+    exp = client.get_experiment_by_name("writerkill")
+    parent = client.search_runs([exp.experiment_id], "tags.`flatsweep.role` = 'parent'")[0]
+    assert parent.info.status == "FINISHED"
+    kids = children(client, "writerkill")
+    assert len(kids) == 2
+    for k in kids:
+        assert k.info.status == "FINISHED", k.data.tags["flatsweep.trial_id"]
+        steps = sorted(m.step for m in client.get_metric_history(k.info.run_id, "val_acc"))
+        assert steps == list(range(1, epochs + 1)), steps
+        assert "test_acc" in k.data.metrics
+
+
 def test_oom_and_diverged_trials_are_recorded_and_told_to_optuna_correctly(tmp_path):
     # An MLP whose first layer needs 320 GB: the CPU allocator refuses it, a real OOM.
     oom = dict(LONG_TRAIN, model={"name": "mlp", "args": {"hidden": 2_000_000_000}}, epochs=2)

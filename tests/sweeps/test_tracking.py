@@ -320,6 +320,64 @@ def test_a_resumed_trial_gets_the_epochs_its_old_driver_never_delivered(store, t
     assert sorted(steps) == [1, 2, 3, 4]  # each once
 
 
+def test_a_resume_delivers_the_last_writes_of_finished_trials_closed_as_killed(store, tmp_path):
+    """A writer that could not deliver the last writes of trials Tune ended (it died, or
+    broke, while MLflow stayed reachable) leaves their runs RUNNING; the sweep ends FAILED
+    and ``close_parent`` closes them as KILLED. A resume delivers those writes from Tune's
+    results, and each run ends as Tune says its trial did."""
+    import json
+
+    from sweeps.tracking import TAG_TRIAL, Sweep, close_parent
+
+    uri, client, exp, parent = store
+    old = _tracker(store, interval_s=0.0)
+    done, failed, landed = _Trial("done"), _Trial("failed"), _Trial("landed")
+    for trial in (done, failed, landed):
+        old.on_trial_start(0, [], trial)
+        _report(old, trial, _result(1))
+    _report(old, landed, _result(2, test_acc=0.6))
+    old.on_trial_complete(0, [], landed)
+    assert old.drain()
+    landed_end = _child_of(client, exp, parent, "landed").info.end_time
+    # The writer stops delivering (an outbox that waits an hour): the trials end in Tune.
+    old._outbox = _Outbox(old._deliver, interval_s=3600.0)
+    _report(old, done, _result(2, test_acc=0.7))
+    old.on_trial_complete(0, [], done)
+    _report(old, failed, _result(2))
+    old.on_trial_error(0, [], failed)
+    assert old.outstanding == 4  # epoch 2 and the end of each, undelivered
+    for trial in (done, failed):  # what Tune's JSON logger recorded of them
+        (tmp_path / trial.trial_id).mkdir()
+        trial.local_path = str(tmp_path / trial.trial_id)  # type: ignore[attr-defined]
+        rows = [_result(1), trial.last_result]
+        (tmp_path / trial.trial_id / "result.json").write_text(
+            "".join(json.dumps(r) + "\n" for r in rows)
+        )
+    # The sweep ends FAILED, and MLflow takes the parent's close.
+    close_parent(client, Sweep("t", exp, client.get_run(parent)), "FAILED", None, "failed")
+    runs = client.search_runs([exp], filter_string=f"tags.`{TAG_PARENT}` = '{parent}'")
+    assert {r.data.tags[TAG_TRIAL]: r.info.status for r in runs} == {
+        "done": "KILLED",
+        "failed": "KILLED",
+        "landed": "FINISHED",
+    }
+
+    # `sweeps resume`: Tune restores the trials as ended; the new driver never saw them end.
+    new = _tracker(store, interval_s=0.0)
+    done.status, failed.status, landed.status = "TERMINATED", "ERROR", "TERMINATED"
+    new.on_experiment_end([done, failed, landed])
+    assert new.outstanding == 0
+    run = _child_of(client, exp, parent, "done")
+    assert run.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_acc")) == [1, 2]
+    assert run.data.metrics["test_acc"] == 0.7
+    assert run.data.tags[TAG_STOPPED_EARLY] == "1"  # 2 of max_epochs=200: the final tags landed
+    run = _child_of(client, exp, parent, "failed")
+    assert run.info.status == "FAILED"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_acc")) == [1, 2]
+    assert _child_of(client, exp, parent, "landed").info.end_time == landed_end  # untouched
+
+
 def _child_of(client: MlflowClient, exp: str, parent: str, tid: str) -> Any:
     (run,) = client.search_runs(
         [exp],

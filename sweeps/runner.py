@@ -23,6 +23,7 @@ Trials run ``sweeps.trainable.train_trial``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -664,6 +665,45 @@ def _confirm_stage(
     return _Stage("confirm", f"{spec.name}-confirm", _base(spec), rows=rows, stage_tag="finalist")
 
 
+def _open_parent(
+    client: MlflowClient, spec: SweepSpec, spec_text: str, *, resume: bool, search: bool
+) -> Sweep:
+    """The parent run with its whole opening record, retried as one idempotent step (a
+    retry completes the parent an earlier try created: ``tracking.open_parent``). If MLflow
+    stays unreachable, a parent this run created is closed FAILED where it can be."""
+    import uuid
+
+    from sweeps.preflight import redact
+
+    attempt = uuid.uuid4().hex
+
+    def open_() -> Sweep:
+        sweep = tracking.open_parent(client, spec, spec_text, resume, attempt)
+        if not search:  # a reproduction: `sweeps resume` must not add a search stage
+            client.set_tag(sweep.parent_id, "flatsweep.search", "false")
+        url = spec.optuna_storage_url()
+        if url is not None and search:
+            client.set_tag(sweep.parent_id, tracking.TAG_OPTUNA_STORAGE, redact(url))
+            client.set_tag(
+                sweep.parent_id,
+                tracking.TAG_OPTUNA_STUDY,
+                studies.study_name(spec.name, "search"),
+            )
+        return sweep
+
+    try:
+        return tracking.retrying(open_)
+    except SpecError:
+        raise
+    except Exception:
+        with contextlib.suppress(Exception):  # best effort: the store may be what failed
+            exp = client.get_experiment_by_name(spec.name)
+            parent = exp and tracking.find_parent(client, exp.experiment_id, spec.name)
+            if parent and parent.data.tags.get(tracking.TAG_ATTEMPT) == attempt:
+                client.set_terminated(parent.info.run_id, "FAILED")
+        raise
+
+
 def run_sweep(
     spec: SweepSpec,
     spec_text: str,
@@ -713,17 +753,7 @@ def run_sweep(
         )
     except ValueError as e:
         raise SpecError(str(e)) from None
-    sweep = tracking.retrying(lambda: tracking.open_parent(client, spec, spec_text, resume))
-    if not search:  # a reproduction: `sweeps resume` must not add a search stage
-        client.set_tag(sweep.parent_id, "flatsweep.search", "false")
-    url = spec.optuna_storage_url()
-    if url is not None and search:
-        from sweeps.preflight import redact
-
-        client.set_tag(sweep.parent_id, tracking.TAG_OPTUNA_STORAGE, redact(url))
-        client.set_tag(
-            sweep.parent_id, tracking.TAG_OPTUNA_STUDY, studies.study_name(spec.name, "search")
-        )
+    sweep = _open_parent(client, spec, spec_text, resume=resume, search=search)
     status, num_trials = "FAILED", 0
     result = SweepResult(spec.name, sweep.experiment_id, sweep.parent_id, tracking_uri, 0, None)
     gpu_warning = _GpuOnCpuWarning(spec.name, spec.resources.gpu, spec.train.device)

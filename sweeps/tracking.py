@@ -80,6 +80,7 @@ TAG_FINALISTS = "flatsweep.finalists"  # parent: JSON list of the chosen finalis
 TAG_VERDICT = "flatsweep.verdict"  # parent: better | no_difference | worse
 TAG_WINNER = "flatsweep.winner_run_id"
 TAG_ALLOW_TEST = "flatsweep.allow_test_selection"
+TAG_ATTEMPT = "flatsweep.opened_by"  # parent: the id of the `sweeps run` that created it
 TAG_OPTUNA_STORAGE = "flatsweep.optuna_storage"  # parent: the study's storage, no credentials
 TAG_OPTUNA_STUDY = "flatsweep.optuna_study"
 #: Keys of a trial's Tune config that describe it rather than set a TrainSpec field.
@@ -411,20 +412,28 @@ def _dataset_inputs(spec: Any) -> list[Any]:
     return [DatasetInput(ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "train")])]
 
 
-def open_parent(client: MlflowClient, spec: Any, spec_text: str, resume: bool) -> Sweep:
-    """Create the sweep's parent run (or reopen it to resume); refuses a duplicate name."""
+def open_parent(
+    client: MlflowClient, spec: Any, spec_text: str, resume: bool, attempt: str = ""
+) -> Sweep:
+    """Create the sweep's parent run (or reopen it to resume); refuses a duplicate name.
+
+    ``attempt``: an id of this ``sweeps run``, the same on every retry. A retry after a
+    write that failed once the parent existed (an artifact store's blip) finds the parent it
+    made by that id and completes its record, instead of refusing it as a duplicate.
+    """
     from sweeps.spec import SpecError
 
     exp_id = experiment_for(client, spec.name, spec.resolved_tracking_uri())
     parent = find_parent(client, exp_id, spec.name)
-    if parent is not None and not resume:
+    ours = parent is not None and bool(attempt) and parent.data.tags.get(TAG_ATTEMPT) == attempt
+    if parent is not None and not resume and not ours:
         raise SpecError(
             f"name: sweep {spec.name!r} already exists in MLflow; "
             f"run 'sweeps resume {spec.name}' or choose another name (--name)"
         )
     if parent is None and resume:
         raise SpecError(f"name: no sweep {spec.name!r} to resume in {client.tracking_uri}")
-    if parent is not None:
+    if parent is not None and not ours:
         client.update_run(parent.info.run_id, status="RUNNING")
         return Sweep(spec.name, exp_id, client.get_run(parent.info.run_id))
     ranges = spec.ranges()
@@ -451,8 +460,12 @@ def open_parent(client: MlflowClient, spec: Any, spec_text: str, resume: bool) -
     }
     if spec.allow_test_selection:
         tags[TAG_ALLOW_TEST] = "true"
-    run = client.create_run(exp_id, run_name=spec.name, tags=tags)
-    run_id = run.info.run_id
+    if attempt:
+        tags[TAG_ATTEMPT] = attempt
+    if parent is None:
+        run_id = client.create_run(exp_id, run_name=spec.name, tags=tags).info.run_id
+    else:  # ours, from an earlier try: every write below is idempotent
+        run_id = parent.info.run_id
     params = {
         "space": spec.space_name,
         "searcher.sampler": spec.searcher.sampler,

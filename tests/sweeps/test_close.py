@@ -1,5 +1,6 @@
-"""The end of a sweep interrupted: a real SIGTERM while the report is written (a real SQLite
-MLflow store; the signal is sent from inside ``write_report`` so it lands there)."""
+"""The parent run's opening and end under faults, on a real SQLite MLflow store: a write
+that fails once while the parent is opened, and a real SIGTERM while the report is written
+(sent from inside ``write_report`` so that it lands there)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import sweeps.report
-from sweeps import cli, runner
+from sweeps import cli, runner, tracking
+from sweeps.spec import SweepSpec
 from sweeps.tracking import TAG_NOTE, TAG_OBJECTIVES, TAG_PARENT, TAG_SPEC, TAG_TRIAL, Sweep
-from tests.sweeps.conftest import BASE_TRAIN
+from tests.sweeps.conftest import BASE_TRAIN, sweep_dict
 
 
 def test_sigterm_during_the_report_closes_the_parent_as_killed(tmp_path: Path, monkeypatch) -> None:
@@ -80,3 +82,63 @@ def test_after_a_stage_ctrl_c_raises_again_instead_of_reaching_tunes_stale_handl
             signal.raise_signal(signal.SIGINT)
     finally:
         signal.signal(signal.SIGINT, outer)
+
+
+def _flaky_log_text(monkeypatch, failures: int) -> None:  # noqa: ANN001
+    """``log_text`` fails its first ``failures`` calls, as an artifact store's blip would."""
+    real = MlflowClient.log_text
+    left = {"n": failures}
+
+    def log_text(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if left["n"]:
+            left["n"] -= 1
+            raise ConnectionError("artifact store briefly unreachable")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_text", log_text)
+
+
+def _spec(tmp_path: Path) -> SweepSpec:
+    d = sweep_dict("blip")
+    d["tracking_uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    return SweepSpec.model_validate(d)
+
+
+def test_a_write_that_fails_once_while_opening_completes_the_same_parent(
+    tmp_path: Path, monkeypatch
+) -> None:
+    # The retry used to find the parent its first try had made and refuse it as a duplicate
+    # ("already exists", exit 2), leaving it RUNNING without sweep.yaml, which resume needs.
+    spec = _spec(tmp_path)
+    client = tracking.open_client(spec.resolved_tracking_uri())
+    _flaky_log_text(monkeypatch, failures=1)
+
+    sweep = runner._open_parent(client, spec, "name: blip\n", resume=False, search=True)
+
+    exp = client.get_experiment_by_name("blip")
+    parents = client.search_runs([exp.experiment_id], "tags.`flatsweep.role` = 'parent'")
+    assert [p.info.run_id for p in parents] == [sweep.parent_id]
+    artifacts = {a.path for a in client.list_artifacts(sweep.parent_id)}
+    assert {"sweep.yaml", "sweep_resolved.yaml", "search_space.json"} <= artifacts
+    assert sweep.parent.data.params["num_samples"] == str(spec.num_samples)
+    assert client.get_run(sweep.parent_id).data.tags[tracking.TAG_OPTUNA_STUDY] == "blip"
+    # A second `sweeps run` of the name is still refused: the id is this run's alone.
+    with pytest.raises(Exception, match="sweep 'blip' already exists"):
+        runner._open_parent(client, spec, "name: blip\n", resume=False, search=True)
+
+
+def test_a_parent_whose_record_never_completes_is_closed_failed(
+    tmp_path: Path, monkeypatch
+) -> None:
+    spec = _spec(tmp_path)
+    client = tracking.open_client(spec.resolved_tracking_uri())
+    _flaky_log_text(monkeypatch, failures=10**6)
+    real_retrying = tracking.retrying
+    monkeypatch.setattr(tracking, "retrying", lambda fn, **kw: real_retrying(fn, timeout_s=1.5))
+
+    with pytest.raises(ConnectionError):
+        runner._open_parent(client, spec, "name: blip\n", resume=False, search=True)
+
+    exp = client.get_experiment_by_name("blip")
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`flatsweep.role` = 'parent'")
+    assert parent.info.status == "FAILED"  # not left RUNNING

@@ -1127,6 +1127,9 @@ class MLflowTracker(Callback):
         self._runs: dict[str, str] = {}  # trial id -> run id (entries are only added)
         self._owed: dict[str, list[Param]] = {}  # trial id -> params its run still lacks
         self._running: set[str] = set()  # run ids the writers know to be RUNNING
+        # Trials whose create_run was sent: if its answer was lost (a timeout after the
+        # server committed), the retry must look the run up before creating another.
+        self._create_sent: set[str] = set()
         self._last_step: dict[str, int] = {}  # trial id -> last epoch logged
         self._started: set[str] = set()  # trials this driver saw start (main thread only)
         self._closed: set[str] = set()  # trials this driver saw complete or fail
@@ -1270,7 +1273,7 @@ class MLflowTracker(Callback):
         if found is None:
             found = (
                 []
-                if self.fresh
+                if self.fresh and tid not in self._create_sent
                 else client.search_runs(
                     [self.experiment_id],
                     filter_string=(
@@ -1296,6 +1299,7 @@ class MLflowTracker(Callback):
             self._runs[tid] = run_id
             return run_id
         name, tags, closing = self._new_run(tid, close)
+        self._create_sent.add(tid)
         # Writes are delivered in rounds: date the run from Tune's event, not the write.
         run_id = client.create_run(
             self.experiment_id, tags=tags, start_time=self._start_ms.get(tid), run_name=name

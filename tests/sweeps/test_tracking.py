@@ -214,6 +214,40 @@ def test_writes_are_retried_until_the_store_is_back(store, tmp_path):
     assert run.data.params["perturbation.radius"] == "0.01"  # the params write was retried too
 
 
+def test_a_create_run_whose_answer_was_lost_creates_no_second_run(store):
+    """Through MLflow's API (no bulk writes): the server committed the run, its answer was
+    lost (a timeout), and the retry must find that run rather than create another."""
+    uri, client, exp, parent = store
+    tracker = _tracker(store, interval_s=0.0)
+    tracker.fresh = True  # a stage this driver started: its trials are not looked up first
+    real_create = tracker._client.create_run  # type: ignore[union-attr]
+    lost = {"n": 1}
+
+    def create_then_lose_the_answer(*a: Any, **kw: Any) -> Any:
+        run = real_create(*a, **kw)
+        if lost["n"]:
+            lost["n"] -= 1
+            raise ConnectionError("read timed out")  # the fault a process cannot make real
+        return run
+
+    tracker._client.create_run = create_then_lose_the_answer  # type: ignore[union-attr, method-assign]
+    trial = _Trial("c")
+    tracker.on_trial_start(0, [], trial)
+    for epoch in range(1, 4):
+        _report(tracker, trial, _result(epoch))
+    trial.status = "TERMINATED"
+    tracker.on_trial_complete(0, [], trial)
+    assert tracker.drain()
+    assert lost["n"] == 0
+    run = _child(client, exp, parent)  # exactly one child
+    assert run.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_acc")) == [
+        1,
+        2,
+        3,
+    ]
+
+
 def test_one_round_delivers_every_trial_queued(store):
     uri, client, exp, parent = store
     tracker = _tracker(store, interval_s=2.0)

@@ -414,6 +414,8 @@ class Side:
     best_epoch: dict[int, float] = field(default_factory=dict)
     run_ids: dict[int, str] = field(default_factory=dict)
     reference: SideReference | None = None
+    # seeds whose run ended without a result: "diverged", "ran out of memory", "failed"
+    failed: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -465,10 +467,17 @@ def _fill(side: Side, runs: list[Run], metric: str) -> None:
 
     for r in runs:
         seed = r.data.tags.get(tracking.TAG_SEED)
-        if r.info.status != "FINISHED" or seed is None:
+        if seed is None:
+            continue
+        s = int(seed)
+        if (why := tracking.why_unusable(r, metric, metric)) is not None:
+            if s not in side.run_ids:  # a resume's finished run of the seed counts instead
+                side.failed[s] = why
+            continue
+        if r.info.status != "FINISHED":
             continue
         m = r.data.metrics
-        s = int(seed)
+        side.failed.pop(s, None)
         side.run_ids[s] = r.info.run_id
         for values, key in (
             (side.last, metric),
@@ -594,6 +603,15 @@ def format_table(t: ReproductionTable) -> str:
     epochs = ", ".join(
         f"{s.label} {mean_std(list(s.best_epoch.values()))[0]:.1f}" for s in (m, b) if s.best_epoch
     )
+    for side in (m, b):
+        if side.failed:
+            from sweeps import tracking
+
+            lines += [
+                "",
+                f"{side.label}: {tracking.describe_failures(side.failed)}; those seeds are in "
+                "neither its numbers nor the paired difference.",
+            ]
     lines += [
         "",
         "Ours: mean ± sample std over the seeds that finished (n); the difference row is paired "

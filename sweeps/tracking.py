@@ -1770,7 +1770,7 @@ def _test_metric(metric: str) -> str:
     return test_metric_for(metric) or metric
 
 
-def _why_unusable(run: Run, metric: str, test: str) -> str | None:
+def why_unusable(run: Run, metric: str, test: str) -> str | None:
     """Why a confirmation run cannot count, when it ended without a usable result; None when
     it can, or when it has not ended (running, or killed and left for a resume)."""
     tags, status = run.data.tags, run.info.status
@@ -1794,7 +1794,7 @@ def _seed_outcomes(runs: Iterable[Run], metric: str, test: str) -> dict[str, dic
         if TAG_CONFIG not in r.data.tags or TAG_SEED not in r.data.tags:
             continue
         seeds = out.setdefault(r.data.tags[TAG_CONFIG], {})
-        seed, why = int(r.data.tags[TAG_SEED]), _why_unusable(r, metric, test)
+        seed, why = int(r.data.tags[TAG_SEED]), why_unusable(r, metric, test)
         if why is None and r.info.status == "FINISHED":
             seeds[seed] = r
         elif why is not None and not isinstance(seeds.get(seed), Run):
@@ -1802,7 +1802,7 @@ def _seed_outcomes(runs: Iterable[Run], metric: str, test: str) -> dict[str, dic
     return out
 
 
-def _failures(seeds: dict[int, Any]) -> str:
+def describe_failures(seeds: dict[int, Any]) -> str:
     """``{3: "diverged", 1: "failed"}`` -> "failed on seed 1; diverged on seed 3"."""
     by_why: dict[str, list[int]] = {}
     for s in sorted(seeds):
@@ -1849,12 +1849,12 @@ def _confirmation(
     groups = _seed_outcomes(_of_stage(client, sweep, runs, "finalist", "baseline"), metric, test)
     baseline = groups.pop("baseline", {})
     excluded: dict[str, str] = {}
-    if failed := _failures(baseline):
+    if failed := describe_failures(baseline):
         excluded["baseline"] = f"{failed} (left out of the pairs)"
     sign = 1.0 if mode == "max" else -1.0
     candidates = []
     for cid, seeds in sorted(groups.items()):
-        if failed := _failures(seeds):
+        if failed := describe_failures(seeds):
             excluded[cid] = failed
             continue
         common = sorted(s for s in seeds if isinstance(baseline.get(s), Run))

@@ -244,6 +244,41 @@ def test_official_logs_and_a_single_seed_are_shown_as_such():
     assert m["reproduce.delta.test_robust_acc.mean"] == pytest.approx(0.10)
 
 
+def test_seeds_without_a_result_are_named_under_the_table(tmp_path):
+    """Read from real runs: a diverged seed (FINISHED, tagged, no test metric) is out of the
+    numbers and said to be; a failed seed that a resume ran again counts its finished run."""
+    from mlflow.entities import Metric, RunTag
+    from mlflow.tracking import MlflowClient
+
+    from sweeps import tracking
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
+    exp = client.create_experiment("r", artifact_location=str(tmp_path / "a"))
+
+    def run(seed: int, status: str, test: float | None, **tags: str):  # noqa: ANN202
+        r = client.create_run(exp).info.run_id
+        metrics = [Metric("test_acc", test, 0, 0)] if test is not None else []
+        tags = {tracking.TAG_SEED: str(seed), **tags}
+        client.log_batch(r, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()])
+        client.set_terminated(r, status)
+        return client.get_run(r)
+
+    runs = [
+        run(1, "FINISHED", 0.96),
+        run(2, "FINISHED", None, **{tracking.TAG_DIVERGED: "1"}),
+        run(3, "FINISHED", 0.95),
+        run(3, "FAILED", None),  # the attempt before the resume, read after its re-run
+    ]
+    t = hand_made_table("amp_cifar10", {}, {1: 0.95, 2: 0.951, 3: 0.949})
+    t.method.last, t.method.best_val = {}, {}
+    rp._fill(t.method, runs, "test_acc")
+
+    assert t.method.last == {1: 0.96, 3: 0.95} and t.method.failed == {2: "diverged"}
+    text = rp.format_table(t)
+    assert "(n=2)" in text
+    assert "AMP: diverged on seed 2; those seeds are in neither its numbers nor the paired" in text
+
+
 # --- on a cluster --------------------------------------------------------------------------------
 
 

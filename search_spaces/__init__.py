@@ -10,6 +10,7 @@ the default space of a kind. A searched point goes into a spec with
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -68,7 +69,13 @@ def resolve(
             )
         if len(bounds) != 2:
             raise ValueError(f"range for {key!r} must be [low, high], but got {list(bounds)}")
-        ranges[key] = ranges[key].with_bounds(float(bounds[0]), float(bounds[1]))
+        low, high = float(bounds[0]), float(bounds[1])
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise ValueError(f"range for {key!r} must be finite, but got [{low}, {high}]")
+        try:
+            ranges[key] = ranges[key].with_bounds(low, high)
+        except ValueError as e:
+            raise ValueError(f"range for {key!r}: {e}") from None
     return ranges
 
 

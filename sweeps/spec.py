@@ -26,7 +26,8 @@ from trainers._yaml import load_yaml
 from trainers.data import check_data
 from trainers.spec import TrainSpec, format_validation_error
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# \Z, not $: "$" also matches before a final newline, and a name goes into paths and ids.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 DEFAULT_TRACKING_DB = "flatsweep.db"
 
 
@@ -70,7 +71,7 @@ class SearcherSpec(_Strict):
     """Optuna sampler used by Ray Tune's ``OptunaSearch`` (``sweeps.searchers.SAMPLERS``)."""
 
     sampler: str = "tpe"
-    seed: int | None = 0
+    seed: int | None = Field(0, ge=0, lt=2**32)  # numpy's RandomState takes 0..2**32-1
     n_startup_trials: int = Field(4, ge=0)  # TPE/GP: random trials before the model kicks in
     # TPE only, opt-in: build its densities from the last max_history trials and the 25 best
     # before them, so a suggestion's cost stops growing with the sweep (sweeps/bounded_tpe.py:
@@ -225,6 +226,8 @@ class SweepSpec(_Strict):
 
     def _check_objectives(self) -> None:
         metrics, modes = self.metrics, self.modes
+        if not metrics:
+            raise ValueError("metric: give at least one metric, e.g. val_acc")
         if len(metrics) != len(modes):
             raise ValueError(
                 f"metric and mode must have the same length, but got {len(metrics)} metrics "

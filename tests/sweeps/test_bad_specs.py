@@ -45,6 +45,22 @@ BAD = [
         "'random' and 1 metric(s); remove it",
     ),
     (with_("mode", "maximize"), "mode"),
+    # numpy's RandomState takes 0..2**32-1: refused here, not by the searcher after start
+    (with_("searcher.seed", -1), "searcher.seed: Input should be greater than or equal to 0"),
+    (with_("searcher.seed", 2**40), "searcher.seed: Input should be less than 4294967296"),
+    (
+        yaml.safe_dump({**sweep_dict(), "metric": [], "mode": []}),
+        "metric: give at least one metric",
+    ),
+    (
+        with_("space.ranges", {"perturbation.radius": [0.005, float("inf")]}),
+        "range for 'perturbation.radius' must be finite, but got [0.005, inf]",
+    ),
+    (
+        with_("space.ranges", {"perturbation.radius": [0.5, 0.05]}),
+        "range for 'perturbation.radius': range low must be <= high",
+    ),
+    (with_("name", "abc\n"), "name"),
     (with_("metric", "accuracy"), "metric 'accuracy' is not reported by trials; allowed:"),
     (with_("metric", "val_robust_acc"), "needs train.adversarial"),
     # selection on the test set is refused, naming the validation metric to use

@@ -20,6 +20,7 @@ from sweeps._console import err, fail, out
 from sweeps.dbinit import sqlite_path
 from sweeps.jobs_cli import register
 from sweeps.spec import SpecError, load_spec, resolve_tracking_uri
+from sweeps.uris import redact
 
 app = typer.Typer(
     add_completion=False,
@@ -54,7 +55,7 @@ def _sweep(client, name: str):  # noqa: ANN001, ANN202
 
     sweep = find_sweep(client, name)
     if sweep is None:
-        raise fail(f"name: no sweep {name!r} in {client.tracking_uri}")
+        raise fail(f"name: no sweep {name!r} in {redact(client.tracking_uri)}")
     return sweep
 
 

@@ -18,9 +18,9 @@ from typing import Any
 import yaml
 from mlflow.tracking import MlflowClient
 
-from sweeps.preflight import redact
 from sweeps.spec import SpecError
 from sweeps.tracking import TAG_DEVICE, TAG_GIT, TAG_SPEC, TAG_TRIAL, export_ranking, find_sweep
+from sweeps.uris import redact
 
 
 def _safe(part: str) -> str:
@@ -37,7 +37,7 @@ def export_best(
         raise SpecError(f"--top must be >= 1, but got {top}")
     sweep = find_sweep(client, name)
     if sweep is None:
-        raise SpecError(f"name: no sweep {name!r} in {client.tracking_uri}")
+        raise SpecError(f"name: no sweep {name!r} in {redact(client.tracking_uri)}")
     ranked = export_ranking(client, sweep)[:top]
     if not ranked:
         raise SpecError(f"name: sweep {name!r} has no finished full-length trial to export")

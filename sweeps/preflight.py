@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from sweeps.dbinit import sqlite_path
 from sweeps.spec import DEFAULT_TRACKING_DB, SpecError, SweepSpec
+from sweeps.uris import redact
 
 SHARED_STORAGE_SCHEMES = ("s3", "gs")  # every node of a cluster reaches these
 
@@ -51,15 +52,6 @@ def is_loopback(address: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def redact(uri: str) -> str:
-    """``uri`` with any password replaced by ``***``, for error messages."""
-    parts = urlsplit(uri)
-    if not parts.password:
-        return uri
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _setting(spec: SweepSpec, field_name: str, env: str) -> tuple[str | None, str]:

@@ -48,6 +48,7 @@ from sweeps import jobs
 from sweeps.dbinit import sqlite_path
 from sweeps.spec import MAX_EPOCHS, MAX_SEEDS, NAME_RE, SpecError, SweepSpec
 from sweeps.stats import mean_std, paired_difference
+from sweeps.uris import redact
 from trainers import test_metric_for
 from trainers._yaml import load_yaml
 from trainers.data import check_data
@@ -725,7 +726,7 @@ def run(
     client = MlflowClient(result.tracking_uri)
     sweep = tracking.find_sweep(client, p.spec.name)
     if sweep is None:  # run_sweep has just created it
-        raise SpecError(f"name: sweep {p.spec.name!r} vanished from {result.tracking_uri}")
+        raise SpecError(f"name: sweep {p.spec.name!r} vanished from {redact(result.tracking_uri)}")
     table = collect(client, sweep, p)
     record(client, result.parent_run_id, table)
     return result, table

@@ -42,6 +42,7 @@ from sweeps import optunabulk, sqlbulk, studies, tracking
 from sweeps.searchers import SAMPLERS, SCHEDULERS
 from sweeps.spec import SpecError, SweepSpec
 from sweeps.tracking import META_CONFIG, META_STAGE, MLflowTracker, Sweep
+from sweeps.uris import redact
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +288,7 @@ class SweepResult:
         if self.tracking_uri.startswith("http"):
             return f"browse: {self.ui_url()}"
         return (
-            f"browse: mlflow ui --backend-store-uri {self.tracking_uri} --host 127.0.0.1 "
+            f"browse: mlflow ui --backend-store-uri {redact(self.tracking_uri)} --host 127.0.0.1 "
             f"--port 5000  ->  {self.ui_url()}"
         )
 
@@ -672,8 +673,6 @@ def _open_parent(
     retry completes the parent an earlier try created: ``tracking.open_parent``). If MLflow
     stays unreachable, a parent this run created is closed FAILED where it can be."""
     import uuid
-
-    from sweeps.preflight import redact
 
     attempt = uuid.uuid4().hex
 

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 import search_spaces
 from sweeps.dbinit import sqlite_path
 from sweeps.searchers import SAMPLERS, SCHEDULERS
+from sweeps.uris import password_in
 from trainers import EPOCH_METRICS, FINAL_METRICS, test_metric_for
 from trainers._yaml import load_yaml
 from trainers.data import check_data
@@ -206,6 +207,19 @@ class SweepSpec(_Strict):
             )
         self._resolve_space()
         self._check_objectives()
+        for field_name, uri in (
+            ("tracking_uri", self.tracking_uri),
+            ("searcher.storage", self.searcher.storage),
+        ):
+            if uri and password_in(uri):
+                # The spec is stored with the sweep (sweep.yaml, a parent run's artifact) and
+                # staged with a submitted job: a secret in it would be in both.
+                raise ValueError(
+                    f"{field_name}: it carries a password, which would be stored with the "
+                    f"sweep and sent with a submitted job; drop it and give it as "
+                    f"MLFLOW_TRACKING_PASSWORD (an MLflow server) or PGPASSWORD / ~/.pgpass "
+                    f"(PostgreSQL)"
+                )
         return self
 
     def _resolve_space(self) -> None:

@@ -344,7 +344,7 @@ class StudyMirror:
 
 
 def _redact(url: str) -> str:
-    from sweeps.preflight import redact
+    from sweeps.uris import redact
 
     return redact(url)
 

@@ -55,6 +55,7 @@ from ray.tune import Callback
 from sweeps import sqlbulk
 from sweeps.dbinit import first_use, sqlite_path
 from sweeps.sqlbulk import NewRun, RunWrite, SqlBulk
+from sweeps.uris import redact
 
 log = logging.getLogger(__name__)
 
@@ -432,7 +433,7 @@ def open_parent(
             f"run 'sweeps resume {spec.name}' or choose another name (--name)"
         )
     if parent is None and resume:
-        raise SpecError(f"name: no sweep {spec.name!r} to resume in {client.tracking_uri}")
+        raise SpecError(f"name: no sweep {spec.name!r} to resume in {redact(client.tracking_uri)}")
     if parent is not None and not ours:
         client.update_run(parent.info.run_id, status="RUNNING")
         return Sweep(spec.name, exp_id, client.get_run(parent.info.run_id))
@@ -494,9 +495,14 @@ def open_parent(
     # The validated spec with every default that was actually used.
     import yaml
 
-    client.log_text(
-        run_id, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), "sweep_resolved.yaml"
-    )
+    resolved = spec.model_dump(mode="json")
+    # A spec refuses passwords in these, but `--tracking-uri` and the environment do not pass
+    # through it: the stored copy never holds one.
+    if resolved.get("tracking_uri"):
+        resolved["tracking_uri"] = redact(resolved["tracking_uri"])
+    if resolved.get("searcher", {}).get("storage"):
+        resolved["searcher"]["storage"] = redact(resolved["searcher"]["storage"])
+    client.log_text(run_id, yaml.safe_dump(resolved, sort_keys=False), "sweep_resolved.yaml")
     client.log_dict(run_id, space, "search_space.json")
     return Sweep(spec.name, exp_id, client.get_run(run_id))
 

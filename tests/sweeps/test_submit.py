@@ -150,11 +150,45 @@ def test_loopback_refuses_paths_relative_to_the_jobs_temp_dir():
         pf.preflight(spec_of(tracking_uri="sqlite:///flatsweep.db"), "http://127.0.0.1:8265")
 
 
-def test_preflight_messages_do_not_show_passwords():
-    s = spec_of(storage_path="s3://b/r", tracking_uri="postgresql://u:hunter2@db/mlflow")
+def test_preflight_messages_do_not_show_passwords(monkeypatch):
+    # A spec refuses a password in its own fields; the environment's URI can still hold one.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "postgresql://u:hunter2@db/mlflow")
     with pytest.raises(SpecError) as e:
-        pf.preflight(s, REMOTE)
+        pf.preflight(spec_of(storage_path="s3://b/r"), REMOTE)
     assert "hunter2" not in str(e.value) and "u:***@db" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("field", "uri"),
+    [
+        ("tracking_uri", "https://u:hunter2@mlflow.example.com"),
+        ("tracking_uri", "postgresql://u@db/mlflow?password=hunter2"),
+        ("searcher.storage", "postgresql://optuna:hunter2@db/optuna"),
+    ],
+)
+def test_a_spec_with_a_password_is_refused_before_it_is_stored_or_staged(field, uri, tmp_path):
+    d = sweep_dict("p")
+    if field == "tracking_uri":
+        d["tracking_uri"] = uri
+    else:
+        d["searcher"] = {**d["searcher"], "storage": uri}
+    f = tmp_path / "p.yaml"
+    f.write_text(yaml.safe_dump(d))
+    r = CliRunner().invoke(make_app(), ["submit", str(f), "--address", "http://127.0.0.1:8265"])
+    assert r.exit_code == 2, r.output
+    assert r.output.startswith(f"error: {field}: it carries a password")
+    assert "hunter2" not in r.output
+
+
+def test_redact_hides_a_password_in_the_authority_or_the_query():
+    from sweeps.uris import password_in, redact
+
+    assert redact("postgresql://u:hunter2@db/x") == "postgresql://u:***@db/x"
+    assert redact("postgresql://u@db/x?sslmode=require&password=hunter2") == (
+        "postgresql://u@db/x?sslmode=require&password=***"
+    )
+    assert redact("sqlite:////tmp/m.db") == "sqlite:////tmp/m.db"
+    assert not password_in("http://127.0.0.1:5000") and password_in("http://u:p@h")
 
 
 # --- what is submitted --------------------------------------------------------------------------

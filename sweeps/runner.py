@@ -82,6 +82,14 @@ class _OptunaSearch(OptunaSearch):
     ``oom=1`` and no metric (it says nothing about the point), which the stock
     ``on_trial_result`` would turn into a KeyError in the driver and the stock
     ``on_trial_complete`` of a multi-objective study into a trial left RUNNING.
+
+    And a trial the scheduler stopped before ``max_epochs`` (ASHA) ends PRUNED, as Optuna's
+    own pruning records it, with its per-epoch values as intermediate values; the stock code
+    tells it COMPLETE with the value of the epoch it was stopped at, which TPE, the stored
+    study and a later ``warm_start`` would then rank beside full-length trials (an early
+    epoch's ``val_loss`` can beat every finished trial's). The sweep's own ranking leaves
+    such trials out for the same reason (``tracking.rank_children``). A diverged trial stays
+    COMPLETE with its worst value: the point is bad, and TPE should learn that.
     """
 
     def __init__(
@@ -89,12 +97,22 @@ class _OptunaSearch(OptunaSearch):
         *args: Any,
         mirror: tuple[str, str] | None = None,
         warm_start: list[Any] | None = None,
+        max_epochs: int | None = None,
         **kwargs: Any,
     ) -> None:
         self._mirror_to = mirror
+        self._max_epochs = max_epochs
         super().__init__(*args, **kwargs)
         if warm_start:
             self._ot_study.add_trials(warm_start)
+
+    def _stopped_early(self, result: dict) -> bool:
+        """Whether a trial's last result is from before its last epoch, and not a failure
+        (``tracking.final_flags``)."""
+        max_epochs = getattr(self, "_max_epochs", None)  # a searcher pickled before it existed
+        if max_epochs is None or result.get("diverged") or result.get("oom"):
+            return False
+        return int(result.get("epoch", max_epochs)) < max_epochs
 
     def _mirror(self) -> studies.StudyMirror | None:
         if getattr(self, "_mirror_to", None) is None:
@@ -132,6 +150,8 @@ class _OptunaSearch(OptunaSearch):
         # on error), as with one objective.
         if isinstance(self.metric, list) and result and any(m not in result for m in self.metric):
             result = None
+        if result and self._stopped_early(result):
+            result = None  # PRUNED: the stock code tells Optuna no value as pruned
         super().on_trial_complete(trial_id, result, error)
         ot_trial = self._ot_trials.get(trial_id)
         mirror = self._mirror()
@@ -484,6 +504,7 @@ def _run_stage(
                     sampler=SAMPLERS.get(spec.searcher.sampler).build(spec),
                     mirror=(mirror.url, mirror.name) if mirror is not None else None,
                     warm_start=stage.warm_start,
+                    max_epochs=spec.train.epochs,
                 )
                 # With a ConcurrencyLimiter Tune keeps `slots` trials pending instead of 1,
                 # which is what lets a model-based searcher fill every slot.

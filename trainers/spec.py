@@ -6,6 +6,7 @@ are refused, and the resolved spec is saved inside every checkpoint, as nanoGPT 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -43,6 +44,18 @@ class ModelSpec(_Strict):
         if v not in MODELS:
             raise ValueError(unknown_message("model", v, MODELS.names()))
         return v
+
+    @model_validator(mode="after")
+    def _known_args(self) -> ModelSpec:
+        from trainers.models import option_names
+
+        allowed = option_names(self.name)
+        for key in self.args:
+            if key not in allowed:
+                raise ValueError(
+                    unknown_message(f"{self.name} argument", key, allowed or ["(none)"])
+                )
+        return self
 
 
 class OptimSpec(_Strict):
@@ -200,9 +213,9 @@ class TrainSpec(_Strict):
     eval_batch_size: int | None = Field(None, ge=1)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool = False
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)  # torch and numpy generators both take it
     deterministic: bool = False
-    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
+    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", "mps"
     # CPU threads for torch; None leaves torch's default. CPU results depend on the thread
     # count, so a sweep records its trials' count here and an exported config reproduces it.
     num_threads: int | None = Field(None, ge=1)
@@ -215,6 +228,14 @@ class TrainSpec(_Strict):
     # Diagnostic: measure the top Hessian eigenvalue of the final weights on a fixed batch of
     # the validation split (``diag.hessian_lmax``, after the last epoch). Never an objective.
     hessian_lmax: bool = False
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        # Checked here, where PyTorch is not loaded, rather than by torch.device in a trial.
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v):
+            raise ValueError(f"must be auto, cpu, cuda, cuda:N or mps, but got {v!r}")
+        return v
 
     @model_validator(mode="after")
     def _cross_checks(self) -> TrainSpec:

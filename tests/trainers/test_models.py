@@ -296,3 +296,10 @@ def test_shakedrop_uses_alpha_forward_beta_backward_and_expectation_in_eval() ->
 
     half = ShakeDrop(p_drop=0.25).eval()
     torch.testing.assert_close(half(torch.ones(2, 3)), torch.full((2, 3), 0.75))
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_option_names_read_from_the_source_match_the_signature(name: str) -> None:
+    from trainers.models import option_names, options
+
+    assert option_names(name) == list(options(name))

@@ -183,9 +183,9 @@ def test_a_new_kind_starts_from_its_defaults_keeping_the_common_fields():
 
 
 def test_with_overrides_fills_an_unset_section_and_a_dict_field():
-    out = base().with_overrides({"adversarial.eps": 0.1, "model.args.width": 8})
+    out = base().with_overrides({"adversarial.eps": 0.1, "model.args.channels": 8})
     assert out.adversarial is not None and out.adversarial.eps == 0.1
-    assert out.adversarial.steps == 10 and out.model.args == {"width": 8}
+    assert out.adversarial.steps == 10 and out.model.args == {"channels": 8}
     assert base().with_overrides({"perturbation.kind": "awp"}).adversarial is not None
 
 
@@ -209,3 +209,34 @@ def test_with_overrides_errors_are_one_line_value_errors(point, expected):
         base().with_overrides(point)
     assert not isinstance(info.value, ValidationError)
     assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "model: {name: cnn1d, args: {chanels: 8}}\ndata: {name: mnist1d}\n",
+            "unknown cnn1d argument 'chanels'; allowed: batchnorm, channels",
+        ),
+        (BASE + "device: bogus\n", "device: must be auto, cpu, cuda, cuda:N or mps, but got"),
+        (BASE + "seed: 1000000000000000000000000000000\n", "seed: Input should be less than"),
+    ],
+)
+def test_a_bad_model_option_device_or_seed_is_refused_without_pytorch(text, message):
+    """Checked by the spec, where a sweep's driver has not loaded PyTorch, not by a trial."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from trainers._yaml import load_yaml; from trainers.spec import "
+        "TrainSpec, format_validation_error; from pydantic import ValidationError\n"
+        "try:\n"
+        f"    TrainSpec.model_validate(load_yaml({text!r}))\n"
+        "except ValidationError as e:\n"
+        "    print(format_validation_error(e))\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert message in out[0] and out[1] == "False"

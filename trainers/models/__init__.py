@@ -20,9 +20,12 @@ allowed names instead of a TypeError from deep inside a constructor.
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.util
 import inspect
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trainers._registry import Registry, unknown_message
@@ -30,7 +33,7 @@ from trainers._registry import Registry, unknown_message
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["MODELS", "build", "factory", "options"]
+__all__ = ["MODELS", "build", "factory", "option_names", "options"]
 
 #: Model name -> the module defining the factory of that name. Modules (and PyTorch) are
 #: imported on first use, so a spec's model name is checked without PyTorch.
@@ -56,6 +59,22 @@ def factory(name: str) -> Callable[..., nn.Module]:
 
 
 _POSITIONAL = ("num_classes", "in_shape")
+
+
+def option_names(name: str) -> list[str]:
+    """The keyword options of model ``name``, read from its module's source without running
+    it: a spec's ``model.args`` is checked where PyTorch is not loaded (a sweep's driver, and
+    ``sweeps validate``), so a misspelt option fails there, before any trial. Equal to
+    ``list(options(name))`` (tested for every model)."""
+    module = importlib.util.find_spec(MODELS.get(name))
+    if module is None or module.origin is None:
+        raise ValueError(f"model {name!r}: its module cannot be found")
+    tree = ast.parse(Path(module.origin).read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == name:
+            args = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+            return [a.arg for a in args if a.arg not in _POSITIONAL]
+    raise ValueError(f"model {name!r}: no factory of that name in {module.origin}")
 
 
 def options(name: str) -> dict[str, object]:

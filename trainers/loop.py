@@ -204,6 +204,12 @@ def fit(
         if device.type == "cuda" and state.get("rng_cuda") is not None:
             torch.cuda.set_rng_state(state["rng_cuda"], device)
         start_epoch, history = state["epoch"], list(state["history"])
+        if start_epoch > spec.epochs:
+            # Nothing to train, and the history would report an epoch past the spec's end.
+            raise ValueError(
+                f"checkpoint {str(resume)!r} is at epoch {start_epoch}, past epochs "
+                f"{spec.epochs}; resume it with epochs >= {start_epoch}"
+            )
         if start_epoch < spec.epochs:
             # Resumed with more epochs (``--epochs``): the old last epoch is no longer last.
             history = [{k: v for k, v in m.items() if k not in FINAL_METRICS} for m in history]

@@ -379,3 +379,10 @@ def test_python_m_trainers_bad_config_is_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1
     assert "precision" in proc.stderr and "bf16" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_resume_with_fewer_epochs_than_the_checkpoint_is_refused(tmp_path):
+    # It used to "finish" at once, reporting the checkpoint's later epoch and no test set.
+    fit(spec(epochs=2), on_epoch_end=lambda m, save: save(tmp_path) and None)
+    with pytest.raises(ValueError, match="at epoch 2, past epochs 1; resume it with epochs >= 2"):
+        fit(spec(epochs=1), resume=tmp_path)

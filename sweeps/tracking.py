@@ -1761,15 +1761,6 @@ def best_run(client: MlflowClient, sweep: Sweep, runs: list[Run] | None = None) 
     return ranked[0] if ranked else None
 
 
-def _by_config(runs: Iterable[Run]) -> dict[str, dict[int, Run]]:
-    """Finished confirmation runs by config id, then seed."""
-    out: dict[str, dict[int, Run]] = {}
-    for r in runs:
-        if r.info.status == "FINISHED" and TAG_CONFIG in r.data.tags and TAG_SEED in r.data.tags:
-            out.setdefault(r.data.tags[TAG_CONFIG], {})[int(r.data.tags[TAG_SEED])] = r
-    return out
-
-
 def _test_metric(metric: str) -> str:
     from trainers import test_metric_for
 
@@ -1997,16 +1988,21 @@ def status_rows(client: MlflowClient, sweep: Sweep) -> list[dict[str, Any]]:
 
 def export_ranking(client: MlflowClient, sweep: Sweep) -> list[tuple[Run, dict[str, Any]]]:
     """Runs to export, best first, each with its provenance facts: the verdict's winner
-    first, then the other confirmed finalists by mean validation metric, then the search
-    trials by the search metric (they were never confirmed over seeds)."""
+    first, then the other confirmed finalists by mean validation metric (not one with a seed
+    that diverged, ran out of memory or failed: its search trial may still come later), then
+    the search trials by the search metric (they were never confirmed over seeds)."""
     metric, mode = sweep.objectives[0]
     sign = 1.0 if mode == "max" else -1.0
     out: list[tuple[Run, dict[str, Any]]] = []
-    groups = _by_config(children(client, sweep, "finalist"))
+    test = _test_metric(metric)
+    groups = _seed_outcomes(children(client, sweep, "finalist"), metric, test)
     winner = sweep.parent.data.tags.get("flatsweep.winner_config_id")
     scored = []
-    for cid, seeds in groups.items():
-        vals = [r.data.metrics[metric] for r in seeds.values() if metric in r.data.metrics]
+    for cid, outcomes in groups.items():
+        if describe_failures(outcomes):
+            continue  # a seed diverged or failed: not confirmed, and cannot win (the verdict)
+        seeds = {s: r for s, r in outcomes.items() if isinstance(r, Run)}
+        vals = [r.data.metrics[metric] for r in seeds.values()]
         if vals:
             scored.append((cid != winner, -sign * sum(vals) / len(vals), cid, seeds))
     for _, neg, cid, seeds in sorted(scored, key=lambda t: (t[0], t[1], t[2])):

@@ -179,3 +179,22 @@ def test_the_report_lists_what_was_left_out(
 
     assert record.verdict.excluded == {"f1": "diverged on seed 1"}
     assert "- `f1`: diverged on seed 1" in text
+
+
+def test_export_leaves_out_a_finalist_with_a_failed_seed_and_never_exports_that_run(
+    store: tuple[MlflowClient, str, str],
+) -> None:
+    baseline(store)
+    for s in SEEDS:
+        child(store, "f1", s, 0.85, 0.85)
+    # f2: best mean validation value of the seeds that finished, but its seed 1 diverged (and
+    # that seed's run is the one export used to pick, the lowest seed).
+    child(store, "f2", 1, 0.0, None, **{TAG_DIVERGED: "1"})
+    child(store, "f2", 2, 0.99, 0.99)
+    child(store, "f2", 3, 0.99, 0.99)
+
+    ranked = tracking.export_ranking(store[0], sweep(store))
+
+    finalists = [facts["config_id"] for _, facts in ranked if facts["stage"] == "finalist"]
+    assert finalists == ["f1"]
+    assert all(run.data.tags.get(TAG_DIVERGED) != "1" for run, _ in ranked)

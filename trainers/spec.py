@@ -82,7 +82,10 @@ class ScheduleSpec(_Strict):
 BNUpdate = Literal["first_pass", "all_passes"]
 # Hyperparameter types, strict so that "0.05", true or 2.0 are refused rather than coerced.
 _Radius = Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)]
-_Steps = Annotated[int, Field(ge=1, strict=True)]
+# Bounds that keep a typo from running a trial for days: the papers take 1-10 inner steps
+# (each one closure pass more per step), and PGD-1000 is already a heavy evaluation.
+MAX_INNER_STEPS, MAX_ATTACK_STEPS, MAX_BATCH = 100, 1000, 65_536
+_Steps = Annotated[int, Field(ge=1, le=MAX_INNER_STEPS, strict=True)]
 _InnerLR = Annotated[float, Field(gt=0, allow_inf_nan=False, strict=True)]
 
 
@@ -183,9 +186,9 @@ class AdversarialSpec(_Strict):
     """
 
     eps: float = Field(8 / 255, ge=0)
-    steps: int = Field(10, ge=1)  # attack steps for training, with a random start
+    steps: int = Field(10, ge=1, le=MAX_ATTACK_STEPS)  # training attack, random start
     step_size: float = Field(2 / 255, gt=0)
-    eval_steps: int = Field(20, ge=1)  # PGD-20 robust accuracy
+    eval_steps: int = Field(20, ge=1, le=MAX_ATTACK_STEPS)  # PGD-20 robust accuracy
     # Validation examples attacked per epoch; None = all. The test set is always attacked whole.
     eval_examples: int | None = Field(1000, ge=1)
     # Precision of the robust evaluations: fp32 (the AWP official evaluation) or the training
@@ -209,8 +212,8 @@ class TrainSpec(_Strict):
     # PGD-AT; AWP is defined on adversarial batches, so ``kind: awp`` turns it on by default.
     adversarial: AdversarialSpec | None = None
     epochs: int = Field(10, ge=1)
-    batch_size: int = Field(128, ge=1)
-    eval_batch_size: int | None = Field(None, ge=1)
+    batch_size: int = Field(128, ge=1, le=MAX_BATCH)
+    eval_batch_size: int | None = Field(None, ge=1, le=MAX_BATCH)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool = False
     seed: int = Field(0, ge=0, lt=2**32)  # torch and numpy generators both take it

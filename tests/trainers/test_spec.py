@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from pydantic import ValidationError
 
@@ -240,3 +242,24 @@ def test_a_bad_model_option_device_or_seed_is_refused_without_pytorch(text, mess
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.splitlines()
     assert message in out[0] and out[1] == "False"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (BASE + "perturbation: {kind: amp, inner_steps: 10000000}\n", "less than or equal to 100"),
+        (BASE + "adversarial: {steps: 100000}\n", "less than or equal to 1000"),
+        (BASE + "batch_size: 10000000\n", "less than or equal to 65536"),
+        (
+            "model: {name: mlp}\ndata: {name: synthetic, shape: [100000, 100000, 1000]}\n",
+            "shape must hold at most 16777216 values per example",
+        ),
+        (
+            "model: {name: mlp}\ndata: {name: synthetic, shape: [3, 1024, 1024]}\n",
+            "times the shape's size must be at most 536870912 values for synthetic data",
+        ),
+    ],
+)
+def test_sizes_that_would_run_for_days_or_fill_memory_are_refused(text, message):
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        TrainSpec.model_validate(load_yaml(text))

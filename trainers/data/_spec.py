@@ -6,13 +6,23 @@ property of the machine that trains, so it is checked by ``check_data``/``build`
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from trainers._registry import unknown_message
-from trainers.data.datasets import DATASETS
+from trainers.data.datasets import (
+    DATASETS,
+    SYNTHETIC_NUM_TEST,
+    SYNTHETIC_NUM_TRAIN,
+    SYNTHETIC_SHAPE,
+)
+
+#: Values per synthetic example: generated data is held in memory, so its size is bounded.
+MAX_EXAMPLE_SIZE = 2**24
+MAX_SYNTHETIC_VALUES = 2**29
 
 
 class DataSpec(BaseModel):
@@ -77,6 +87,11 @@ class DataSpec(BaseModel):
     def _positive(cls, v: list[int] | None) -> list[int] | None:
         if v is not None and (not v or min(v) < 1):
             raise ValueError(f"shape must be a non-empty list of positive sizes, but got {v}")
+        if v is not None and math.prod(v) > MAX_EXAMPLE_SIZE:
+            raise ValueError(
+                f"shape must hold at most {MAX_EXAMPLE_SIZE} values per example (a 3x1024x1024 "
+                f"image is 3.1M), but got {v} ({math.prod(v)})"
+            )
         return v
 
     @model_validator(mode="after")
@@ -103,6 +118,15 @@ class DataSpec(BaseModel):
                         f"{key} applies to image datasets (cifar10, cifar100, svhn),"
                         f" but got name={self.name!r}"
                     )
+        if self.name == "synthetic":
+            # Generated in memory at once (float32): 2**29 values are 2 GiB.
+            n = (self.num_train or SYNTHETIC_NUM_TRAIN) + (self.num_test or SYNTHETIC_NUM_TEST)
+            size = n * math.prod(self.shape or SYNTHETIC_SHAPE)
+            if size > MAX_SYNTHETIC_VALUES:
+                raise ValueError(
+                    f"num_train + num_test times the shape's size must be at most "
+                    f"{MAX_SYNTHETIC_VALUES} values for synthetic data, but got {size}"
+                )
         if self.num_val is not None and self.num_train is not None:
             if self.num_val >= self.num_train:
                 raise ValueError(

@@ -243,14 +243,18 @@ def _digits(spec: DataSpec) -> Arrays:
     return _subset(spec, x[tr], y[tr], x[te], y[te], 10)
 
 
+#: The synthetic dataset's defaults (``DataSpec`` bounds its size with them).
+SYNTHETIC_SHAPE, SYNTHETIC_NUM_TRAIN, SYNTHETIC_NUM_TEST = (3, 32, 32), 512, 128
+
+
 @_register("synthetic")
 def _synthetic(spec: DataSpec) -> Arrays:
     import torch
 
-    shape = tuple(spec.shape) if spec.shape is not None else (3, 32, 32)
+    shape = tuple(spec.shape) if spec.shape is not None else SYNTHETIC_SHAPE
     k = 10 if spec.num_classes is None else spec.num_classes
-    n_train = 512 if spec.num_train is None else spec.num_train
-    n_test = 128 if spec.num_test is None else spec.num_test
+    n_train = SYNTHETIC_NUM_TRAIN if spec.num_train is None else spec.num_train
+    n_test = SYNTHETIC_NUM_TEST if spec.num_test is None else spec.num_test
     g = torch.Generator().manual_seed(spec.seed)
     x = torch.randn(n_train + n_test, *shape, generator=g)
     d = math.prod(shape)

@@ -767,6 +767,7 @@ def run_sweep(
         warm = studies.check_warm_start(
             spec.optuna_storage_url(),
             spec.searcher.warm_start,
+            spec.space_name,
             spec.ranges(),
             spec.modes,
             spec.metrics,

@@ -119,35 +119,67 @@ def _gp(spec: SweepSpec) -> optuna.samplers.BaseSampler:
     return optuna.samplers.GPSampler(seed=s.seed, n_startup_trials=s.n_startup_trials)
 
 
-@_scheduler("asha", True, "asynchronous successive halving, rungs in epochs")
-def _asha(spec: SweepSpec, max_t: int) -> Any:
+#: Upper bound on ``scheduler.brackets`` (``sweeps.spec.SchedulerSpec``).
+MAX_BRACKETS = 8
+
+
+def hyperband_brackets(grace_period: int, max_t: int, reduction_factor: float) -> int:
+    """HyperBand's number of brackets, ``s_max + 1`` with ``s_max = floor(log_eta(R))``,
+    ``R = max_t / grace_period``: every bracket whose first rung (``grace_period * eta**s``)
+    is within ``max_t``, at most ``MAX_BRACKETS``."""
+    n = 1
+    # Multiplied out rather than a float log: log(9) / log(3) need not be exactly 2.
+    while n < MAX_BRACKETS and grace_period * reduction_factor**n <= max_t:
+        n += 1
+    return n
+
+
+def _successive_halving(spec: SweepSpec, max_t: int, brackets: int) -> Any:
+    """Ray's ASHA with ``brackets`` brackets: bracket ``s`` has its first rung at
+    ``grace_period * reduction_factor**s`` epochs, so no bracket judges a trial before the
+    grace period. Time is the trial's ``epoch``; a result without one (an out-of-memory
+    report) is passed over, not an error."""
     from ray.tune.schedulers import ASHAScheduler
 
     metric, mode = spec.primary
-    c = spec.scheduler
     return ASHAScheduler(
         time_attr="epoch",
         metric=metric,
         mode=mode,
         max_t=max_t,
         grace_period=min(spec.grace_period, max_t),
-        reduction_factor=c.reduction_factor,
-        brackets=c.brackets,
-    )
-
-
-@_scheduler("hyperband", True, "synchronous HyperBand, rungs in epochs")
-def _hyperband(spec: SweepSpec, max_t: int) -> Any:
-    from ray.tune.schedulers import HyperBandScheduler
-
-    metric, mode = spec.primary
-    return HyperBandScheduler(
-        time_attr="epoch",
-        metric=metric,
-        mode=mode,
-        max_t=max_t,
         reduction_factor=spec.scheduler.reduction_factor,
+        brackets=brackets,
     )
+
+
+@_scheduler("asha", True, "asynchronous successive halving, rungs in epochs")
+def _asha(spec: SweepSpec, max_t: int) -> Any:
+    return _successive_halving(spec, max_t, spec.scheduler.brackets or 1)
+
+
+@_scheduler(
+    "hyperband",
+    True,
+    "asynchronous HyperBand (ASHA over HyperBand's brackets), rungs in epochs",
+)
+def _hyperband(spec: SweepSpec, max_t: int) -> Any:
+    """HyperBand run asynchronously, as Li et al. propose ("A System for Massively Parallel
+    Hyperparameter Tuning", MLSys 2020): ASHA over brackets ``s = 0 .. N-1``, by default
+    HyperBand's ``s_max + 1`` (``hyperband_brackets``); Ray puts each new trial in one at
+    random (a softmax over the brackets' rung counts, which favours the most aggressive).
+    ``grace_period`` is the first rung of bracket 0, later ones start ``reduction_factor``
+    times later each, so no trial is judged before the grace period.
+
+    A deviation from synchronous HyperBand (Ray's ``HyperBandScheduler``), chosen because
+    that one needs ``n0`` concurrent trials per bracket (3 at 9 epochs, 6 at 200): it opens
+    the next bracket only once the current one holds ``n0`` live trials, so behind the
+    runner's ``ConcurrencyLimiter`` with fewer slots every trial joined the first bracket,
+    whose only rung is ``max_t``, and nothing stopped early.
+    """
+    c = spec.scheduler
+    n = c.brackets or hyperband_brackets(min(spec.grace_period, max_t), max_t, c.reduction_factor)
+    return _successive_halving(spec, max_t, n)
 
 
 @_scheduler("fifo", False, "every trial runs its full epoch budget")

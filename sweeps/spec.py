@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 import search_spaces
 from sweeps.dbinit import sqlite_path
-from sweeps.searchers import SAMPLERS, SCHEDULERS
+from sweeps.searchers import MAX_BRACKETS, SAMPLERS, SCHEDULERS
 from sweeps.uris import password_in
 from trainers import EPOCH_METRICS, FINAL_METRICS, test_metric_for
 from trainers._yaml import load_yaml
@@ -108,14 +108,18 @@ class SchedulerSpec(_Strict):
 
     ``grace_period`` (epochs a trial runs before it may be stopped) defaults to the first
     milestone of a multistep LR schedule, else 1: before its first LR decay a trial's
-    validation metric says little about where it ends. ``max_t`` defaults to the epochs.
+    validation metric says little about where it ends. ``max_t`` is the epochs: a trial
+    stopped before them counts as stopped early, so a smaller one would leave no best.
+    ``brackets``: ASHA's, 1 by default; HyperBand's (asynchronous: ASHA over several
+    brackets, ``sweeps/searchers.py``) default to every bracket whose first rung,
+    ``grace_period * reduction_factor**s``, is within ``max_t``.
     """
 
     name: str = "asha"
     grace_period: int | None = Field(None, ge=1)
     reduction_factor: float = Field(3, gt=1)
-    brackets: int = Field(1, ge=1, le=8)  # ASHA only
-    max_t: int | None = Field(None, ge=1, le=MAX_EPOCHS)  # epochs
+    brackets: int | None = Field(None, ge=1, le=MAX_BRACKETS)  # None: 1 (ASHA), all (HyperBand)
+    max_t: int | None = Field(None, ge=1, le=MAX_EPOCHS)  # epochs; None: train.epochs
 
     @field_validator("name")
     @classmethod
@@ -204,6 +208,14 @@ class SweepSpec(_Strict):
         if self.train.epochs > MAX_EPOCHS:
             raise ValueError(
                 f"train.epochs must be <= {MAX_EPOCHS} in a sweep, but got {self.train.epochs}"
+            )
+        m = self.scheduler.max_t
+        if m is not None and m != self.train.epochs:
+            # Below the epochs every trial is stopped at max_t and recorded as stopped early
+            # (no best); above them no trial ever reaches it.
+            raise ValueError(
+                f"scheduler.max_t must equal train.epochs ({self.train.epochs}), but got {m}; "
+                f"drop it (it defaults to train.epochs)"
             )
         self._resolve_space()
         self._check_objectives()
@@ -465,7 +477,10 @@ def smoke(spec: SweepSpec) -> SweepSpec:
         train = train.model_copy(
             update={"schedule": train.schedule.model_copy(update={"milestones": []})}
         )
-    return spec.model_copy(update={"num_samples": 2, "train": train, "name": smoke_name(spec.name)})
+    update: dict[str, Any] = {"num_samples": 2, "train": train, "name": smoke_name(spec.name)}
+    if spec.scheduler.max_t is not None:  # max_t is the epochs (SweepSpec validation)
+        update["scheduler"] = spec.scheduler.model_copy(update={"max_t": 1})
+    return spec.model_copy(update=update)
 
 
 def as_run(spec: SweepSpec, *, name: str | None = None, smoke_test: bool = False) -> SweepSpec:

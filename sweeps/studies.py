@@ -29,14 +29,16 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
 import sqlalchemy.exc
 import tenacity
 
+import search_spaces
 from sweeps import optunabulk
-from sweeps.dbinit import first_use
+from sweeps.dbinit import first_use, sqlite_path
 
 if TYPE_CHECKING:  # a type only: the MLflow writer process stores trials without torch
     from search_spaces import Ranges
@@ -78,16 +80,40 @@ def distributions(ranges: Ranges) -> dict[str, optuna.distributions.BaseDistribu
 
 
 def _same_space(trial: optuna.trial.FrozenTrial, space: dict[str, Any]) -> bool:
+    """Whether every parameter of ``trial`` is one of ``space`` with the same distribution.
+    A subset, not the whole space: a conditional parameter (AWP's inner_lr, only when
+    inner_steps >= 2) is missing from the trials that did not take its branch."""
     return all(space.get(k) == d for k, d in trial.distributions.items())
 
 
+def _takes_the_same_branches(trial: optuna.trial.FrozenTrial, space: Any) -> bool:
+    """Whether this sweep's space function, replayed on ``trial``'s values, asks for exactly
+    the parameters the trial has: a conditional one (AWP's inner_lr, only when inner_steps
+    >= 2) is then missing exactly where it should be, and a study of another space (ERM's
+    optimizer knobs alone, say) is told apart from one of this space."""
+    fixed = optuna.trial.FixedTrial(trial.params)
+    try:
+        space(fixed)
+    except ValueError:  # it asked for a parameter the trial does not have
+        return False
+    return set(fixed.params) == set(trial.params)
+
+
 def check_warm_start(
-    url: str | None, names: list[str], ranges: Ranges, directions: list[str], metrics: list[str]
+    url: str | None,
+    names: list[str],
+    space_name: str,
+    ranges: Ranges,
+    directions: list[str],
+    metrics: list[str],
 ) -> list[optuna.trial.FrozenTrial]:
     """The finished trials of the earlier sweeps ``names``; raises a one-line ValueError when
     a study is missing, optimises other directions or other metrics, or searched another
-    space. (Same direction is not enough: values of a sweep on ``test_acc`` would feed the
-    test set into this one's searcher, and ``val_loss`` ones are no ``train_loss``.)"""
+    space: a trial whose parameters this space (``space_name`` over ``ranges``) would not
+    have asked for, or with another range. (Same direction is not enough: values of a sweep
+    on ``test_acc`` would feed the test set into this one's searcher, and ``val_loss`` ones
+    are no ``train_loss``.) Creates nothing: a SQLite storage that does not exist is refused
+    as holding no study, not made."""
     if not names:
         return []
     if url is None:
@@ -95,8 +121,12 @@ def check_warm_start(
             "searcher.warm_start needs a stored study: set searcher.storage (or use a SQLite "
             "tracking store, whose study file sits beside it)"
         )
+    db = sqlite_path(url)
+    if db is not None and not Path(db).expanduser().is_file():
+        raise ValueError(f"searcher.warm_start: no stored study {names[0]!r} in {_redact(url)}")
     st = storage(url)
     space = distributions(ranges)
+    replay = search_spaces.define_by_run(space_name, ranges)
     out: list[optuna.trial.FrozenTrial] = []
     for name in names:
         try:
@@ -118,9 +148,11 @@ def check_warm_start(
                 f"searcher.warm_start: study {name!r} optimised {study.metric_names}, this "
                 f"sweep {metrics}"
             )
-        other = [t for t in done if not _same_space(t, space)]
-        if other or (done and set(done[0].distributions) != set(space)):
-            theirs = sorted(done[0].distributions) if done else []
+        other = [
+            t for t in done if not (_same_space(t, space) and _takes_the_same_branches(t, replay))
+        ]
+        if other:
+            theirs = sorted(other[0].distributions)
             raise ValueError(
                 f"searcher.warm_start: sweep {name!r} searched another space "
                 f"({', '.join(theirs)} with other ranges), not this one's "

@@ -109,6 +109,13 @@ BAD = [
     ("name: t\ntrain: [unclosed\n", "invalid YAML"),
     ("- just\n- a list\n", "a sweep spec is a mapping"),
     (with_("train.precision", "fp8"), "train.precision: allowed: 'fp32', 'bf16' or 'fp16'"),
+    # ASHA stopped every trial at max_t, each recorded as stopped early: a sweep with no best
+    (
+        with_("scheduler.max_t", 2),
+        "scheduler.max_t must equal train.epochs (3), but got 2; drop it (it defaults to "
+        "train.epochs)",
+    ),
+    (with_("scheduler.max_t", 4), "scheduler.max_t must equal train.epochs (3), but got 4"),
 ]
 
 
@@ -224,7 +231,7 @@ def test_validate_prints_the_grace_period_warning_on_one_line(tmp_path):
 
 
 def test_smoke_runs_under_their_own_name_and_name_overrides():
-    from sweeps.spec import SpecError, as_run
+    from sweeps.spec import SpecError, SweepSpec, as_run
 
     s = spec_of(name="quick")
     assert as_run(s, smoke_test=True).name == "quick-smoke"
@@ -232,6 +239,10 @@ def test_smoke_runs_under_their_own_name_and_name_overrides():
     assert as_run(s, name="other", smoke_test=True).name == "other-smoke"
     smoke = as_run(s, smoke_test=True)
     assert smoke.num_samples == 2 and smoke.train.epochs == 1
+    # a max_t follows the epochs (it must equal them), so the resolved spec stays valid
+    timed = as_run(spec_of(scheduler={"name": "asha", "max_t": 3}), smoke_test=True)
+    assert timed.scheduler.max_t == timed.train.epochs == 1
+    assert SweepSpec.model_validate(timed.model_dump(mode="json")).scheduler.max_t == 1
     with pytest.raises(SpecError, match="^--name: name must be 1-64 characters"):
         as_run(s, name="../etc")
 

@@ -110,6 +110,78 @@ def test_warm_start_from_a_study_of_another_metric_is_refused(first):
     assert tracking.find_sweep(MlflowClient(f"sqlite:///{tmp / 'm.db'}"), "fourth") is None
 
 
+def test_warm_start_accepts_a_study_whose_trials_skipped_a_conditional_parameter(tmp_path):
+    # AWP suggests perturbation.inner_lr only when inner_steps >= 2 (never by default): its
+    # trials hold a subset of the space's parameters, and an identical sweep must accept them.
+    import search_spaces
+
+    url = f"sqlite:///{tmp_path / 'm.optuna.db'}"
+
+    def stored(name: str, overrides: dict, optimizer: bool = False) -> None:
+        ranges = search_spaces.resolve("awp", overrides, optimizer)
+        fn = search_spaces.define_by_run("awp", ranges)
+        study = optuna.create_study(
+            study_name=name,
+            storage=url,
+            direction="maximize",
+            sampler=optuna.samplers.RandomSampler(seed=0),
+        )
+        study.set_metric_names(["val_acc"])
+        for i in range(8):
+            trial = study.ask()
+            fn(trial)
+            study.tell(trial, 0.5 + i / 100)
+
+    stored("default", {})  # inner_steps fixed at 1: no trial has inner_lr
+    stored("steps", {"perturbation.inner_steps": [1, 3]})  # some trials have it, some not
+    stored("knobs", {}, optimizer=True)  # optim.lr, optim.weight_decay too
+
+    # Another space whose trials hold a subset of this one's parameters (the radius alone,
+    # same range): the replayed space asks for inner_steps, which they lack.
+    ranges = search_spaces.resolve("awp", {})
+    subset = optuna.create_study(study_name="subset", storage=url, direction="maximize")
+    subset.set_metric_names(["val_acc"])
+    radius = ranges["perturbation.radius"]
+    subset.add_trial(
+        optuna.trial.create_trial(
+            params={"perturbation.radius": radius.low},
+            distributions={
+                "perturbation.radius": studies.distributions(ranges)["perturbation.radius"]
+            },
+            value=0.5,
+        )
+    )
+
+    def check(names: list[str], overrides: dict) -> list[optuna.trial.FrozenTrial]:
+        ranges = search_spaces.resolve("awp", overrides)
+        return studies.check_warm_start(url, names, "awp", ranges, ["max"], ["val_acc"])
+
+    assert len(check(["default"], {})) == 8
+    steps = check(["steps"], {"perturbation.inner_steps": [1, 3]})
+    with_lr = [t for t in steps if "perturbation.inner_lr" in t.params]
+    assert len(steps) == 8 and 0 < len(with_lr) < 8
+    # a parameter this space lacks, or another range of one it has, is still refused
+    with pytest.raises(ValueError, match=r"^searcher.warm_start: sweep 'knobs' searched another"):
+        check(["knobs"], {})
+    with pytest.raises(ValueError, match=r"^searcher.warm_start: sweep 'steps' searched another"):
+        check(["steps"], {})
+    with pytest.raises(ValueError, match=r"^searcher.warm_start: sweep 'default' searched another"):
+        check(["default"], {"perturbation.radius": [1e-3, 1e-2]})
+    with pytest.raises(ValueError, match=r"^searcher.warm_start: sweep 'subset' searched another"):
+        check(["subset"], {})
+
+
+def test_warm_start_from_a_storage_that_does_not_exist_creates_none(tmp_path):
+    import search_spaces
+
+    db = tmp_path / "none.optuna.db"
+    with pytest.raises(ValueError, match=r"^searcher.warm_start: no stored study 'old' in sqlite"):
+        studies.check_warm_start(
+            f"sqlite:///{db}", ["old"], "amp", search_spaces.resolve("amp"), ["max"], ["val_acc"]
+        )
+    assert not db.exists()
+
+
 def test_a_left_over_study_of_the_same_name_is_refused(first, tmp_path):
     url = f"sqlite:///{tmp_path / 'm.optuna.db'}"
     optuna.create_study(study_name="orphan", storage=url)

@@ -757,13 +757,9 @@ def run_sweep(
         optunabulk.enabled()
     except ValueError as e:
         raise SpecError(str(e)) from None
-    tracking.tune_sqlite()
-    mlflow.set_tracking_uri(tracking_uri)
-    client = tracking.open_client(tracking_uri)
-    # Checked before anything is written: a refused warm start leaves no stray run.
+    # Checked before anything is written: a refused warm start leaves no stray run, and not
+    # even a tracking database (opening the client creates a SQLite one).
     try:
-        if not resume and search and tracking.find_sweep(client, spec.name) is None:
-            studies.check_new(spec.optuna_storage_url(), studies.study_name(spec.name, "search"))
         warm = studies.check_warm_start(
             spec.optuna_storage_url(),
             spec.searcher.warm_start,
@@ -772,6 +768,14 @@ def run_sweep(
             spec.modes,
             spec.metrics,
         )
+    except ValueError as e:
+        raise SpecError(str(e)) from None
+    tracking.tune_sqlite()
+    mlflow.set_tracking_uri(tracking_uri)
+    client = tracking.open_client(tracking_uri)
+    try:
+        if not resume and search and tracking.find_sweep(client, spec.name) is None:
+            studies.check_new(spec.optuna_storage_url(), studies.study_name(spec.name, "search"))
     except ValueError as e:
         raise SpecError(str(e)) from None
     sweep = _open_parent(client, spec, spec_text, resume=resume, search=search)

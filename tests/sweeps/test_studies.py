@@ -340,3 +340,11 @@ def test_two_writer_processes_record_and_link_every_trial(ray_local, tmp_path, m
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert {t.user_attrs[studies.ATTR_RUN] for t in done} == {r.info.run_id for r in runs}
     assert sweep.parent.info.status == "FINISHED"
+
+
+def test_a_refused_warm_start_leaves_no_database_behind(tmp_path):
+    d = sweep_dict("fresh")
+    d["searcher"] = {**d["searcher"], "warm_start": ["nope"]}
+    with pytest.raises(SpecError, match="^searcher.warm_start: no stored study 'nope'"):
+        run(tmp_path, d)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no m.db, no m.optuna.db

@@ -107,12 +107,10 @@ class _OptunaSearch(OptunaSearch):
             self._ot_study.add_trials(warm_start)
 
     def _stopped_early(self, result: dict) -> bool:
-        """Whether a trial's last result is from before its last epoch, and not a failure
-        (``tracking.final_flags``)."""
+        """Whether a trial's last result is from before its last epoch, and not a failure:
+        the run's ``stopped_early`` tag says the same (``tracking.final_flags``)."""
         max_epochs = getattr(self, "_max_epochs", None)  # a searcher pickled before it existed
-        if max_epochs is None or result.get("diverged") or result.get("oom"):
-            return False
-        return int(result.get("epoch", max_epochs)) < max_epochs
+        return max_epochs is not None and tracking.final_flags(result, max_epochs)["stopped_early"]
 
     def _mirror(self) -> studies.StudyMirror | None:
         if getattr(self, "_mirror_to", None) is None:
@@ -813,13 +811,9 @@ def run_sweep(
                 result.no_verdict = "no search trial finished its full epoch budget"
             else:
                 num_trials += run_once(stage)
-                result.verdict = tracking.retrying(
+                result.verdict, result.no_verdict = tracking.retrying(
                     lambda: tracking.log_verdict(client, sweep, spec)
                 )
-                if result.verdict is None:
-                    result.no_verdict = tracking.retrying(
-                        lambda: tracking.no_verdict_reason(client, sweep)
-                    )
             if result.no_verdict:
                 log.warning("no verdict: %s", result.no_verdict)
         status = "FINISHED"

@@ -36,9 +36,9 @@ import optuna
 import sqlalchemy.exc
 import tenacity
 
-import search_spaces
 from sweeps import optunabulk
 from sweeps.dbinit import first_use, sqlite_path
+from sweeps.uris import redact
 
 if TYPE_CHECKING:  # a type only: the MLflow writer process stores trials without torch
     from search_spaces import Ranges
@@ -123,7 +123,10 @@ def check_warm_start(
         )
     db = sqlite_path(url)
     if db is not None and not Path(db).expanduser().is_file():
-        raise ValueError(f"searcher.warm_start: no stored study {names[0]!r} in {_redact(url)}")
+        raise ValueError(f"searcher.warm_start: no stored study {names[0]!r} in {redact(url)}")
+    # Here, not at the top: the MLflow writer process imports this module, never this check.
+    import search_spaces
+
     st = storage(url)
     space = distributions(ranges)
     replay = search_spaces.define_by_run(space_name, ranges)
@@ -133,7 +136,7 @@ def check_warm_start(
             study = optuna.load_study(study_name=name, storage=st)
         except KeyError:
             raise ValueError(
-                f"searcher.warm_start: no stored study {name!r} in {_redact(url)}"
+                f"searcher.warm_start: no stored study {name!r} in {redact(url)}"
             ) from None
         got = [
             "max" if d == optuna.study.StudyDirection.MAXIMIZE else "min" for d in study.directions
@@ -170,7 +173,7 @@ def check_new(url: str | None, name: str) -> None:
     names = {s.study_name for s in optuna.get_all_study_summaries(storage(url))}
     if name in names:
         raise ValueError(
-            f"name: an Optuna study {name!r} already exists in {_redact(url)}; choose another "
+            f"name: an Optuna study {name!r} already exists in {redact(url)}; choose another "
             f"name (--name) or delete it (optuna delete-study --study-name {name})"
         )
 
@@ -373,12 +376,6 @@ class StudyMirror:
     @property
     def outstanding(self) -> int:
         return len(self._pending)
-
-
-def _redact(url: str) -> str:
-    from sweeps.uris import redact
-
-    return redact(url)
 
 
 __all__ = [

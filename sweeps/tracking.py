@@ -1819,16 +1819,13 @@ def compute_verdict(client: MlflowClient, sweep: Sweep, runs: list[Run] | None =
     A finalist with a seed that diverged, ran out of memory or failed cannot win: judged on
     its other seeds alone it would be chosen, and compared, on the seeds it survived. Such
     finalists, and baseline seeds without a result (left out of the pairs), are named in
-    ``Verdict.excluded``; :func:`no_verdict_reason` says why there is no verdict at all.
+    ``Verdict.excluded``; :func:`log_verdict` also says why there is no verdict at all.
     """
     return _confirmation(client, sweep, runs)[0]
 
 
-def no_verdict_reason(client: MlflowClient, sweep: Sweep, runs: list[Run] | None = None) -> str:
-    """Why :func:`compute_verdict` found no verdict, in one sentence for the user."""
-    verdict, excluded = _confirmation(client, sweep, runs)
-    if verdict is not None:
-        return ""
+def _no_verdict_reason(excluded: dict[str, str]) -> str:
+    """Why there is no verdict, in one sentence for the user, from what was left out."""
     if not excluded:
         return "the confirmation stage had no finished finalist and baseline on a shared seed"
     named = "; ".join(f"{cid}: {why}" for cid, why in excluded.items())
@@ -1890,13 +1887,14 @@ def _confirmation(
     )
 
 
-def log_verdict(client: MlflowClient, sweep: Sweep, spec: Any = None) -> Any:
-    """Compute the verdict and record it on the parent run (metrics ``final.*``, tags)."""
+def log_verdict(client: MlflowClient, sweep: Sweep, spec: Any = None) -> tuple[Any, str]:
+    """Compute the verdict and record it on the parent run (metrics ``final.*``, tags);
+    return it and ``""``, or None and why there is none (from the same read of the runs)."""
     from sweeps.report import verdict_metrics
 
-    v = compute_verdict(client, sweep)
+    v, excluded = _confirmation(client, sweep, None)
     if v is None:
-        return None
+        return None, _no_verdict_reason(excluded)
     ts = int(time.time() * 1000)
     metrics = [
         Metric(k, float(x), ts, 0) for k, x in verdict_metrics(v).items() if math.isfinite(x)
@@ -1910,7 +1908,7 @@ def log_verdict(client: MlflowClient, sweep: Sweep, spec: Any = None) -> Any:
             RunTag("flatsweep.winner_config_id", v.winner_config_id),
         ],
     )
-    return v
+    return v, ""
 
 
 def parent_note(sweep: Sweep, status: str, best: Run | None, v: Any, no_verdict: str = "") -> str:

@@ -114,7 +114,8 @@ def test_failed_and_out_of_memory_seeds_exclude_too_and_are_named_by_seed(
 
     client = store[0]
     assert tracking.compute_verdict(client, sweep(store)) is None
-    why = tracking.no_verdict_reason(client, sweep(store))
+    verdict, why = tracking.log_verdict(client, sweep(store))
+    assert verdict is None
     assert why == (
         "no finalist finished every seed with a result "
         "(f1: failed on seeds 1, 3; f2: ran out of memory on seed 1)"

@@ -158,6 +158,16 @@ def _report(tracker: MLflowTracker, trial: Any, result: dict[str, Any]) -> None:
     trial.last_result = result
 
 
+def _two_epoch_trials(tracker: MLflowTracker, n: int, radius_step: float) -> None:
+    """``n`` trials ``t0``.. of two epochs each, every one started, reported and completed."""
+    for i in range(n):
+        trial = _trial(f"t{i}", radius_step * (i + 1))
+        tracker.on_trial_start(0, [], trial)
+        for epoch in (1, 2):
+            _report(tracker, trial, _result(epoch, 1.0 / epoch))
+        tracker.on_trial_complete(0, [], trial)
+
+
 def _record(store: tuple, monkeypatch: pytest.MonkeyPatch, bulk: bool) -> MLflowTracker:
     """The same trials, hook by hook, with a clock that ticks 1 ms per reading."""
     uri, _, exp, parent = store
@@ -263,12 +273,7 @@ def test_a_fresh_stages_short_trials_land_in_one_transaction(make_store, monkeyp
 
     monkeypatch.setattr(tracker, "_deliver_bulk", counted)
     tracker._outbox._bulk = (tracker._bulkable, counted)
-    for i in range(40):
-        trial = _trial(f"t{i}", 0.01 * (i + 1))
-        tracker.on_trial_start(0, [], trial)
-        for epoch in (1, 2):
-            _report(tracker, trial, _result(epoch, 1.0 / epoch))
-        tracker.on_trial_complete(0, [], trial)
+    _two_epoch_trials(tracker, 40, 0.01)
     assert tracker.drain()
     # 40 runs created, logged and closed by one transaction per writer (a server has 4).
     assert sorted(rounds) == [40 // tracker.writers] * tracker.writers
@@ -428,12 +433,7 @@ def test_a_round_whose_answer_was_lost_is_retried_without_a_second_run(make_stor
         monkeypatch.setattr(cls, "write", answer_lost(cls.write))
     tracker = MLflowTracker(uri, exp, parent, "t", BASE_TRAIN, max_epochs=2, fresh=True)
     tracker._outbox.interval_s = 30.0  # a round is what the test queues before its drain
-    for i in range(3):
-        trial = _trial(f"t{i}", 0.1 * (i + 1))
-        tracker.on_trial_start(0, [], trial)
-        for epoch in (1, 2):
-            _report(tracker, trial, _result(epoch, 1.0 / epoch))
-        tracker.on_trial_complete(0, [], trial)
+    _two_epoch_trials(tracker, 3, 0.1)
     assert tracker.drain()
     assert lost and tracker._bulks  # a bulk round really was sent again
     runs = client.search_runs([exp], filter_string=f"tags.`{TAG_PARENT}` = '{parent}'")

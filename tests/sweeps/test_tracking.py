@@ -34,6 +34,15 @@ def _report(tracker: MLflowTracker, trial: _Trial, result: dict[str, Any]) -> No
     trial.last_result = result
 
 
+def _train(tracker: MLflowTracker, trial: _Trial, epochs: int) -> None:
+    """A trial as Tune runs it: its start, a result per epoch, its end (TERMINATED)."""
+    tracker.on_trial_start(0, [], trial)
+    for epoch in range(1, epochs + 1):
+        _report(tracker, trial, _result(epoch))
+    trial.status = "TERMINATED"
+    tracker.on_trial_complete(0, [], trial)
+
+
 def _result(epoch: int, **extra: float) -> dict[str, Any]:
     return {
         "epoch": epoch,
@@ -77,12 +86,7 @@ def _child(client: MlflowClient, exp: str, parent: str) -> Any:
 def test_epochs_reported_close_together_land_in_few_batches(store):
     uri, client, exp, parent = store
     tracker = _tracker(store, interval_s=0.5)
-    trial = _Trial("a")
-    tracker.on_trial_start(0, [], trial)
-    for epoch in range(1, 151):
-        _report(tracker, trial, _result(epoch))
-    trial.status = "TERMINATED"
-    tracker.on_trial_complete(0, [], trial)
+    _train(tracker, _Trial("a"), 150)
     assert tracker.drain()
 
     run = _child(client, exp, parent)
@@ -231,21 +235,13 @@ def test_a_create_run_whose_answer_was_lost_creates_no_second_run(store):
         return run
 
     tracker._client.create_run = create_then_lose_the_answer  # type: ignore[union-attr, method-assign]
-    trial = _Trial("c")
-    tracker.on_trial_start(0, [], trial)
-    for epoch in range(1, 4):
-        _report(tracker, trial, _result(epoch))
-    trial.status = "TERMINATED"
-    tracker.on_trial_complete(0, [], trial)
+    _train(tracker, _Trial("c"), 3)
     assert tracker.drain()
     assert lost["n"] == 0
     run = _child(client, exp, parent)  # exactly one child
     assert run.info.status == "FINISHED"
-    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_acc")) == [
-        1,
-        2,
-        3,
-    ]
+    history = client.get_metric_history(run.info.run_id, "val_acc")
+    assert sorted(m.step for m in history) == [1, 2, 3]
 
 
 def test_one_round_delivers_every_trial_queued(store):

@@ -1,15 +1,20 @@
-"""TPE over every trial against TPE over a bounded history: cost per suggestion and search.
+"""Optuna's TPE, the service's (the same suggestions, kept between them) and TPE over a
+bounded history: cost per suggestion and search.
 
-``searcher.max_history`` (``sweeps/bounded_tpe.py``) builds TPE's densities from the last
-``max_history`` trials and the 25 best before them, so a suggestion's cost stops growing with
-the sweep. This script measures what that buys and what it costs, with Optuna alone (no Ray,
+The service's default TPE (``sweeps/incremental_tpe.py``) is Optuna's, suggestion for
+suggestion, with the split and the parameter arrays kept from one suggestion to the next
+instead of rebuilt from every trial. ``searcher.max_history`` (``sweeps/bounded_tpe.py``)
+builds TPE's densities from the last ``max_history`` trials and the 25 best before them, so a
+suggestion's cost stops growing with the sweep. This script measures what each buys and what
+it costs, with Optuna alone (no Ray,
 no training): the service's TPE settings (multivariate, constant liar, 4 start-up trials), 4
 trials asked at once before they are told (as 4 concurrent Tune trials), on a noisy synthetic
 objective over the AMP space's three parameters (radius and inner LR on a log scale, inner
 steps 1-3; its optimum at radius 0.05, inner LR 0.1, 1 step; Gaussian noise of sd 0.3, about
 a tenth of the spread of the values a random search sees).
 
-Per arm (Optuna's ``TPESampler``; ``BoundedTPESampler`` with ``--max-history``), per seed:
+Per arm (Optuna's ``TPESampler``; the service's ``IncrementalTPESampler``, whose best and
+last values must equal Optuna's; ``BoundedTPESampler`` with ``--max-history``), per seed:
 
 - milliseconds per ask + tell, averaged over 100 trials from each of three study sizes
   (a third of ``--trials``, two thirds, all);
@@ -71,12 +76,17 @@ def objective(rng: random.Random) -> Callable[[Any], float]:
 
 
 def sampler(arm: str, seed: int, max_history: int) -> Any:
-    """The service's TPE (``sweeps.searchers.tpe_sampler``), its history bounded or not."""
-    from sweeps.searchers import tpe_sampler
+    """The service's TPE (``sweeps.searchers.tpe_sampler``), its history bounded or not, or
+    Optuna's ``TPESampler`` with the same settings."""
+    import optuna
+
+    from sweeps.searchers import tpe_sampler, tpe_settings
     from sweeps.spec import SearcherSpec
 
-    bound = None if arm == "optuna" else max_history
-    return tpe_sampler(SearcherSpec(seed=seed, max_history=bound))
+    spec = SearcherSpec(seed=seed, max_history=max_history if arm == "bounded" else None)
+    if arm == "optuna":
+        return optuna.samplers.TPESampler(**tpe_settings(spec))
+    return tpe_sampler(spec)
 
 
 def run(arm: str, seed: int, trials: int, at: Sequence[int], max_history: int) -> dict[str, Any]:
@@ -111,7 +121,11 @@ def run(arm: str, seed: int, trials: int, at: Sequence[int], max_history: int) -
 
 
 def table(runs: dict[str, list[dict[str, Any]]], at: Sequence[int], max_history: int) -> str:
-    labels = {"optuna": "Optuna's TPE", "bounded": f"bounded, max_history {max_history}"}
+    labels = {
+        "optuna": "Optuna's TPE",
+        "service": "the service's (incremental)",
+        "bounded": f"bounded, max_history {max_history}",
+    }
     head = (
         "| arm | "
         + " | ".join(f"ms per trial at {n}" for n in at)
@@ -156,14 +170,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[dict[str, Any]]]:
     when = datetime.datetime.now(datetime.UTC)
     load = os.getloadavg()
     at = [args.trials // 3, 2 * args.trials // 3, args.trials]  # distinct: --trials >= 500
-    runs: dict[str, list[dict[str, Any]]] = {"optuna": [], "bounded": []}
+    runs: dict[str, list[dict[str, Any]]] = {"optuna": [], "service": [], "bounded": []}
     for seed in range(args.seeds):
         for arm in runs if seed % 2 == 0 else reversed(list(runs)):
             runs[arm].append(run(arm, seed, args.trials, at, args.max_history))
             print(f"[tpe_history] seed {seed} {arm}: {runs[arm][-1]}", file=sys.stderr)
     quick = " (quick: one seed, not a measurement)" if args.quick else ""
     section = (
-        "## tpe_history: Optuna's TPE over every trial against a bounded history — "
+        "## tpe_history: Optuna's TPE, the service's, and a bounded history — "
         f"{when:%Y-%m-%d %H:%M} UTC\n\n"
         f"- machine: CPU {cpu_model()}, os.cpu_count() {os.cpu_count()}; optuna "
         f"{version('optuna')}, Python {platform.python_version()}\n"

@@ -70,23 +70,29 @@ def _tpe(spec: SweepSpec) -> optuna.samplers.BaseSampler:
     return tpe_sampler(spec.searcher)
 
 
-def tpe_sampler(s: SearcherSpec) -> optuna.samplers.BaseSampler:
-    """The service's TPE for searcher settings ``s`` (also what ``benchmarks/tpe_history.py``
-    measures): Optuna's own, or bounded by ``s.max_history`` (``sweeps/bounded_tpe.py``)."""
-    import optuna
-
+def tpe_settings(s: SearcherSpec) -> dict[str, Any]:
+    """The arguments the service gives TPE for searcher settings ``s``."""
     # constant_liar: concurrent TPE trials don't all sample the same promising point
-    kwargs = {
+    return {
         "seed": s.seed,
         "n_startup_trials": s.n_startup_trials,
         "multivariate": True,
         "constant_liar": True,
     }
+
+
+def tpe_sampler(s: SearcherSpec) -> optuna.samplers.BaseSampler:
+    """The service's TPE for searcher settings ``s`` (also what ``benchmarks/tpe_history.py``
+    measures): Optuna's own, suggestion for suggestion, with its history kept between
+    suggestions (``sweeps/incremental_tpe.py``), or bounded by ``s.max_history``
+    (``sweeps/bounded_tpe.py``)."""
     if s.max_history is None:
-        return optuna.samplers.TPESampler(**kwargs)
+        from sweeps.incremental_tpe import IncrementalTPESampler
+
+        return IncrementalTPESampler(**tpe_settings(s))
     from sweeps.bounded_tpe import BoundedTPESampler
 
-    return BoundedTPESampler(max_history=s.max_history, **kwargs)
+    return BoundedTPESampler(max_history=s.max_history, **tpe_settings(s))
 
 
 @_sampler("random", True, "uniform random search")

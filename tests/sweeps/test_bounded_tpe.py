@@ -145,13 +145,15 @@ def test_bad_arguments_are_refused() -> None:
         BoundedTPESampler(max_history=MIN_HISTORY, gamma=lambda n: 5)
 
 
-def test_the_spec_chooses_bounded_or_optunas_own_tpe() -> None:
+def test_the_spec_chooses_bounded_or_the_incremental_tpe() -> None:
+    from sweeps.incremental_tpe import IncrementalTPESampler
     from sweeps.searchers import SAMPLERS
     from sweeps.spec import SweepSpec
     from tests.sweeps.conftest import sweep_dict
 
     sampler = SAMPLERS.get("tpe").build(SweepSpec.model_validate(sweep_dict()))
-    assert type(sampler) is optuna.samplers.TPESampler  # Optuna's own unless asked
+    # Optuna's suggestions (test_incremental_tpe) unless a bound is asked for
+    assert type(sampler) is IncrementalTPESampler
     bounded = sweep_dict()
     bounded["searcher"] = {**bounded["searcher"], "max_history": 1000}
     sampler = SAMPLERS.get("tpe").build(SweepSpec.model_validate(bounded))

@@ -27,9 +27,10 @@ is Optuna's TPE with the same arguments. What changes, and what does not:
   ``benchmarks/tpe_history.py`` (3000 trials, 3 seeds, ``max_history`` 1000): about 11 ms per
   trial at 2000 and 3000 trials against 21 and 28, but a lower best in each seed and a lower
   mean over the last 500 trials (-4.33 against -2.83). This is a deviation from Optuna's TPE
-  that costs search quality, hence opt-in (``searcher.max_history``; the
-  default, None, is Optuna's TPE). Rescaling the weights to stand for the left-out trials
-  would need TPE's ``weights`` argument, deprecated since Optuna 4.9. A view that spans the
+  that costs search quality, hence opt-in (``searcher.max_history``; the default, None,
+  makes Optuna's TPE's suggestions: ``sweeps/incremental_tpe.py``). Rescaling the weights to
+  stand for the left-out trials would need TPE's ``weights`` argument, deprecated since
+  Optuna 4.9. A view that spans the
   whole history instead of its tail (every s-th trial, s the power of two that keeps at most
   ``max_history``, plus the 25 best and the running ones: an even sample of the above set,
   which Optuna's ramp weights alike) was tried and not kept: on the same objective (2 seeds

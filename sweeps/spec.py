@@ -77,7 +77,8 @@ class SearcherSpec(_Strict):
     # TPE only, opt-in: build its densities from the last max_history trials and the 25 best
     # before them, so a suggestion's cost stops growing with the sweep (sweeps/bounded_tpe.py:
     # Optuna's suggestions exactly up to max_history + 25 trials, then more exploration;
-    # benchmarks/tpe_history.py). None (the default): Optuna's TPE over every trial.
+    # benchmarks/tpe_history.py). None (the default): Optuna's TPE over every trial
+    # (sweeps/incremental_tpe.py: its suggestions, kept state between them).
     max_history: int | None = Field(None, ge=250)
     # Optuna RDB storage for the sweep's study (a SQLAlchemy URL). None: a SQLite file beside
     # a SQLite tracking store (``flatsweep.optuna.db``), else $FLATSWEEP_OPTUNA_STORAGE, else

@@ -312,16 +312,28 @@ class SweepResult:
 
 
 def _slots(spec: SweepSpec, num_trials: int) -> int:
-    """Concurrent trials: the spec's limit, else as many as the cluster's resources hold."""
+    """Concurrent trials: the spec's limit, else as many as the cluster's nodes hold."""
     import ray
 
     if spec.max_concurrent is not None:
         return min(spec.max_concurrent, num_trials)
-    total = ray.cluster_resources()
-    fits = [math.floor(total.get("CPU", 1) / spec.resources.cpu + 1e-9)]
-    if spec.resources.gpu > 0:
-        fits.append(math.floor(total.get("GPU", 0) / spec.resources.gpu + 1e-9))
-    return max(1, min(min(fits), num_trials))
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    return max(1, min(trials_held(nodes, spec.resources.cpu, spec.resources.gpu), num_trials))
+
+
+def trials_held(nodes: list[dict[str, float]], cpu: float, gpu: float) -> int:
+    """How many trials of ``cpu`` CPUs and ``gpu`` GPUs the ``nodes`` (each one's total
+    resources, as ``ray.nodes()`` gives them) hold at once. Node by node, since a trial runs
+    on one node: two nodes of 2 CPUs hold four trials of 0.75 CPUs, not the five that the
+    cluster's 4 CPUs would (the fifth would wait for a slot, and Tune would hold it pending)."""
+    held = 0
+    for node in nodes:
+        # 1e-9: Ray's fractional resources are fixed-point (1e-4); 0.1 * 3 must fit 0.3.
+        fits = math.floor(node.get("CPU", 0) / cpu + 1e-9)
+        if gpu > 0:
+            fits = min(fits, math.floor(node.get("GPU", 0) / gpu + 1e-9))
+        held += fits
+    return held
 
 
 def local_ray_init() -> dict[str, Any]:

@@ -140,6 +140,21 @@ def hyperband_brackets(grace_period: int, max_t: int, reduction_factor: float) -
     return n
 
 
+def brackets(spec: SweepSpec, max_t: int | None = None) -> int | None:
+    """The brackets the spec's scheduler runs over ``max_t`` epochs (by default the spec's;
+    recorded on the sweep's parent run): ASHA's ``scheduler.brackets`` or 1, HyperBand's or
+    ``hyperband_brackets``; None for FIFO."""
+    c = spec.scheduler
+    if c.name == "asha":
+        return c.brackets or 1
+    if c.name == "hyperband":
+        max_t = max_t or c.max_t or spec.train.epochs
+        return c.brackets or hyperband_brackets(
+            min(spec.grace_period, max_t), max_t, c.reduction_factor
+        )
+    return None
+
+
 def _successive_halving(spec: SweepSpec, max_t: int, brackets: int) -> Any:
     """Ray's ASHA with ``brackets`` brackets: bracket ``s`` has its first rung at
     ``grace_period * reduction_factor**s`` epochs, so no bracket judges a trial before the
@@ -161,7 +176,7 @@ def _successive_halving(spec: SweepSpec, max_t: int, brackets: int) -> Any:
 
 @_scheduler("asha", True, "asynchronous successive halving, rungs in epochs")
 def _asha(spec: SweepSpec, max_t: int) -> Any:
-    return _successive_halving(spec, max_t, spec.scheduler.brackets or 1)
+    return _successive_halving(spec, max_t, brackets(spec, max_t) or 1)
 
 
 @_scheduler(
@@ -183,9 +198,7 @@ def _hyperband(spec: SweepSpec, max_t: int) -> Any:
     runner's ``ConcurrencyLimiter`` with fewer slots every trial joined the first bracket,
     whose only rung is ``max_t``, and nothing stopped early.
     """
-    c = spec.scheduler
-    n = c.brackets or hyperband_brackets(min(spec.grace_period, max_t), max_t, c.reduction_factor)
-    return _successive_halving(spec, max_t, n)
+    return _successive_halving(spec, max_t, brackets(spec, max_t) or 1)
 
 
 @_scheduler("fifo", False, "every trial runs its full epoch budget")

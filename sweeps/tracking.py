@@ -485,6 +485,11 @@ def open_parent(
         "train.data.name": spec.train.data.name,
         "train.epochs": spec.train.epochs,
     }
+    from sweeps.searchers import brackets
+
+    if (n := brackets(spec)) is not None:  # ASHA's and HyperBand's, as they ran
+        params["scheduler.brackets"] = n
+        params["scheduler.reduction_factor"] = spec.scheduler.reduction_factor
     for key, r in ranges.items():
         params[f"space.{key}"] = f"[{r.low:g}, {r.high:g}]{' log' if r.log else ''}" + (
             " int" if r.integer else ""
@@ -1656,8 +1661,15 @@ class MLflowTracker(Callback):
 
     def drain(self) -> bool:
         """Wait for every buffered write on every writer (one deadline, ``drain_timeout_s``);
-        False if some are still outstanding then (the caller must not report success)."""
-        return self._outbox.drain(self.drain_timeout_s)
+        False if some are still outstanding then (the caller must not report success).
+
+        The deadline is set by the first drain and kept: Tune's end of the experiment
+        (``on_experiment_end``) and the runner after it both drain, and a stage whose writes
+        do not land is to be declared failed ``drain_timeout_s`` after it ended, not twice
+        that."""
+        if getattr(self, "_drain_deadline", None) is None:  # unset after a restore too
+            self._drain_deadline = time.monotonic() + self.drain_timeout_s
+        return self._outbox.drain(max(0.0, self._drain_deadline - time.monotonic()))
 
     def start(self) -> None:
         """Start the writer process, if any, before the first write needs it."""

@@ -32,7 +32,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from sweeps.export import export_best
-from sweeps.runner import _GpuOnCpuWarning
+from sweeps.runner import _GpuOnCpuWarning, trials_held
 from sweeps.tracking import TAG_DEVICE, TAG_GPU_ON_CPU, TAG_PARENT, MLflowTracker
 from sweeps.trainable import trial_device
 from tests.sweeps._procs import children, kill_group, start_driver, tune_results, write_spec
@@ -144,6 +144,17 @@ def test_gpu_reservations_on_cpu_are_warned_about_once(caplog):
     assert "trial b was reserved resources.gpu=0.25 but trains on CPU" in record.getMessage()
 
 
+def test_trials_are_counted_node_by_node():
+    two = [{"CPU": 2.0, "GPU": 1.0}, {"CPU": 2.0, "GPU": 1.0}]
+    assert trials_held(two, 0.5, 0.25) == 8  # four per GPU, which the CPUs hold too
+    # The cluster's sums (4 CPUs, 2 GPUs) would say five: a trial cannot span two nodes.
+    assert trials_held(two, 0.75, 0) == 4
+    assert trials_held(two, 0.5, 0.4) == 4
+    assert trials_held([{"CPU": 0.0}, *two], 1, 0) == 4  # a head without CPUs holds none
+    assert trials_held([{"CPU": 8.0}], 1, 0.5) == 0  # no GPU on it
+    assert trials_held([{"CPU": 0.3}], 0.1, 0) == 3  # 0.3 / 0.1 is 2.9999999999999996
+
+
 # -- cluster: real sweeps on logical GPUs ----------------------------------------------------
 
 #: Tiny trials: packing is about how many run at once, not how long they take.
@@ -163,7 +174,9 @@ from sweeps.runner import _slots
 from sweeps.spec import SweepSpec
 ray.init(address=sys.argv[1], log_to_driver=False, configure_logging=False)
 spec = SweepSpec.model_validate(yaml.safe_load(open(sys.argv[2])))
-print(json.dumps({"slots": _slots(spec, 100), "resources": ray.cluster_resources()}))
+uneven = spec.model_copy(update={"resources": spec.resources.model_copy(update={"gpu": 0.4})})
+print(json.dumps({"slots": _slots(spec, 100), "uneven": _slots(uneven, 100),
+                  "resources": ray.cluster_resources()}))
 """
 
 
@@ -244,6 +257,7 @@ def test_quarter_gpus_pack_four_trials_per_logical_gpu_and_record_the_cpu_they_r
     computed = json.loads(slots.stdout.strip().splitlines()[-1])
     assert computed["resources"]["GPU"] == 2 and computed["resources"]["CPU"] == 4
     assert computed["slots"] == 8  # 4 per logical GPU, which the CPUs (4 / 0.5) also hold
+    assert computed["uneven"] == 4  # 2 per GPU at 0.4 each; the sums (2 / 0.4) would say 5
 
     rc, log = _sweep(tmp_path, gpu_cluster, "packed", **over)
     assert rc == 0, log[-3000:]

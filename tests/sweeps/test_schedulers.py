@@ -118,3 +118,16 @@ def test_a_hyperband_sweep_with_two_slots_stops_trials_early(ray_local, tmp_path
     states = {t.user_attrs.get("flatsweep.trial_id"): t.state for t in study.trials}
     full = [r for r in runs if r not in early]
     assert all(states[r.data.tags[tracking.TAG_TRIAL]].name == "COMPLETE" for r in full)
+    # The brackets it ran are on the parent (HyperBand's s_max + 1 for R = 9, eta = 3).
+    params = tracking.find_sweep(client, "hb").parent.data.params
+    assert (params["scheduler.brackets"], params["scheduler.reduction_factor"]) == ("3", "3.0")
+
+
+def test_the_brackets_recorded_are_those_the_scheduler_runs():
+    from sweeps.searchers import brackets
+
+    for scheduler, n in [({"name": "hyperband", "grace_period": 1}, 3), ({"name": "asha"}, 1)]:
+        spec = spec_of(**scheduler)
+        built = SCHEDULERS.get(spec.scheduler.name).build(spec, spec.train.epochs)
+        assert brackets(spec) == len(built._brackets) == n
+    assert brackets(spec_of(name="fifo")) is None

@@ -191,6 +191,28 @@ def test_replayed_epochs_are_skipped_but_a_final_diverged_report_lands(store):
     assert [m.step for m in client.get_metric_history(run.info.run_id, "diverged")] == [4]
 
 
+def test_the_end_of_a_stage_waits_for_its_writes_once(store):
+    """Tune's on_experiment_end drains, then the runner does: one deadline for both, so a
+    stage whose writes cannot land fails after drain_timeout_s, not twice that."""
+    tracker = _tracker(store, interval_s=0.0)
+    tracker.drain_timeout_s = 2.0
+
+    def down(*a: Any, **kw: Any) -> Any:  # the store down for good (see the test below)
+        raise ConnectionError("tracking server unreachable")
+
+    tracker._client.log_batch = down  # type: ignore[union-attr, method-assign]
+    _train(tracker, _Trial("e"), 3)
+    start = time.monotonic()
+    tracker.on_experiment_end([])
+    first = time.monotonic() - start
+    assert not tracker.drain()  # what the runner asks next
+    total = time.monotonic() - start
+    assert first >= 2.0  # the first drain waited its whole deadline
+    assert total < 3.0, total  # and the second did not wait another
+    assert tracker.outstanding > 0
+    tracker.close()
+
+
 def test_writes_are_retried_until_the_store_is_back(store, tmp_path):
     uri, client, exp, parent = store
     tracker = _tracker(store, interval_s=0.0)

@@ -140,7 +140,7 @@ def hyperband_brackets(grace_period: int, max_t: int, reduction_factor: float) -
     return n
 
 
-def brackets(spec: SweepSpec, max_t: int | None = None) -> int | None:
+def scheduler_brackets(spec: SweepSpec, max_t: int | None = None) -> int | None:
     """The brackets the spec's scheduler runs over ``max_t`` epochs (by default the spec's;
     recorded on the sweep's parent run): ASHA's ``scheduler.brackets`` or 1, HyperBand's or
     ``hyperband_brackets``; None for FIFO."""
@@ -176,7 +176,7 @@ def _successive_halving(spec: SweepSpec, max_t: int, brackets: int) -> Any:
 
 @_scheduler("asha", True, "asynchronous successive halving, rungs in epochs")
 def _asha(spec: SweepSpec, max_t: int) -> Any:
-    return _successive_halving(spec, max_t, brackets(spec, max_t) or 1)
+    return _successive_halving(spec, max_t, scheduler_brackets(spec, max_t) or 1)
 
 
 @_scheduler(
@@ -198,7 +198,7 @@ def _hyperband(spec: SweepSpec, max_t: int) -> Any:
     runner's ``ConcurrencyLimiter`` with fewer slots every trial joined the first bracket,
     whose only rung is ``max_t``, and nothing stopped early.
     """
-    return _successive_halving(spec, max_t, brackets(spec, max_t) or 1)
+    return _successive_halving(spec, max_t, scheduler_brackets(spec, max_t) or 1)
 
 
 @_scheduler("fifo", False, "every trial runs its full epoch budget")

@@ -485,9 +485,9 @@ def open_parent(
         "train.data.name": spec.train.data.name,
         "train.epochs": spec.train.epochs,
     }
-    from sweeps.searchers import brackets
+    from sweeps.searchers import scheduler_brackets
 
-    if (n := brackets(spec)) is not None:  # ASHA's and HyperBand's, as they ran
+    if (n := scheduler_brackets(spec)) is not None:  # ASHA's and HyperBand's, as they ran
         params["scheduler.brackets"] = n
         params["scheduler.reduction_factor"] = spec.scheduler.reduction_factor
     for key, r in ranges.items():

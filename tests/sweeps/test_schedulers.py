@@ -124,10 +124,10 @@ def test_a_hyperband_sweep_with_two_slots_stops_trials_early(ray_local, tmp_path
 
 
 def test_the_brackets_recorded_are_those_the_scheduler_runs():
-    from sweeps.searchers import brackets
+    from sweeps.searchers import scheduler_brackets
 
     for scheduler, n in [({"name": "hyperband", "grace_period": 1}, 3), ({"name": "asha"}, 1)]:
         spec = spec_of(**scheduler)
         built = SCHEDULERS.get(spec.scheduler.name).build(spec, spec.train.epochs)
-        assert brackets(spec) == len(built._brackets) == n
-    assert brackets(spec_of(name="fifo")) is None
+        assert scheduler_brackets(spec) == len(built._brackets) == n
+    assert scheduler_brackets(spec_of(name="fifo")) is None

@@ -30,12 +30,15 @@ chosen by Pareto rank and hypervolume), this defers to Optuna's code unchanged.
 
 The kept state is not pickled (Tune's searcher snapshots stay their size, and a restored
 sampler can never hold a state of some other study): it is rebuilt on the first suggestion
-after a restore, in one pass.
+after a restore, in one pass. It belongs to the trial objects it took, not to a study's name
+or id, so a sampler used for another study starts over (``_ledger_for``); threads asking at
+once (``Study.optimize(n_jobs=...)``) update it one at a time.
 """
 
 from __future__ import annotations
 
 import bisect
+import threading
 from typing import Any
 
 import numpy as np
@@ -49,9 +52,10 @@ from optuna.samplers._tpe.sampler import (
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-#: Search spaces whose arrays are kept at once: the multivariate space and, for a parameter
-#: outside it (a conditional one), that parameter's own space of independent sampling.
-MAX_SPACES = 16
+#: Search spaces whose arrays are kept at once (the least recently used goes first): the
+#: multivariate space and, for each parameter outside it (a conditional one), that parameter's
+#: own space of independent sampling. Each costs 8 bytes per finished trial and parameter.
+MAX_SPACES = 64
 
 
 class _Columns:
@@ -100,7 +104,6 @@ class _Ledger:
     """The study's finished (COMPLETE or PRUNED) trials as Optuna's split ranks them."""
 
     def __init__(self, study: Study) -> None:
-        self.study = (id(study._storage), study._study_id)
         self.direction = study.direction
         self.trials: list[FrozenTrial] = []  # in the order they were first seen
         self.position: dict[int, int] = {}  # trial number -> index in ``trials``
@@ -117,8 +120,8 @@ class _Ledger:
         if _get_infeasible_trial_score(trial) > 0:
             bisect.insort(self.infeasible, (_get_infeasible_trial_score(trial), trial.number))
         elif trial.state == TrialState.COMPLETE:
-            value = float(trial.value)  # type: ignore[arg-type]
-            signed = value if self.direction == StudyDirection.MINIMIZE else -value
+            value = trial.value  # as stored: an int beyond 2**53 ranks as Optuna ranks it
+            signed = value if self.direction == StudyDirection.MINIMIZE else -value  # type: ignore[operator]
             bisect.insort(self.complete, (signed, trial.number))
         else:
             bisect.insort(self.pruned, (*_get_pruned_trial_score(trial, study), trial.number))
@@ -135,11 +138,12 @@ class _Ledger:
 
     def columns(self, space: dict[str, BaseDistribution]) -> _Columns:
         key = tuple(space.items())
-        cols = self.spaces.get(key)
+        cols = self.spaces.pop(key, None)
         if cols is None:
             if len(self.spaces) >= MAX_SPACES:
                 self.spaces.pop(next(iter(self.spaces)))
-            cols = self.spaces[key] = _Columns(space)
+            cols = _Columns(space)
+        self.spaces[key] = cols  # the most recently used last
         cols.extend(self.trials)
         return cols
 
@@ -147,9 +151,12 @@ class _Ledger:
         """The numbers of the below set: the best complete trials, then the pruned ones that
         got furthest, then the least infeasible, ``n_below`` in all."""
         numbers = []
+        # As ``_split_trials`` slices (a negative gamma included): the complete trials first,
+        # then what is left of n_below from the pruned, then from the infeasible.
         for ranked in (self.complete, self.pruned, self.infeasible):
-            take = min(max(0, n_below - len(numbers)), len(ranked))
-            numbers += [key[-1] for key in ranked[:take]]
+            chosen = ranked[: min(n_below, len(ranked))]
+            numbers += [key[-1] for key in chosen]
+            n_below = max(0, n_below - len(chosen))
         return numbers
 
 
@@ -161,11 +168,18 @@ class IncrementalTPESampler(optuna.samplers.TPESampler):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._ledger: _Ledger | None = None
+        # ``Study.optimize(n_jobs=...)`` asks from several threads: one ledger update at a time.
+        self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_ledger"] = None  # rebuilt from the study on the next suggestion
+        del state["_lock"]
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def _sample(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
@@ -182,6 +196,28 @@ class IncrementalTPESampler(optuna.samplers.TPESampler):
         if self._gamma is None:
             self._gamma = default_gamma
 
+        with self._lock:
+            obs_below, obs_above = self._observations(study, trial, trials, search_space)
+        params = self._parzen_estimator_parameters
+        mpe_below = self._parzen_estimator_cls(obs_below, search_space, params)
+        mpe_above = self._parzen_estimator_cls(obs_above, search_space, params)
+
+        samples_below = mpe_below.sample(self._rng.rng, self._n_ei_candidates)
+        acq_func_vals = self._compute_acquisition_func(samples_below, mpe_below, mpe_above)
+        ret = optuna.samplers.TPESampler._compare(samples_below, acq_func_vals)
+        for param_name, dist in search_space.items():
+            ret[param_name] = dist.to_external_repr(ret[param_name])
+        return ret
+
+    def _observations(
+        self,
+        study: Study,
+        trial: FrozenTrial,
+        trials: list[FrozenTrial],
+        search_space: dict[str, BaseDistribution],
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """The below and the above set's parameters, as ``_split_trials`` and
+        ``_get_internal_repr`` would give them for ``trials`` (fresh arrays)."""
         ledger, running = self._ledger_for(study, trials)
         running = [t for t in running if t.number != trial.number]
         below = sorted(ledger.below(self._gamma(len(ledger.trials))))
@@ -214,30 +250,29 @@ class IncrementalTPESampler(optuna.samplers.TPESampler):
 
         obs_below = observations(below_at, [])
         obs_above = {name: v[order] for name, v in observations(above_at, rows).items()}
-        params = self._parzen_estimator_parameters
-        mpe_below = self._parzen_estimator_cls(obs_below, search_space, params)
-        mpe_above = self._parzen_estimator_cls(obs_above, search_space, params)
-
-        samples_below = mpe_below.sample(self._rng.rng, self._n_ei_candidates)
-        acq_func_vals = self._compute_acquisition_func(samples_below, mpe_below, mpe_above)
-        ret = optuna.samplers.TPESampler._compare(samples_below, acq_func_vals)
-        for param_name, dist in search_space.items():
-            ret[param_name] = dist.to_external_repr(ret[param_name])
-        return ret
+        return obs_below, obs_above
 
     def _ledger_for(
         self, study: Study, trials: list[FrozenTrial]
     ) -> tuple[_Ledger, list[FrozenTrial]]:
         """The ledger, brought up to date with ``trials`` (the study's finished and running
-        ones; a trial is added once, when it is first seen finished), and the running ones."""
+        ones; a trial is added once, when it is first seen finished), and the running ones.
+
+        A ledger belongs to the trials it holds, not to a study's name or id (a study deleted
+        and made again under one storage gets the same id, and a new in-memory storage can
+        land at a freed one's address): a finished trial is recognised as the very object
+        the ledger took, which Optuna's storages keep (in memory, cached or journaled) once a
+        trial has finished. A storage that hands out copies makes the ledger start over at
+        each suggestion: Optuna's cost, Optuna's suggestions."""
         ledger = self._ledger
-        if ledger is None or ledger.study != (id(study._storage), study._study_id):
-            ledger = self._ledger = _Ledger(study)  # first use, or another study
+        if ledger is None or ledger.direction != study.direction:
+            ledger = self._ledger = _Ledger(study)
         # One pass of Python over the study: a dict lookup per trial (``_number``: the
         # ``number`` property costs as much again).
-        rest = [t for t in trials if t._number not in ledger.position]
-        if len(trials) - len(rest) != len(ledger.trials):
-            # The ledger holds trials the study lacks: not this study's after all.
+        position, held = ledger.position, ledger.trials
+        rest = [t for t in trials if (i := position.get(t._number)) is None or held[i] is not t]
+        if len(trials) - len(rest) != len(held) or any(t._number in position for t in rest):
+            # Trials the ledger holds that are not this study's: start over.
             ledger = self._ledger = _Ledger(study)
             rest = trials
         running = []

@@ -58,6 +58,12 @@ from optuna.trial import FrozenTrial, TrialState
 MAX_SPACES = 64
 
 
+def _grown(a: np.ndarray, need: int) -> np.ndarray:
+    """``a`` with room for ``need`` entries: itself, or resized to at least twice its length
+    (amortised O(1) appends)."""
+    return a if need <= len(a) else np.resize(a, max(need, 2 * len(a), 64))
+
+
 class _Columns:
     """The finished trials' parameters in one search space, in the ledger's order, in internal
     representation (``NaN``-free; ``has`` False where the trial lacks a parameter of it)."""
@@ -66,11 +72,10 @@ class _Columns:
         self.space = space
         # Optuna's arrays are ``np.asarray`` of the internal values: float64, except a
         # categorical's indices (int64); kept so, since the estimator stacks them.
-        self.dtypes = [
-            np.int64 if isinstance(d, CategoricalDistribution) else np.float64
+        self.columns = [
+            np.empty(0, dtype=np.int64 if isinstance(d, CategoricalDistribution) else np.float64)
             for d in space.values()
         ]
-        self.columns = [np.empty(0, dtype=t) for t in self.dtypes]
         self.has = np.empty(0, dtype=bool)
         self.size = 0  # ledger entries converted
 
@@ -87,10 +92,8 @@ class _Columns:
         if not new:
             return
         need = self.size + len(new)
-        if need > len(self.has):
-            cap = max(need, 2 * len(self.has), 64)
-            self.columns = [np.resize(c, cap) for c in self.columns]
-            self.has = np.resize(self.has, cap)
+        self.columns = [_grown(c, need) for c in self.columns]
+        self.has = _grown(self.has, need)
         for i, t in enumerate(new, start=self.size):
             row = self.row(t.params)
             self.has[i] = row is not None
@@ -107,7 +110,7 @@ class _Ledger:
         self.direction = study.direction
         self.trials: list[FrozenTrial] = []  # in the order they were first seen
         self.position: dict[int, int] = {}  # trial number -> index in ``trials``
-        self._numbers = np.empty(64, dtype=np.int64)  # grows by doubling
+        self._numbers = np.empty(0, dtype=np.int64)  # grows by doubling
         # Sorted keys that end in the trial's number, so that ties fall as in Optuna's
         # stable sorts of trials listed by number (``reverse=True`` keeps that order too).
         self.complete: list[tuple[Any, ...]] = []
@@ -117,8 +120,8 @@ class _Ledger:
 
     def add(self, trial: FrozenTrial, study: Study) -> None:
         """Rank ``trial``, as ``optuna.samplers._tpe.sampler._split_trials`` would."""
-        if _get_infeasible_trial_score(trial) > 0:
-            bisect.insort(self.infeasible, (_get_infeasible_trial_score(trial), trial.number))
+        if (infeasible := _get_infeasible_trial_score(trial)) > 0:
+            bisect.insort(self.infeasible, (infeasible, trial.number))
         elif trial.state == TrialState.COMPLETE:
             value = trial.value  # as stored: an int beyond 2**53 ranks as Optuna ranks it
             signed = value if self.direction == StudyDirection.MINIMIZE else -value  # type: ignore[operator]
@@ -127,8 +130,7 @@ class _Ledger:
             bisect.insort(self.pruned, (*_get_pruned_trial_score(trial, study), trial.number))
         i = self.position[trial.number] = len(self.trials)
         self.trials.append(trial)
-        if i == len(self._numbers):
-            self._numbers = np.resize(self._numbers, 2 * i)
+        self._numbers = _grown(self._numbers, i + 1)
         self._numbers[i] = trial.number
 
     @property

@@ -33,6 +33,10 @@ Measured in each driver subprocess (``Meter`` wraps the functions named below in
   per trial, and its peak RSS (``ru_maxrss``, the same as ``VmHWM``) with its RSS at the start,
   when ``Tuner.fit`` returned, and at every 5% of the trials completed (the slope between 25%
   and 95% is the growth per trial, start-up and the end's one-off imports excluded);
+- the driver's CPU seconds between consecutive trial completions, as the mean per 10% bucket
+  of the completions: whether its cost per trial grows with the finished trials (the first
+  bucket holds the start-up, the service's last one the report's imports on a background
+  thread, so the middle buckets are the comparison);
 - the service's ``MlflowClient`` calls per trial (outermost calls only: ``log_text`` calling
   ``log_artifact`` counts once) and their payload bytes per trial: the keys and values of the
   call's arguments (strings as UTF-8, numbers as their text, MLflow entities by their fields,
@@ -83,6 +87,7 @@ import argparse
 import datetime
 import functools
 import inspect
+import itertools
 import json
 import os
 import platform
@@ -295,6 +300,7 @@ class Observations:
         self.meter = meter
         self.suggest_s: list[float] = []
         self.completed_at: list[float] = []
+        self.cpu_at: list[float] = []  # the driver's CPU seconds (all threads) at each completion
         self.errors = 0
         self.epoch_seconds = 0.0
         self.results = 0
@@ -319,6 +325,7 @@ class Observations:
 
     def complete(self, args: tuple, kwargs: dict, out: Any, start: float, dt: float) -> None:
         self.completed_at.append(start)
+        self.cpu_at.append(cpu_s())
         if len(self.completed_at) % self.rss_every == 0:
             self.rss_by_trials.append((len(self.completed_at), rss_mb()[0]))
         error = args[3] if len(args) > 3 else kwargs.get("error", False)
@@ -645,6 +652,7 @@ def run_arm(arm: str, n: int, tmp: Path, args: argparse.Namespace) -> dict[str, 
     storage = Path(spec.resolved_storage())
     out.update(
         completed=len(done),
+        cpu_at=obs.cpu_at,
         errors=obs.errors,
         last_complete_s=done[-1] if done else None,
         results=obs.results,
@@ -963,6 +971,20 @@ def detail_table(n: int, svc: dict[str, Any], plain: dict[str, Any]) -> str:
             "last snapshot KB: experiment state / searcher state",
             lambda r: (
                 f"{r['experiment_state_bytes'] / 1024:.0f} / {r['searcher_state_bytes'] / 1024:.0f}"
+            ),
+        ),
+        (
+            # Does the driver's cost per trial grow with the finished trials? The first 10%
+            # holds the start (first workers, searcher start-up), the last 10% the report's
+            # imports on a background thread (service), so compare the middle.
+            "driver CPU ms per trial (all threads), per 10% of the trials completed",
+            lambda r: (
+                " ".join(
+                    _ms(m)
+                    for m in bucket_means([b - a for a, b in itertools.pairwise(r["cpu_at"])])
+                )
+                if len(r.get("cpu_at", ())) > BUCKETS
+                else "-"
             ),
         ),
         (

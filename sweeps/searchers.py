@@ -159,11 +159,13 @@ def _successive_halving(spec: SweepSpec, max_t: int, brackets: int) -> Any:
     """Ray's ASHA with ``brackets`` brackets: bracket ``s`` has its first rung at
     ``grace_period * reduction_factor**s`` epochs, so no bracket judges a trial before the
     grace period. Time is the trial's ``epoch``; a result without one (an out-of-memory
-    report) is passed over, not an error."""
-    from ray.tune.schedulers import ASHAScheduler
+    report) is passed over, not an error. It picks the next trial to start among the live
+    trials only (``ray_internals.LiveTrialChoice``: Ray's own choice, without walking every
+    finished trial at each step of Tune's loop)."""
+    from sweeps.ray_internals import LiveASHAScheduler
 
     metric, mode = spec.primary
-    return ASHAScheduler(
+    return LiveASHAScheduler(
         time_attr="epoch",
         metric=metric,
         mode=mode,
@@ -203,6 +205,7 @@ def _hyperband(spec: SweepSpec, max_t: int) -> Any:
 
 @_scheduler("fifo", False, "every trial runs its full epoch budget")
 def _fifo(spec: SweepSpec, max_t: int) -> Any:
-    from ray.tune.schedulers import FIFOScheduler
+    """Ray's ``FIFOScheduler``, choosing among live trials only (as ASHA above)."""
+    from sweeps.ray_internals import LiveFIFOScheduler
 
-    return FIFOScheduler()
+    return LiveFIFOScheduler()

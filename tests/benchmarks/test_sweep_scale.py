@@ -268,3 +268,10 @@ def test_twelve_trials_side_by_side(tmp_path: Path) -> None:
     # Both arms did the same work: 12 trials of 2 epochs each, seen by the driver.
     assert "| trials completed (driver saw) / errors | 12 / 0 | 12 / 0 |" in out
     assert "| Tune results (epochs) seen by the searcher | 24 | 24 |" in out
+    # The driver's CPU between completions, per tenth of the 11 gaps: ten numbers per arm.
+    (cpu_row,) = [
+        line for line in out.splitlines() if line.startswith("| driver CPU ms per trial ")
+    ]
+    for cell in cpu_row.split("|")[2:4]:
+        values = numbers(cell)
+        assert len(values) == 10 and all(v >= 0 for v in values) and sum(values) > 0

@@ -287,20 +287,26 @@ def test_a_users_buffer_setting_leaves_tune_as_it_is(monkeypatch):
         assert TuneController._schedule_trial_train is original
 
 
-@pytest.mark.parametrize("scheduler", ["asha", "hyperband"])
+@pytest.mark.parametrize("scheduler", ["asha", "live-asha", "live-fifo", "hyperband"])
 def test_only_schedulers_that_never_pause_get_batches(ray_local, tmp_path, monkeypatch, scheduler):
-    """ASHA's results come in batches; synchronous HyperBand pauses trials at its rungs, so its
-    trials get one result per call, as in Tune."""
+    """ASHA's and FIFO's results come in batches (the sweep's own subclasses of them too);
+    synchronous HyperBand pauses trials at its rungs, so its trials get one result per call,
+    as in Tune."""
     from ray.tune.schedulers import ASHAScheduler, HyperBandScheduler
 
+    from sweeps.ray_internals import LiveASHAScheduler, LiveFIFOScheduler
+
+    asha = {"metric": "epoch", "mode": "max", "max_t": 6, "grace_period": 2}
     built = {
-        "asha": ASHAScheduler(metric="epoch", mode="max", max_t=6, grace_period=2),
+        "asha": ASHAScheduler(**asha),
+        "live-asha": LiveASHAScheduler(**asha),
+        "live-fifo": LiveFIFOScheduler(),
         "hyperband": HyperBandScheduler(metric="epoch", mode="max", max_t=6),
     }[scheduler]
     grid, events = _run_buffered(tmp_path, _short_epochs(()), monkeypatch, scheduler=built)
     assert grid.num_errors == 0
     calls = [name for kind, name in events if kind == "call"]
-    if scheduler == "asha":
+    if scheduler != "hyperband":
         assert calls.count("train_buffered") >= 1 and calls.count("train") == 0
     else:
         assert calls.count("train_buffered") == 0 and calls.count("train") >= 6
@@ -347,3 +353,155 @@ def test_no_trial_dataframes_keeps_what_a_sweep_reads_of_the_grid(ray_local, tmp
         assert ok == [(1, 2), (3, 2)]
     assert all(r.metrics_dataframe.empty for r in skipped)
     assert all(len(r.metrics_dataframe) == 2 for r in full if r.error is None)
+
+
+# -- LiveTrialChoice: FIFO's choice from the live trials ----------------------------------------
+
+
+class _Trial(SimpleNamespace):
+    """A trial as a scheduler's choice reads it: its status; equal only to itself, as
+    Tune's ``Trial`` (the list's ``index`` finds it by identity)."""
+
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
+
+
+class FakeController:
+    """The two things a scheduler's choice reads, kept as Tune 2.60's controller keeps them:
+    a trial is live from ``add`` until it ends TERMINATED; a requeued trial (``recover``)
+    moves to the end of the list, PENDING and live again."""
+
+    def __init__(self) -> None:
+        self.trials: list[_Trial] = []
+        self.live: set[_Trial] = set()
+
+    def get_trials(self):
+        return self.trials
+
+    def get_live_trials(self):
+        return self.live
+
+    def add(self, status: str = "PENDING") -> _Trial:
+        trial = _Trial(status=status)
+        self.trials.append(trial)
+        if status != "TERMINATED":
+            self.live.add(trial)
+        return trial
+
+    def set(self, trial: _Trial, status: str) -> None:
+        trial.status = status
+        if status == "TERMINATED":
+            self.live.discard(trial)
+
+    def recover(self, trial: _Trial) -> None:
+        self.trials.pop(self.trials.index(trial))
+        self.trials.append(trial)
+        trial.status = "PENDING"
+        self.live.add(trial)
+
+
+def test_live_choice_is_fifos_choice_through_adds_ends_pauses_and_requeues():
+    """Random runs of a controller: every choice equals Tune's own ``FIFOScheduler``'s, and
+    the comparisons by position were exercised (several trials waiting, after requeues)."""
+    import random
+
+    from ray.tune.schedulers import FIFOScheduler
+
+    from sweeps.ray_internals import LiveFIFOScheduler
+
+    compared = 0
+    for seed in range(40):
+        rng = random.Random(seed)
+        c, live = FakeController(), LiveFIFOScheduler()
+        for _ in range(300):
+            op = rng.random()
+            if op < 0.25 or not c.trials:
+                c.add()
+            else:
+                trial = rng.choice(c.trials)
+                if trial.status == "TERMINATED":
+                    continue
+                if op < 0.45:
+                    c.recover(trial)
+                else:
+                    c.set(trial, rng.choice(["RUNNING", "PAUSED", "TERMINATED", "ERROR"]))
+            if rng.random() < 0.02:
+                c.trials = list(c.trials)  # a new controller's list, the same trials
+            waiting = sum(t.status in ("PENDING", "PAUSED") for t in c.live)
+            compared += waiting > 1
+            assert live.choose_trial_to_run(c) is FIFOScheduler().choose_trial_to_run(c)
+    assert compared > 1000
+
+
+def test_live_choice_leaves_a_crowd_and_a_stray_trial_to_tunes_walk(monkeypatch):
+    from ray.tune.schedulers import FIFOScheduler
+
+    from sweeps import ray_internals
+    from sweeps.ray_internals import LiveFIFOScheduler
+
+    walks = []
+    monkeypatch.setattr(
+        FIFOScheduler, "choose_trial_to_run", lambda self, c: walks.append(c) or "walked"
+    )
+    monkeypatch.setattr(ray_internals, "LIVE_SCAN_MAX", 3)
+    c = FakeController()
+    for status in ("PENDING", "RUNNING", "PENDING"):
+        c.add(status)
+    scheduler = LiveFIFOScheduler()
+    assert scheduler.choose_trial_to_run(c) is c.trials[0] and not walks
+    c.live.add(_Trial(status="PENDING"))  # four live: a crowd
+    assert scheduler.choose_trial_to_run(c) == "walked"
+    c.live = {c.trials[0], _Trial(status="PENDING")}  # live but in no list: Tune decides
+    assert scheduler.choose_trial_to_run(c) == "walked"
+    assert len(walks) == 2
+
+
+def test_live_choice_matches_tune_in_a_real_run_with_requeued_and_stopped_trials(
+    ray_local, tmp_path
+):
+    """Real Tune (ASHA stopping trials, two trials failing once and requeued at the end of
+    the list): at every step the live choice is what ``FIFOScheduler`` would have chosen."""
+    from ray import tune
+    from ray.tune.schedulers import FIFOScheduler
+
+    from sweeps.ray_internals import LiveASHAScheduler
+
+    choices: list[tuple[object, object]] = []
+
+    class Checked(LiveASHAScheduler):
+        def choose_trial_to_run(self, tune_controller):
+            fifo = FIFOScheduler.choose_trial_to_run(self, tune_controller)
+            mine = super().choose_trial_to_run(tune_controller)
+            choices.append((mine, fifo))
+            return mine
+
+    marks = tmp_path / "marks"
+    marks.mkdir()
+
+    def trainable(config):
+        import time
+
+        mark = marks / str(config["x"])
+        if config["x"] in (1, 4) and not mark.exists():
+            mark.write_text("failed once")
+            raise RuntimeError("first attempt fails")
+        for epoch in range(1, 5):
+            time.sleep(0.01)
+            tune.report({"epoch": epoch, "score": config["x"] * epoch})
+
+    grid = tune.Tuner(
+        trainable,
+        param_space={"x": tune.grid_search(list(range(8)))},
+        tune_config=tune.TuneConfig(
+            scheduler=Checked(time_attr="epoch", metric="score", mode="max", grace_period=1),
+            max_concurrent_trials=2,
+        ),
+        run_config=tune.RunConfig(
+            storage_path=str(tmp_path), verbose=0, failure_config=tune.FailureConfig(max_failures=1)
+        ),
+    ).fit()
+    assert grid.num_errors == 0 and len(grid) == 8
+    assert {p.name for p in marks.iterdir()} == {"1", "4"}  # both were requeued
+    assert len(choices) > 8
+    assert all(mine is fifo for mine, fifo in choices)
+    assert sum(mine is not None for mine, _ in choices) >= 10  # 8 starts and 2 restarts

@@ -49,6 +49,16 @@ def test_hyperband_is_asha_over_the_specs_brackets_timed_like_asha():
     assert len(given._brackets) == 2 and first_rungs(given) == [1, 3]
 
 
+def test_every_scheduler_chooses_the_next_trial_among_live_trials_only():
+    """FIFO's and ASHA's walk over every trial, finished ones included, at each step of
+    Tune's loop is replaced (``ray_internals.LiveTrialChoice``)."""
+    from sweeps.ray_internals import LiveTrialChoice
+
+    for name in SCHEDULERS.names():
+        spec = spec_of(name=name, grace_period=1)
+        assert isinstance(SCHEDULERS.get(name).build(spec, 9), LiveTrialChoice), name
+
+
 @pytest.mark.parametrize(
     ("grace", "max_t", "eta", "n"),
     [(1, 9, 3, 3), (1, 8, 3, 2), (1, 30, 3, 4), (100, 200, 3, 1), (1, 200, 3, 5), (1, 10**4, 2, 8)],

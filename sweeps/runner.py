@@ -432,6 +432,7 @@ def _run_stage(
     from sweeps.ray_internals import (
         ForgetEndedTrialStats,
         InterruptWatch,
+        PruneSyncedTrials,
         RepairCheckpoints,
         bounded_snapshots,
         buffered_results,
@@ -481,12 +482,14 @@ def _run_stage(
         mirror.run_ids = tracker.run_ids  # each stored trial links its MLflow run
         tracker.mirror_through(mirror)
     watch = InterruptWatch()
+    pruner = PruneSyncedTrials()
     callbacks = [
         watch,
         RepairCheckpoints(),
         tracker,
         Progress(spec, slots, enabled=progress, stage=stage.name, total=num_trials),
         JsonLoggerCallback(),
+        pruner,
         ForgetEndedTrialStats(spec.metrics),
         ReleaseFreedMemory(),
         _WarmReport(num_trials),
@@ -547,8 +550,9 @@ def _run_stage(
         # Tune's adaptive >= 10 s: a killed driver then re-runs at most the trials that ended
         # in those 2 s. As the snapshot grows, its period grows to keep it at 5% of the time.
         # One driver round trip per second of short epochs, not per epoch, and no read-back
-        # of every trial's results into pandas when Tune ends (ray_internals).
-        with bounded_snapshots(2.0), buffered_results(1.0), no_trial_dataframes():
+        # of every trial's results into pandas when Tune ends; finished trials' files copied
+        # to storage once, not after every snapshot (ray_internals).
+        with bounded_snapshots(2.0), buffered_results(1.0), no_trial_dataframes(), pruner.active():
             grid = tuner.fit()
     finally:
         watch.restore_handlers()

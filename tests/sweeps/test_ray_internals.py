@@ -5,6 +5,7 @@ stand-in with the two attributes the repair reads (``run_metadata``, ``storage``
 driver-loss test in test_reliability.py covers the same repair inside a real resume.
 """
 
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -505,3 +506,129 @@ def test_live_choice_matches_tune_in_a_real_run_with_requeued_and_stopped_trials
     assert len(choices) > 8
     assert all(mine is fifo for mine, fifo in choices)
     assert sum(mine is not None for mine, _ in choices) >= 10  # 8 starts and 2 restarts
+
+
+# -- PruneSyncedTrials: finished trials leave the driver's staging directory --------------------
+
+
+def test_copied_means_every_staged_file_is_in_storage_byte_for_byte(tmp_path):
+    from sweeps.ray_internals import _copied
+
+    staging, stored = tmp_path / "staging", tmp_path / "stored"
+    (staging / "sub").mkdir(parents=True)
+    (staging / "result.json").write_text('{"epoch": 1}\n{"epoch": 2}\n')
+    (staging / "sub" / "params.json").write_text("{}")
+    assert _copied(str(staging), str(stored)) is False  # nothing copied yet
+    (stored / "sub").mkdir(parents=True)
+    (stored / "result.json").write_text('{"epoch": 1}\n')  # an earlier copy, mid-trial
+    (stored / "sub" / "params.json").write_text("{}")
+    assert _copied(str(staging), str(stored)) is False
+    (stored / "result.json").write_text('{"epoch": 1}\n{"epoch": 3}\n')  # same size, other bytes
+    assert _copied(str(staging), str(stored)) is False
+    (stored / "result.json").write_text('{"epoch": 1}\n{"epoch": 2}\n')
+    assert _copied(str(staging), str(stored)) is True
+    assert _copied(str(tmp_path / "gone"), str(stored)) is None
+
+
+def _ended_trial(tmp_path, name: str, copied: bool):
+    from pyarrow.fs import LocalFileSystem
+
+    staging, stored = tmp_path / "staging" / name, tmp_path / "stored" / name
+    staging.mkdir(parents=True)
+    (staging / "result.json").write_text(name)
+    if copied:
+        stored.mkdir(parents=True)
+        (stored / "result.json").write_text(name)
+    storage = SimpleNamespace(
+        storage_filesystem=LocalFileSystem(),
+        trial_driver_staging_path=str(staging),
+        trial_fs_path=str(stored),
+    )
+    return SimpleNamespace(storage=storage), staging
+
+
+def test_prune_waits_for_an_idle_syncer_and_keeps_what_storage_lacks(tmp_path):
+    from sweeps.ray_internals import PruneSyncedTrials
+
+    copying = SimpleNamespace(is_running=True)
+    syncer = SimpleNamespace(_sync_process=copying)
+    prune = PruneSyncedTrials(every_s=0.0)
+    done, done_dir = _ended_trial(tmp_path, "done", copied=True)
+    behind, behind_dir = _ended_trial(tmp_path, "behind", copied=False)
+    for trial in (done, behind):
+        prune.on_trial_complete(0, [], trial)
+    prune.prune(syncer)
+    assert done_dir.exists() and behind_dir.exists()  # a copy is running: nothing deleted
+    copying.is_running = False
+    prune.prune(syncer)
+    assert not done_dir.exists() and behind_dir.exists() and prune.pruned == 1
+    stored = tmp_path / "stored" / "behind"
+    stored.mkdir()
+    (stored / "result.json").write_text("behind")  # the next copy brought it
+    syncer._sync_process = None  # Tune's wait() clears it
+    prune.prune(syncer)
+    assert not behind_dir.exists() and prune.pruned == 2
+
+
+def test_finished_trials_leave_staging_and_storage_keeps_all_they_wrote(
+    ray_local, tmp_path, monkeypatch
+):
+    """Real Tune, snapshots every step: each finished trial's staging directory is deleted
+    once Tune's copy has brought its files, always by the snapshot manager with its syncer
+    idle, and storage holds every trial's full result.json and params."""
+    import json
+
+    from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
+
+    from sweeps.ray_internals import PruneSyncedTrials
+
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    monkeypatch.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    staged = {}
+    prune = PruneSyncedTrials(every_s=0.0)
+    checked, busy_deletes = [], []
+    own = prune.prune
+
+    def watched(syncer):
+        checked.append(syncer)
+        process, before = syncer._sync_process, prune.pruned
+        own(syncer)
+        if process is not None and process.is_running:
+            busy_deletes.append(prune.pruned - before)
+
+    prune.prune = watched
+
+    class Where(tune.Callback):
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            staged[trial.trial_id] = (trial.local_path, trial.path)
+
+    def trainable(config):
+        import time
+
+        for epoch in range(1, 4):
+            time.sleep(0.05)
+            tune.report({"epoch": epoch, "x": config["x"]})
+
+    with prune.active():
+        grid = tune.Tuner(
+            trainable,
+            param_space={"x": tune.grid_search(list(range(6)))},
+            tune_config=tune.TuneConfig(max_concurrent_trials=2),
+            run_config=tune.RunConfig(
+                storage_path=str(tmp_path),
+                verbose=0,
+                callbacks=[JsonLoggerCallback(), prune, Where()],
+            ),
+        ).fit()
+    assert grid.num_errors == 0 and len(grid) == 6
+    assert len({id(s) for s in checked}) == 1
+    assert not any(busy_deletes)  # never while Tune's copy ran
+    assert prune.pruned >= 3  # the last trials end after the last snapshot
+    gone = [path for path, _ in staged.values() if not os.path.exists(path)]
+    assert len(gone) == prune.pruned
+    for _, stored in staged.values():
+        lines = Path(stored, "result.json").read_text().splitlines()
+        assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+        assert Path(stored, "params.json").exists() and Path(stored, "params.pkl").exists()
+    assert sorted(r.metrics["x"] for r in grid) == list(range(6))

@@ -53,11 +53,11 @@ access was checked against Ray 2.60 and is still needed:
   and its private ``_sync_process``; a trial's own storage context has another syncer).
 * :class:`LiveTrialChoice`: Tune asks the scheduler for a trial to start at every step of
   its loop, and ``FIFOScheduler.choose_trial_to_run`` (ASHA's too) answers by walking the
-  whole trial list, finished trials included, twice when nothing is waiting: the one
-  driver cost of Tune's own that grows with the number of finished trials (profiled at 400
-  and 1450 trials of ``benchmarks/sweep_scale.py``: 1.0 and 3.3 ms of the driver per
-  trial). The mixin makes the same choice from ``get_live_trials()`` (public, the trials
-  not TERMINATED), relying on Tune's list order only through positions it checks.
+  whole trial list, finished trials included, twice when nothing is waiting: a driver
+  cost of Tune's own that grows with the number of finished trials (profiled at 320 and
+  1350 finished trials of a 1600-trial sweep: 1.0 and 3.3 ms of the driver per trial).
+  The mixin makes the same choice from ``get_live_trials()`` (public, the trials not
+  TERMINATED), relying on Tune's list order only through positions it checks.
 
 Repair restored trials whose latest checkpoint a killed driver had already deleted.
 
@@ -491,9 +491,11 @@ def no_trial_dataframes() -> Iterator[None]:
         ExperimentAnalysis._fetch_trial_dataframes = fetch
 
 
-#: Above this many live trials :class:`LiveTrialChoice` leaves the choice to Tune's own walk
-#: (a variant generator queues all its trials at once): a pass over that many costs as much.
-LIVE_SCAN_MAX = 256
+#: Above this many live trials :class:`LiveTrialChoice` leaves the choice to Tune's own walk,
+#: which stops at the first PENDING trial: a pass over every live one could then cost more.
+#: Tune keeps at most ``max_concurrent`` trials pending behind a searcher, and a variant
+#: generator's ``max(200, 1.1 x the cluster's CPUs)`` (``TUNE_MAX_PENDING_TRIALS_PG``).
+LIVE_SCAN_MAX = 1024
 
 
 class _Positions:

@@ -509,6 +509,18 @@ def rss_slope(r: dict[str, Any]) -> str:
     return f"{first[1]:.0f} → {last[1]:.0f} ({slope:.0f})"
 
 
+def cpu_per_tenth(r: dict[str, Any]) -> str:
+    """The driver's CPU between consecutive trial completions, the mean per 10% of them: does
+    its cost per trial grow with the finished trials? The first tenth holds the start (first
+    workers, the searcher's start-up), the service's last one the report's imports on a
+    background thread, so the middle ones compare."""
+    cpu_at = r.get("cpu_at") or []
+    if len(cpu_at) <= BUCKETS:
+        return "-"
+    gaps = [b - a for a, b in itertools.pairwise(cpu_at)]
+    return " ".join(_ms(m) for m in bucket_means(gaps))
+
+
 def rss_mb() -> tuple[float, float]:
     """(current RSS, peak RSS) of this process in MB, from /proc (VmRSS, VmHWM)."""
     fields: dict[str, float] = {}
@@ -974,18 +986,8 @@ def detail_table(n: int, svc: dict[str, Any], plain: dict[str, Any]) -> str:
             ),
         ),
         (
-            # Does the driver's cost per trial grow with the finished trials? The first 10%
-            # holds the start (first workers, searcher start-up), the last 10% the report's
-            # imports on a background thread (service), so compare the middle.
             "driver CPU ms per trial (all threads), per 10% of the trials completed",
-            lambda r: (
-                " ".join(
-                    _ms(m)
-                    for m in bucket_means([b - a for a, b in itertools.pairwise(r["cpu_at"])])
-                )
-                if len(r.get("cpu_at", ())) > BUCKETS
-                else "-"
-            ),
+            cpu_per_tenth,
         ),
         (
             "Optuna ms per suggestion, per 10% of suggestions",

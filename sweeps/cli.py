@@ -321,7 +321,13 @@ def status(
             k: verdict.get(f"delta.{test}.{x}")
             for k, x in (("mean", "mean"), ("lo", "ci_low"), ("hi", "ci_high"))
         }
-        interval = "" if d["lo"] is None else f", 95% interval [{d['lo']:+.4f}, {d['hi']:+.4f}]"
+        # The interval's coverage is logged with it (0.95 jointly over the finalists).
+        conf = verdict.get(f"delta.{test}.confidence", 0.95)
+        interval = (
+            ""
+            if d["lo"] is None
+            else f", {conf * 100:.3g}% interval [{d['lo']:+.4f}, {d['hi']:+.4f}]"
+        )
         out.print(
             f"verdict: {tags[tracking.TAG_VERDICT]} (winner - baseline {test} "
             f"{d['mean']:+.4f}{interval}; cost x{verdict.get('winner.cost_ratio', 0):.2f})",

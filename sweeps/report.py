@@ -108,6 +108,18 @@ class Verdict:
     # config id -> why it was left out: a finalist with a seed that diverged, ran out of
     # memory or failed cannot win; baseline seeds without a result are left out of the pairs
     excluded: dict[str, str] = field(default_factory=dict)
+    # how many finalists the winner was picked from: its interval is at 95% jointly over them
+    chosen_from: int = 1
+
+
+def interval_name(v: Verdict) -> str:
+    """What the verdict's interval is, in a few words: ``95% interval``, or for a winner picked
+    from k finalists ``98.3% interval (95% jointly over 3 finalists)``."""
+    name = f"{_pct(v.diff.confidence)} interval"
+    if v.chosen_from > 1:
+        joint = 1.0 - (1.0 - v.diff.confidence) * v.chosen_from
+        name += f" ({_pct(joint)} jointly over {v.chosen_from} finalists)"
+    return name
 
 
 @dataclass
@@ -144,7 +156,7 @@ def _pm(values: Sequence[float]) -> str:
 
 
 def _pct(confidence: float) -> str:
-    return f"{confidence * 100:g}%"
+    return f"{confidence * 100:.3g}%"
 
 
 def _cell(text: object) -> str:
@@ -174,8 +186,7 @@ def format_verdict_table(v: Verdict) -> str:
         (
             "delta",
             "",
-            f"{_signed(v.diff.mean)}  {_pct(v.diff.confidence)} CI {_interval(v.diff)}  "
-            f"-> {v.verdict}",
+            f"{_signed(v.diff.mean)}  {interval_name(v)} {_interval(v.diff)}  -> {v.verdict}",
         ),
         (
             "cost",
@@ -195,8 +206,10 @@ def verdict_metrics(v: Verdict) -> dict[str, float]:
 
     Keys: ``final.winner.<m>.mean``, ``final.winner.<m>.std``, ``final.baseline.<m>.mean``,
     ``final.baseline.<m>.std``, ``final.delta.<m>.mean``, ``final.delta.<m>.ci_low``,
-    ``final.delta.<m>.ci_high``, ``final.winner.cost_ratio`` (closure passes) and
-    ``final.winner.cost_ratio_seconds``. An interval bound that is not finite (one seed) is
+    ``final.delta.<m>.ci_high``, ``final.delta.<m>.confidence`` (the interval's coverage:
+    0.95 jointly over the finalists, ``1 - 0.05 / k`` each), ``final.winner.cost_ratio``
+    (closure passes) and ``final.winner.cost_ratio_seconds``. An interval bound that is not
+    finite (one seed, or the same difference on every seed) is
     left out rather than logged: MLflow's SQL store clamps infinity to ±1.8e308, which reads as
     a measurement, while a missing bound cannot be misread.
     """
@@ -209,6 +222,7 @@ def verdict_metrics(v: Verdict) -> dict[str, float]:
         f"final.baseline.{m}.mean": b_mean,
         f"final.baseline.{m}.std": b_std,
         f"final.delta.{m}.mean": float(v.diff.mean),
+        f"final.delta.{m}.confidence": float(v.diff.confidence),
         "final.winner.cost_ratio": float(v.cost_ratio_passes),
         "final.winner.cost_ratio_seconds": float(v.cost_ratio_seconds),
     }
@@ -270,9 +284,16 @@ def _verdict_section(record: SweepRecord) -> list[str]:
             "",
         ]
     d, m, conf = v.diff, _code(v.metric), _pct(v.diff.confidence)
+    picked = (
+        f"The winner {_code(v.winner_config_id)}, the finalist with the best mean validation "
+        f"metric of the {v.chosen_from} re-trained on the same {len(v.seeds)} seeds as the "
+        "baseline, was"
+        if v.chosen_from > 1
+        else f"The winner {_code(v.winner_config_id)} and the baseline were re-trained on the "
+        f"same {len(v.seeds)} seeds and"
+    )
     lines += [
-        f"The search winner {_code(v.winner_config_id)} and the baseline were re-trained on the "
-        f"same {len(v.seeds)} seeds and compared on the test metric {m} ({v.mode}) by the paired "
+        f"{picked} compared with the baseline on the test metric {m} ({v.mode}) by the paired "
         f"difference winner − baseline and its two-sided {conf} Student-t interval "
         f"({_verdict_rule(v.mode)}).",
         "",
@@ -287,8 +308,22 @@ def _verdict_section(record: SweepRecord) -> list[str]:
         f"| cost ratio, training seconds (winner / baseline) | {_ratio(v.cost_ratio_seconds)} |",
         "",
     ]
+    if v.chosen_from > 1:
+        lines += [
+            f"The interval is at {conf} so that the {v.chosen_from} finalists' intervals hold "
+            f"at 95% jointly (Bonferroni): the winner was picked on the very seeds it is "
+            "compared on, and a lucky seed lifts validation and test accuracy together, so a "
+            "95% interval for the best of several would claim an effect by chance too often.",
+            "",
+        ]
     if d.n == 1:
         lines += ["With one seed the spread is unknown: the interval is unbounded.", ""]
+    elif not math.isfinite(d.ci_low):
+        lines += [
+            "Every seed's difference was the same, so their spread is unknown (not zero): "
+            "the interval is unbounded. More seeds can tell.",
+            "",
+        ]
     if v.excluded:
         lines += [
             "Left out: a finalist with a seed that diverged, ran out of memory or failed cannot "

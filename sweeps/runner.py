@@ -603,21 +603,56 @@ def _search_stage(spec: SweepSpec, warm_start: list[Any] | None = None) -> _Stag
     )
 
 
-def _baseline_search_stage(spec: SweepSpec) -> _Stage:
+def _baseline_ranges(spec: SweepSpec) -> Any:
+    """The baseline search's space: the method's optimizer ranges, over ERM's space."""
     import search_spaces
 
-    base = {**_base(spec), "perturbation": _baseline_perturbation(spec)}
-    ranges = search_spaces.resolve(
+    return search_spaces.resolve(
         "erm", {k: v for k, v in spec.space.ranges.items() if k.startswith("optim.")}, True
     )
+
+
+def _baseline_search_stage(spec: SweepSpec, warm_start: list[Any] | None = None) -> _Stage:
+    base = {**_base(spec), "perturbation": _baseline_perturbation(spec)}
     return _Stage(
         "baseline_search",
         f"{spec.name}-baseline-search",
         base,
         space="erm",
-        ranges=ranges,
+        ranges=_baseline_ranges(spec),
         stage_tag="baseline_search",
+        warm_start=warm_start,
     )
+
+
+def _baseline_warm_start(spec: SweepSpec) -> list[Any]:
+    """The finished trials of the earlier sweeps' baseline searches, for this sweep's.
+
+    A warm-started method search gets the earlier sweeps' trials on top of its budget; the
+    baseline's search over the same optimizer knobs must get theirs, or the verdict would
+    compare a method tuned with more trials than its baseline. Raises a one-line ValueError
+    when an earlier sweep has no such search (it ran without finalists, or searched no
+    optimizer knob) or searched other ranges.
+    """
+    out: list[Any] = []
+    for name in spec.searcher.warm_start:
+        try:
+            out += studies.check_warm_start(
+                spec.optuna_storage_url(),
+                [studies.study_name(name, "baseline_search")],
+                "erm",
+                _baseline_ranges(spec),
+                spec.modes,
+                spec.metrics,
+            )
+        except ValueError as e:
+            raise ValueError(
+                f"{e}: this sweep also searches the baseline's optimizer, and that search "
+                f"must start from the earlier sweeps' as the method's does (the same budget); "
+                f"warm-start from sweeps that ran one over the same optim ranges, or set "
+                f"finalists.top_k: 0"
+            ) from None
+    return out
 
 
 def _seeds(spec: SweepSpec) -> list[int]:
@@ -773,6 +808,9 @@ def run_sweep(
         raise SpecError(str(e)) from None
     # Checked before anything is written: a refused warm start leaves no stray run, and not
     # even a tracking database (opening the client creates a SQLite one).
+    baseline_search = bool(
+        search and spec.finalists.top_k > 0 and spec.finalists.baseline and spec.space.optimizer
+    )
     try:
         warm = studies.check_warm_start(
             spec.optuna_storage_url(),
@@ -782,6 +820,7 @@ def run_sweep(
             spec.modes,
             spec.metrics,
         )
+        warm_baseline = _baseline_warm_start(spec) if baseline_search else []
     except ValueError as e:
         raise SpecError(str(e)) from None
     tracking.tune_sqlite()
@@ -800,8 +839,8 @@ def run_sweep(
         _init_ray()
         stages = [_search_stage(spec, warm)] if search else []
         confirm = spec.finalists.top_k > 0 or not search
-        if search and confirm and spec.finalists.baseline and spec.space.optimizer:
-            stages.append(_baseline_search_stage(spec))
+        if baseline_search:
+            stages.append(_baseline_search_stage(spec, warm_baseline))
 
         def run_once(stage: _Stage) -> int:
             """Run a stage unless an earlier driver finished it; record it finished."""

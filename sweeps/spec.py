@@ -22,7 +22,7 @@ import search_spaces
 from sweeps.dbinit import sqlite_path
 from sweeps.searchers import MAX_BRACKETS, SAMPLERS, SCHEDULERS
 from sweeps.uris import password_in
-from trainers import EPOCH_METRICS, FINAL_METRICS, test_metric_for
+from trainers import EPOCH_METRICS, FINAL_METRICS, TEST_METRICS, test_metric_for
 from trainers._yaml import load_yaml
 from trainers.data import check_data
 from trainers.spec import TrainSpec, format_validation_error
@@ -265,7 +265,9 @@ class SweepSpec(_Strict):
             if m not in reported:
                 allowed = ", ".join(sorted(EPOCH_METRICS))
                 raise ValueError(f"metric {m!r} is not reported by trials; allowed: {allowed}")
-            if m in FINAL_METRICS and not self.allow_test_selection:
+            # Test-set metrics only: a run's compute (closure_passes_total) is no selection
+            # on the test set, and a cost objective beside val_acc is a Pareto search.
+            if m in TEST_METRICS and not self.allow_test_selection:
                 val = {v for v in EPOCH_METRICS if test_metric_for(v) == m}
                 use = f"; use {sorted(val)[0]!r}" if val else ""
                 raise ValueError(
@@ -280,14 +282,20 @@ class SweepSpec(_Strict):
                     f"metric {m!r} needs a validation split, but train.data.val_fraction is 0"
                 )
         primary = metrics[0]
-        if self.finalists.top_k and primary not in FINAL_METRICS and not test_metric_for(primary):
+        if self.finalists.top_k and not test_metric_for(primary):
             # The verdict picks the winner by this metric over the confirmation seeds and then
-            # compares it with the baseline on its test counterpart; without one it would
-            # compare the very numbers it picked by (the winner's curse again).
+            # compares it with the baseline on its test counterpart; without one (a test
+            # metric itself, allow_test_selection or not) it would compare the very numbers it
+            # picked by (the winner's curse again).
             held_out = ", ".join(sorted(v for v in EPOCH_METRICS if test_metric_for(v)))
+            what = (
+                "is the test set's own, so the finalists' verdict would compare the numbers it "
+                "picked the winner by"
+                if primary in TEST_METRICS
+                else "has no test-set counterpart for the finalists' verdict"
+            )
             raise ValueError(
-                f"metric {primary!r} has no test-set counterpart for the finalists' verdict; "
-                f"put one of {held_out} first, or set finalists.top_k: 0"
+                f"metric {primary!r} {what}; put one of {held_out} first, or set finalists.top_k: 0"
             )
         if len(metrics) > 1 and not SAMPLERS.get(self.searcher.sampler).multi_objective:
             multi = ", ".join(n for n in SAMPLERS.names() if SAMPLERS.get(n).multi_objective)

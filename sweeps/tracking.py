@@ -1825,8 +1825,9 @@ def describe_failures(seeds: dict[int, Any]) -> str:
 
 def compute_verdict(client: MlflowClient, sweep: Sweep, runs: list[Run] | None = None) -> Any:
     """The winner (best mean validation metric over seeds) against the baseline, paired by
-    seed on the matching test metric; None without an eligible finalist and a baseline.
-    ``runs``: the sweep's children if already read.
+    seed on the matching test metric, with an interval that holds at 95% jointly over the
+    finalists it was picked from (``sweeps.stats.family_confidence``); None without an
+    eligible finalist and a baseline. ``runs``: the sweep's children if already read.
 
     A finalist with a seed that diverged, ran out of memory or failed cannot win: judged on
     its other seeds alone it would be chosen, and compared, on the seeds it survived. Such
@@ -1848,7 +1849,7 @@ def _confirmation(
     client: MlflowClient, sweep: Sweep, runs: list[Run] | None
 ) -> tuple[Any, dict[str, str]]:
     from sweeps.report import Verdict
-    from sweeps.stats import mean_std, paired_difference, verdict
+    from sweeps.stats import family_confidence, mean_std, paired_difference, verdict
 
     metric, mode = sweep.objectives[0]
     test = _test_metric(metric)
@@ -1873,7 +1874,9 @@ def _confirmation(
     win = groups[cid]
     a = [win[s].data.metrics[test] for s in common]
     b = [baseline[s].data.metrics[test] for s in common]
-    diff = paired_difference(a, b)
+    # The winner is the best of these candidates on the seeds compared: its interval is one
+    # of len(candidates) that must hold together (Bonferroni; sweeps.stats).
+    diff = paired_difference(a, b, confidence=family_confidence(len(candidates)))
 
     def cost(key: str) -> float:
         w = mean_std([win[s].data.metrics.get(key, math.nan) for s in common])[0]
@@ -1894,6 +1897,7 @@ def _confirmation(
             cost_ratio_passes=cost("closure_passes_total"),
             cost_ratio_seconds=cost("train_seconds_total"),
             excluded=excluded,
+            chosen_from=len(candidates),
         ),
         excluded,
     )
@@ -1926,6 +1930,8 @@ def log_verdict(client: MlflowClient, sweep: Sweep, spec: Any = None) -> tuple[A
 def parent_note(sweep: Sweep, status: str, best: Run | None, v: Any, no_verdict: str = "") -> str:
     """The parent run's description (markdown; a fresh UI folds it after about 4 lines, so
     the verdict comes first); ``no_verdict``: why there is none."""
+    from sweeps.report import interval_name
+
     metric, mode = sweep.objectives[0]
     lines = []
     if v is not None:
@@ -1934,7 +1940,7 @@ def parent_note(sweep: Sweep, status: str, best: Run | None, v: Any, no_verdict:
             f"**Verdict: {v.verdict.replace('_', ' ')}.** Winner {v.winner_config_id} "
             f"{v.metric} {sum(v.winner_values) / len(v.winner_values):.4f} vs baseline "
             f"{sum(v.baseline_values) / len(v.baseline_values):.4f} over seeds {v.seeds}: "
-            f"difference {d.mean:+.4f}, 95% interval [{d.ci_low:+.4f}, {d.ci_high:+.4f}]; "
+            f"difference {d.mean:+.4f}, {interval_name(v)} [{d.ci_low:+.4f}, {d.ci_high:+.4f}]; "
             f"compute {v.cost_ratio_passes:.2f}x the baseline's (closure passes), "
             f"{v.cost_ratio_seconds:.2f}x (seconds). Report: artifacts `report/report.html`."
         )

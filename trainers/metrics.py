@@ -45,6 +45,9 @@ FINAL_METRICS = frozenset(
         "closure_passes_total",  # sum of closure_passes: the run's compute in passes
     }
 )
+#: The test set's own numbers: never a searched objective unless ``allow_test_selection``,
+#: never what the finalists' winner is picked by.
+TEST_METRICS = frozenset(m for m in FINAL_METRICS if m.startswith("test_"))
 #: Diagnostics of the final weights: labelled as such, never objectives of a sweep.
 DIAGNOSTIC_METRICS = frozenset(
     {

@@ -74,6 +74,20 @@ BAD = [
         "metric 'gen_gap' has no test-set counterpart for the finalists' verdict; put one of "
         "val_acc, val_loss, val_robust_acc first, or set finalists.top_k: 0",
     ),
+    # nor may a test metric pick the finalists' winner, even where selection on it is allowed
+    (
+        yaml.safe_dump(
+            {
+                **sweep_dict(),
+                "metric": "test_acc",
+                "allow_test_selection": True,
+                "finalists": {"top_k": 3},
+            }
+        ),
+        "metric 'test_acc' is the test set's own, so the finalists' verdict would compare the "
+        "numbers it picked the winner by; put one of val_acc, val_loss, val_robust_acc first, "
+        "or set finalists.top_k: 0",
+    ),
     # the regularizer is stated once: a space that contradicts it is refused
     (
         with_("train.perturbation", {"kind": "sam"}),
@@ -178,6 +192,18 @@ def spec_of(**over):  # noqa: ANN003, ANN201
     from sweeps.spec import SweepSpec
 
     return SweepSpec.model_validate(sweep_dict(**over))
+
+
+def test_a_cost_objective_beside_a_validation_metric_is_no_test_selection():
+    # A run's compute is reported at its end, as the test metrics are, but selecting on it
+    # looks at no test example: a Pareto search of accuracy against cost is allowed as is.
+    spec = spec_of(
+        metric=["val_acc", "closure_passes_total"],
+        mode=["max", "min"],
+        searcher={"sampler": "nsga2", "seed": 0},
+        scheduler={"name": "fifo"},
+    )
+    assert spec.metrics == ["val_acc", "closure_passes_total"] and not spec.allow_test_selection
 
 
 @pytest.mark.parametrize(

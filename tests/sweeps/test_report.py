@@ -291,6 +291,7 @@ def test_verdict_metrics_keys() -> None:
         "final.delta.test_acc.mean",
         "final.delta.test_acc.ci_low",
         "final.delta.test_acc.ci_high",
+        "final.delta.test_acc.confidence",
         "final.winner.cost_ratio",
         "final.winner.cost_ratio_seconds",
     }

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from sweeps.stats import Difference, mean_std, paired_difference, verdict
+from sweeps.stats import Difference, family_confidence, mean_std, paired_difference, verdict
 
 T_975_DF2 = 4.302652729911275  # Student t quantile 0.975 with 2 degrees of freedom (tables)
 
@@ -41,12 +41,45 @@ def test_confidence_widens_the_interval() -> None:
 
 
 def test_pairing_removes_shared_seed_variation() -> None:
-    # Seeds move both runs together; the per-seed gap is always 0.01: a tight interval above 0.
+    # Seeds move both runs together (0.70-0.90); the per-seed gap stays near 0.01: a tight
+    # interval above 0, where two unpaired means would overlap.
     base = [0.80, 0.90, 0.85, 0.70]
-    d = paired_difference([x + 0.01 for x in base], base)
-    assert d.mean == pytest.approx(0.01)
-    assert d.ci_high - d.ci_low == pytest.approx(0.0, abs=1e-12)
+    gaps = [0.010, 0.012, 0.009, 0.011]
+    d = paired_difference([x + g for x, g in zip(base, gaps, strict=True)], base)
+    assert d.mean == pytest.approx(0.0105)
+    assert 0.0 < d.ci_low < d.ci_high < 0.013
     assert verdict(d, "max") == "better"
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ([0.902, 0.904], [0.900, 0.902]),  # one image of 500 better on each of 2 seeds
+        ([0.811, 0.912, 0.713], [0.801, 0.902, 0.703]),  # equal gaps up to rounding
+        ([0.5, 0.6, 0.7], [0.5, 0.6, 0.7]),  # identical runs
+    ],
+)
+def test_the_same_difference_on_every_seed_gives_an_unbounded_interval(
+    a: list[float], b: list[float]
+) -> None:
+    # A test accuracy moves in steps of one image, so a few seeds can all differ by the same
+    # step: the t formula's zero-width interval would claim a certainty nothing measured.
+    d = paired_difference(a, b)
+    assert d.n == len(a) and d.std == 0.0
+    assert d.mean == pytest.approx(a[0] - b[0])
+    assert d.ci_low == -math.inf and d.ci_high == math.inf
+    assert verdict(d, "max") == verdict(d, "min") == "no_difference"
+
+
+def test_family_confidence_is_bonferronis() -> None:
+    assert family_confidence(1) == 0.95
+    assert family_confidence(3) == pytest.approx(1 - 0.05 / 3)
+    assert family_confidence(4, 0.9) == pytest.approx(0.975)
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match=f"k must be at least 1, but got {bad}"):
+            family_confidence(bad)
+    with pytest.raises(ValueError, match="confidence must be between 0 and 1"):
+        family_confidence(2, 1.0)
 
 
 def test_one_seed_gives_an_unbounded_interval() -> None:

@@ -348,3 +348,48 @@ def test_a_refused_warm_start_leaves_no_database_behind(tmp_path):
     with pytest.raises(SpecError, match="^searcher.warm_start: no stored study 'nope'"):
         run(tmp_path, d)
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no m.db, no m.optuna.db
+
+
+def test_a_warm_started_baseline_search_starts_from_the_earlier_sweeps_baseline_search(
+    tmp_path,
+):
+    # With the optimizer searched, the baseline gets its own search of the same budget; a
+    # warm start that seeded only the method's would tune the method with more trials than
+    # the baseline it is judged against. Earlier studies made here with Optuna, as a sweep
+    # stores them (no Ray: the check comes before anything starts).
+    import search_spaces
+    from sweeps import runner
+
+    d = sweep_dict(
+        "second",
+        space={"name": "amp", "ranges": {"perturbation.radius": [0.005, 0.05]}, "optimizer": True},
+        searcher={"sampler": "tpe", "seed": 0, "warm_start": ["earlier"]},
+        finalists={"top_k": 1, "seeds": 1},
+    )
+    d |= {"storage_path": str(tmp_path / "ray"), "tracking_uri": f"sqlite:///{tmp_path / 'm.db'}"}
+    spec = SweepSpec.model_validate(d)
+    url = spec.optuna_storage_url()
+
+    def stored(name: str, space: str, ranges: object) -> list[dict]:
+        ask = search_spaces.define_by_run(space, ranges)
+        study = optuna.create_study(study_name=name, storage=url, direction="maximize")
+        study.set_metric_names(["val_acc"])
+        study.optimize(lambda t: (ask(t), 0.5)[1], n_trials=2)
+        return [t.params for t in study.trials]
+
+    stored("earlier", spec.space_name, spec.ranges())  # a search that ran without finalists
+    with pytest.raises(
+        SpecError,
+        match=r"^searcher.warm_start: no stored study 'earlier-baseline-search' in .*: this "
+        r"sweep also searches the baseline's optimizer, and that search must start from the "
+        r"earlier sweeps' as the method's does",
+    ):
+        run_sweep(spec, yaml.safe_dump(d), progress=False)
+    assert tracking.find_sweep(MlflowClient(spec.tracking_uri), "second") is None
+
+    params = stored("earlier-baseline-search", "erm", runner._baseline_ranges(spec))
+    warm = runner._baseline_warm_start(spec)
+    assert [t.params for t in warm] == params and all(k.startswith("optim.") for k in params[0])
+    stage = runner._baseline_search_stage(spec, warm)
+    assert stage.warm_start == warm and stage.name == "baseline_search"
+    assert studies.study_name(spec.name, stage.name) == "second-baseline-search"  # seeded

@@ -30,6 +30,7 @@ from sweeps.tracking import (
 )
 
 SEEDS = (1, 2, 3)
+WINNER_GAPS = {1: 0.0071, 2: 0.0100, 3: 0.0129}  # mean 0.01, sd 0.0029: t = 6 with 2 df
 
 
 @pytest.fixture
@@ -90,14 +91,16 @@ def test_a_finalist_that_diverged_on_one_seed_cannot_win_on_the_seeds_it_survive
     child(store, "f1", 2, 0.95, 0.95)
     child(store, "f1", 3, 0.0, None, **{TAG_DIVERGED: "1"})
     for s in SEEDS:
-        child(store, "f2", s, 0.85, 0.81 + s / 1000)
+        child(store, "f2", s, 0.85, 0.80 + s / 1000 + WINNER_GAPS[s])
 
     v = tracking.compute_verdict(store[0], sweep(store))
 
     assert v.winner_config_id == "f2"
     assert v.seeds == list(SEEDS)
     assert v.excluded == {"f1": "diverged on seed 3"}
-    assert v.verdict == "better"  # f2 is 0.01 above the baseline on every seed
+    # f2 is about 0.01 above the baseline on every seed; picked from itself alone (f1 could
+    # not win), so its interval is a plain 95% one
+    assert v.verdict == "better" and v.chosen_from == 1
     assert "excluded f1: diverged on seed 3" in format_verdict_table(v)
 
 
@@ -199,3 +202,37 @@ def test_export_leaves_out_a_finalist_with_a_failed_seed_and_never_exports_that_
     finalists = [facts["config_id"] for _, facts in ranked if facts["stage"] == "finalist"]
     assert finalists == ["f1"]
     assert all(run.data.tags.get(TAG_DIVERGED) != "1" for run, _ in ranked)
+
+
+@pytest.mark.parametrize("rivals", [0, 2])
+def test_the_winners_interval_holds_jointly_over_the_finalists_it_was_picked_from(
+    store: tuple[MlflowClient, str, str], tmp_path: Path, rivals: int
+) -> None:
+    # The winner is the best of the finalists on the seeds it is then compared on, so its
+    # interval is one of 1 + rivals at 95% together (Bonferroni): the same winner and
+    # baseline that a 95% interval calls better are no difference at 98.3%.
+    baseline(store)
+    for s in SEEDS:
+        child(store, "f1", s, 0.95, 0.80 + s / 1000 + WINNER_GAPS[s])
+        for r in range(rivals):
+            child(store, f"f{2 + r}", s, 0.85 - r / 100, 0.80 + s / 1000)
+
+    v = tracking.compute_verdict(store[0], sweep(store))
+
+    assert v.winner_config_id == "f1" and v.chosen_from == 1 + rivals
+    assert v.diff.mean == pytest.approx(0.01)
+    assert v.diff.confidence == pytest.approx(1 - 0.05 / (1 + rivals))
+    if rivals:
+        assert v.diff.ci_low < 0 < v.diff.ci_high and v.verdict == "no_difference"
+        assert "98.3% interval (95% jointly over 3 finalists)" in format_verdict_table(v)
+        tracking.log_verdict(store[0], sweep(store))
+        parent = store[0].get_run(store[2]).data.metrics
+        assert parent["final.delta.test_acc.confidence"] == pytest.approx(1 - 0.05 / 3)
+        record = tracking.sweep_record(store[0], sweep(store))
+        report = write_report(record, tmp_path / "report")[0].read_text()
+        assert "hold at 95% jointly (Bonferroni)" in report
+        note = tracking.parent_note(sweep(store), "FINISHED", None, v)
+        assert "98.3% interval (95% jointly over 3 finalists) [" in note
+    else:
+        assert 0 < v.diff.ci_low and v.verdict == "better"
+        assert "95% interval [" in format_verdict_table(v)

@@ -140,7 +140,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def _run(s, text: str, *, resume: bool, quiet: bool, search: bool = True) -> None:  # noqa: ANN001
-    from sweeps.runner import Interrupted, SweepFailed, run_sweep
+    from sweeps.runner import Interrupted, NotStarted, SweepFailed, run_sweep
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # Tune's own "Resume experiment with: Tuner.restore(...)" hint is not the way on here.
@@ -156,6 +156,9 @@ def _run(s, text: str, *, resume: bool, quiet: bool, search: bool = True) -> Non
     except SweepFailed as e:
         err.print(f"failed: {e}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
+    except NotStarted as e:
+        err.print(str(e), markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     except (Interrupted, KeyboardInterrupt):
         err.print(
             f"interrupted: sweep {s.name!r} is recorded as KILLED; its finished trials "

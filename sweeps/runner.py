@@ -236,6 +236,11 @@ class Interrupted(Exception):
     """The sweep was stopped by Ctrl-C or SIGTERM; its state is saved for ``sweeps resume``."""
 
 
+class NotStarted(Interrupted):
+    """Ctrl-C or SIGTERM came while the parent run was being opened: nothing ran, and the
+    parent this run had begun to write was removed, so the sweep can simply be run again."""
+
+
 class SweepFailed(Exception):
     """Every trial of a stage failed, or records could not be delivered: the sweep ends FAILED
     instead of reporting success."""
@@ -740,8 +745,13 @@ def _open_parent(
     client: MlflowClient, spec: SweepSpec, spec_text: str, *, resume: bool, search: bool
 ) -> Sweep:
     """The parent run with its whole opening record, retried as one idempotent step (a
-    retry completes the parent an earlier try created: ``tracking.open_parent``). If MLflow
-    stays unreachable, a parent this run created is closed FAILED where it can be."""
+    retry completes the parent an earlier try created: ``tracking.open_parent``).
+
+    If MLflow stays unreachable, or Ctrl-C/SIGTERM comes meanwhile (the retries wait up to
+    minutes), a parent this run created is closed (FAILED, or KILLED) and deleted where it
+    can be: no trial ran, and a half-written record (no ``sweep.yaml`` to resume from) would
+    only block the name. Interrupted, this raises :class:`NotStarted`. A resumed parent goes
+    back from RUNNING to FAILED or KILLED: never left RUNNING by a driver that is gone."""
     import uuid
 
     attempt = uuid.uuid4().hex
@@ -764,12 +774,25 @@ def _open_parent(
         return tracking.retrying(open_)
     except SpecError:
         raise
-    except Exception:
+    except BaseException as e:  # KeyboardInterrupt too: SIGTERM is raised as one (cli)
+        interrupted = not isinstance(e, Exception)
+        status = "KILLED" if interrupted else "FAILED"
+        created = False
         with contextlib.suppress(Exception):  # best effort: the store may be what failed
             exp = client.get_experiment_by_name(spec.name)
             parent = exp and tracking.find_parent(client, exp.experiment_id, spec.name)
             if parent and parent.data.tags.get(tracking.TAG_ATTEMPT) == attempt:
-                client.set_terminated(parent.info.run_id, "FAILED")
+                client.set_terminated(parent.info.run_id, status)
+                client.delete_run(parent.info.run_id)
+                created = True
+            elif parent and resume and parent.info.status == "RUNNING":
+                client.set_terminated(parent.info.run_id, status)
+        if interrupted and not resume:
+            what = "removed the parent run it had begun" if created else "started nothing"
+            raise NotStarted(
+                f"interrupted while opening sweep {spec.name!r}: no trial ran, and this run "
+                f"{what}; run it again"
+            ) from None
         raise
 
 

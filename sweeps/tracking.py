@@ -226,11 +226,20 @@ _NOT_TRANSIENT = (ValueError, TypeError, KeyError, AttributeError)
 # -- one retry policy ------------------------------------------------------------------------
 
 
+def _transient(e: BaseException) -> bool:
+    """Whether ``e`` may be an outage worth retrying: an Exception that is not a bug or a
+    refusal. Never Ctrl-C or SIGTERM (a KeyboardInterrupt, which tenacity would otherwise
+    catch and retry like any other), nor SystemExit."""
+    return isinstance(e, Exception) and not isinstance(e, _NOT_TRANSIENT)
+
+
 def _log_retry(state: tenacity.RetryCallState) -> None:
     e = state.outcome.exception() if state.outcome else None
+    # An error without a message (ConnectionError()) is named by its type.
+    first = (str(e).splitlines() or [type(e).__name__])[0][:200]
     log.warning(
         "MLflow unreachable (%s); retrying in %.0f s",
-        str(e).splitlines()[0][:200],
+        first,
         state.next_action.sleep if state.next_action else 0,
     )
 
@@ -246,8 +255,9 @@ def retrying(fn: Callable[[], Any], *, timeout_s: float = 300.0) -> Any:
     exponential backoff from 1 s to 15 s. The last error is re-raised; user errors and bugs
     are raised at once."""
     return tenacity.Retrying(
-        # A refusal (SpecError is a ValueError) or a bug is not an outage: raise it at once.
-        retry=tenacity.retry_if_not_exception_type(_NOT_TRANSIENT),
+        # A refusal (SpecError is a ValueError), a bug or an interrupt is not an outage:
+        # raise it at once.
+        retry=tenacity.retry_if_exception(_transient),
         stop=tenacity.stop_after_delay(timeout_s),
         wait=tenacity.wait_exponential(multiplier=1, min=1, max=15),
         before_sleep=_log_retry,

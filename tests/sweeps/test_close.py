@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 import sweeps.report
@@ -140,5 +142,85 @@ def test_a_parent_whose_record_never_completes_is_closed_failed(
         runner._open_parent(client, spec, "name: blip\n", resume=False, search=True)
 
     exp = client.get_experiment_by_name("blip")
-    (parent,) = client.search_runs([exp.experiment_id], "tags.`flatsweep.role` = 'parent'")
+    (parent,) = _parents(client, exp.experiment_id, ViewType.ALL)
     assert parent.info.status == "FAILED"  # not left RUNNING
+    # and deleted: no trial ran, and its half-written record (no sweep.yaml to resume from)
+    # would otherwise refuse the name to the next `sweeps run` and fail `sweeps resume`
+    assert parent.info.lifecycle_stage == "deleted"
+    assert _parents(client, exp.experiment_id) == []
+    monkeypatch.undo()
+    again = runner._open_parent(client, spec, "name: blip\n", resume=False, search=True)
+    assert again.parent_id != parent.info.run_id
+
+
+def _parents(client: MlflowClient, exp: str, view: int = ViewType.ACTIVE_ONLY) -> list:
+    return client.search_runs([exp], "tags.`flatsweep.role` = 'parent'", run_view_type=view)
+
+
+def _sigterm_after_a_failed_write(monkeypatch, method: str) -> None:  # noqa: ANN001
+    """``MlflowClient.<method>`` fails, and SIGTERM (what `ray job stop` sends) arrives while
+    the retry waits its first backoff (1 s)."""
+
+    def failing(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        raise ConnectionError()  # no message: the retry's log names the type
+
+    monkeypatch.setattr(MlflowClient, method, failing)
+
+
+def test_an_interrupt_while_opening_removes_the_half_written_parent(
+    tmp_path: Path, monkeypatch, caplog
+) -> None:
+    spec = _spec(tmp_path)
+    client = tracking.open_client(spec.resolved_tracking_uri())
+    _sigterm_after_a_failed_write(monkeypatch, "log_text")
+    previous = signal.signal(signal.SIGTERM, cli._interrupt)  # as `sweeps run` installs it
+    try:
+        with pytest.raises(runner.NotStarted) as e:
+            runner._open_parent(client, spec, "name: blip\n", resume=False, search=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+    assert str(e.value) == (
+        "interrupted while opening sweep 'blip': no trial ran, and this run removed the "
+        "parent run it had begun; run it again"
+    )
+    assert "MLflow unreachable (ConnectionError); retrying in 1 s" in caplog.text
+    exp = client.get_experiment_by_name("blip").experiment_id
+    (parent,) = _parents(client, exp, ViewType.ALL)
+    assert (parent.info.status, parent.info.lifecycle_stage) == ("KILLED", "deleted")
+    monkeypatch.undo()
+    sweep = runner._open_parent(client, spec, "name: blip\n", resume=False, search=True)
+    assert [p.info.run_id for p in _parents(client, exp)] == [sweep.parent_id]
+
+
+def test_an_interrupt_while_reopening_to_resume_leaves_the_parent_killed_not_running(
+    tmp_path: Path, monkeypatch
+) -> None:
+    spec = _spec(tmp_path)
+    client = tracking.open_client(spec.resolved_tracking_uri())
+    sweep = runner._open_parent(client, spec, "name: blip\n", resume=False, search=True)
+    client.set_terminated(sweep.parent_id, "KILLED")  # an interrupted sweep, to be resumed
+    _sigterm_after_a_failed_write(monkeypatch, "set_tag")  # after the reopen set RUNNING
+    previous = signal.signal(signal.SIGTERM, cli._interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            runner._open_parent(client, spec, "name: blip\n", resume=True, search=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+    parent = client.get_run(sweep.parent_id)
+    assert (parent.info.status, parent.info.lifecycle_stage) == ("KILLED", "active")
+
+
+def test_retries_never_swallow_an_interrupt() -> None:
+    # tenacity catches BaseException: left to its default, Ctrl-C in a write was retried.
+    calls = []
+
+    def write() -> None:
+        calls.append(1)
+        raise KeyboardInterrupt("signal 15")
+
+    with pytest.raises(KeyboardInterrupt):
+        tracking.retrying(write, timeout_s=30)
+    assert len(calls) == 1

@@ -561,8 +561,13 @@ def _run_stage(
             grid = tuner.fit()
     finally:
         watch.restore_handlers()
-        delivered = tracker.drain()
-        tracker.close()
+        try:
+            delivered = tracker.drain()
+        finally:
+            # Even when a second Ctrl-C ends the drain: no writer may go on writing while
+            # the sweep's end is recorded (a run closed KILLED there from a stale read, then
+            # written to by a writer that caught up).
+            tracker.close()
         if mirror is not None and not mirror.flush(tracker.drain_timeout_s):
             # The searcher's own study, in Tune's snapshot, still holds them.
             log.warning(

@@ -847,6 +847,8 @@ class _Outbox:
         self._draining = 0
         self._puts = 0  # writes ever queued: a sleeping writer sees a new one come
         self.rounds = 0  # delivery rounds so far, all writers together
+        # Set by ``close``: no delivery starts after it, and a retry's wait ends at once.
+        self._stop = threading.Event()
 
     @property
     def pending(self) -> list[_Item]:
@@ -912,10 +914,13 @@ class _Outbox:
                 failing = True
 
         # Any transport error: retry the delivery until it lands (the same policy as
-        # ``retrying``, without a deadline: the records must not be dropped while we live).
+        # ``retrying``, without a deadline: the records must not be dropped while we live),
+        # or until ``close`` (the sweep's end is being recorded: nothing may write under it).
         retry = tenacity.Retrying(
-            retry=tenacity.retry_if_not_exception_type(_NOT_TRANSIENT),
+            retry=tenacity.retry_if_exception(_transient),
+            stop=tenacity.stop_when_event_set(self._stop),
             wait=tenacity.wait_exponential(multiplier=0.5, max=10),
+            sleep=self._stop.wait,
             before_sleep=note_failure,
             reraise=True,
         )
@@ -924,6 +929,8 @@ class _Outbox:
             """One delivery, retried until it lands; False if it cannot (the writer stops)."""
             nonlocal failing, what
             what = description
+            if self._stop.is_set():
+                return False
             try:
                 retry(deliver, writer, arg)
             except _NOT_TRANSIENT:
@@ -934,6 +941,10 @@ class _Outbox:
                     self._broken.add(writer)
                     self._cv.notify_all()
                 return False
+            except Exception:
+                if self._stop.is_set():  # closed while retrying: left for a resume
+                    return False
+                raise
             if failing:
                 log.warning("MLflow reachable again; delivering %d buffered writes", self._count)
                 failing = False
@@ -952,11 +963,12 @@ class _Outbox:
                     self._count -= len(batch)
                 self._cv.notify_all()
 
-        while True:
+        stopped = self._stop.is_set
+        while not stopped():
             with self._cv:
-                self._cv.wait_for(lambda: bool(queue))
+                self._cv.wait_for(lambda: bool(queue) or stopped())
                 # Coalesce: let a round's worth of results queue up, unless draining.
-                self._cv.wait_for(lambda: self._draining > 0, timeout=self.interval_s)
+                self._cv.wait_for(lambda: self._draining > 0 or stopped(), timeout=self.interval_s)
             # Then deliver everything due before waiting again: with many trials the queue
             # empties in one round instead of one run per interval.
             while True:
@@ -1008,15 +1020,27 @@ class _Outbox:
                     first = min(items[0].queued for items in queue.values())
                     puts = self._puts
                     self._cv.wait_for(
-                        lambda puts=puts: self._draining > 0 or self._puts != puts,
+                        lambda puts=puts: self._draining > 0 or self._puts != puts or stopped(),
                         timeout=max(0.0, first + self.metrics_every_s - time.monotonic()),
                     )
 
     def start(self) -> None:
         """Nothing to start: a writer thread starts at its first write."""
 
-    def close(self) -> None:
-        """Nothing to release: the writer threads are daemons, idle once drained."""
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop the writers (after ``drain``): no delivery starts after this, a retry stops
+        waiting, and a delivery under way gets ``timeout_s`` to end. Then the sweep's end is
+        recorded (the parent, runs left open) with nothing writing under it; what is still
+        queued is in Tune's results, from which a resume delivers it."""
+        with self._cv:
+            self._stop.set()
+            self._cv.notify_all()
+        deadline = time.monotonic() + timeout_s
+        for thread in self._threads:
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
+        if busy := [t.name for t in self._threads if t is not None and t.is_alive()]:
+            log.warning("MLflow writers still in a call after %.0f s: %s", timeout_s, busy)
 
     def drain(self, timeout_s: float) -> bool:
         """Wait until every queued write is delivered, on all writers within one deadline;

@@ -213,6 +213,40 @@ def test_the_end_of_a_stage_waits_for_its_writes_once(store):
     tracker.close()
 
 
+def test_closed_writers_write_nothing_more_when_the_store_comes_back(store):
+    """After a drain that timed out, the runner closes the tracker and then records the
+    sweep's end (the parent, runs left open as KILLED from one read of the children). A
+    writer that caught up meanwhile would write under that record: a run left RUNNING under
+    a closed parent, a finished one overwritten KILLED. Closed, none writes again; what is
+    queued is Tune's results' to replay on resume."""
+    uri, client, exp, parent = store
+    tracker = _tracker(store, interval_s=0.0)
+    tracker.drain_timeout_s = 1.0
+    up = {"now": False}
+    calls = []
+    real_log_batch = tracker._client.log_batch  # type: ignore[union-attr]
+
+    def log_batch(*a: Any, **kw: Any) -> Any:
+        calls.append(up["now"])
+        if not up["now"]:
+            raise ConnectionError("tracking server unreachable")
+        return real_log_batch(*a, **kw)
+
+    tracker._client.log_batch = log_batch  # type: ignore[union-attr, method-assign]
+    for i in range(3):
+        _train(tracker, _Trial(f"c{i}"), 2)
+    assert not tracker.drain()
+    queued = tracker.outstanding
+    start = time.monotonic()
+    tracker.close()  # the writer was waiting to retry: it stops at once
+    assert time.monotonic() - start < 2.0
+    up["now"] = True  # the store is back
+    time.sleep(1.5)  # longer than a writer's round and its first backoffs
+    assert True not in calls  # nothing was written after close
+    assert tracker.outstanding == queued
+    assert all(not t.is_alive() for t in tracker._outbox._threads if t is not None)
+
+
 def test_writes_are_retried_until_the_store_is_back(store, tmp_path):
     uri, client, exp, parent = store
     tracker = _tracker(store, interval_s=0.0)

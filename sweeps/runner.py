@@ -578,8 +578,8 @@ def _run_stage(
         # state and each trial's result.json hold them, and a resume delivers them.
         raise SweepFailed(
             f"{tracker.outstanding} MLflow writes of the {stage.name} stage were not delivered "
-            f"within {tracker.drain_timeout_s:.0f} s (tracking server unreachable, or the writer "
-            f"stopped: see the log above); they are "
+            f"within {tracker.drain_timeout_s:.0f} s (tracking server unreachable, trial results "
+            f"unreadable on storage, or the writer stopped: see the log above); they are "
             f"kept in the Tune results under {exp_dir}: run `sweeps resume {spec.name}` once "
             f"MLflow is reachable to deliver them"
         )

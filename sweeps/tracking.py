@@ -159,27 +159,87 @@ def final_flags(last: dict[str, Any], max_epochs: int) -> dict[str, bool]:
     return {"diverged": diverged, "oom": oom, "stopped_early": stopped}
 
 
+class ResultsUnreadable(OSError):
+    """A trial's ``result.json`` could not be read from storage (unreachable, throttled) and
+    the driver holds no copy: not the same as a trial that never reported."""
+
+
 def _result_rows(trial: Any) -> list[dict[str, Any]]:
     """Every result Tune's JSON logger recorded for ``trial`` (its ``result.json``), in order,
-    read from the experiment's storage (local or remote: Tune syncs the driver's copy there);
-    empty when it is not there or unreadable."""
-    text = ""
+    read from the experiment's storage (local or remote: Tune syncs the driver's copy there),
+    else from the driver's staging copy; empty when neither holds one (it never reported).
+
+    Raises ResultsUnreadable when storage failed otherwise (an S3 503, a network blip) and
+    there is no staging copy (a resume on another machine): read as "no rows", a trial's run
+    would be closed without the epochs storage holds, and never reconciled again.
+    """
+    text, error = None, None
+    storage = getattr(trial, "storage", None)  # a Tune trial always has one
     try:
-        fs, path = trial.storage.storage_filesystem, trial.path
-        with fs.open_input_stream(f"{path}/result.json") as f:
-            text = f.read().decode("utf-8", errors="replace")
-    except Exception:  # noqa: BLE001 - no file (never reported), or storage unreachable
+        if storage is not None:
+            with storage.storage_filesystem.open_input_stream(f"{trial.path}/result.json") as f:
+                text = f.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        pass  # never reported, or not synced yet: the staging copy, if any
+    except Exception as e:  # noqa: BLE001 - any storage error: the staging copy, else raise
+        error = e
+    if text is None:
         local_path = getattr(trial, "local_path", None)
         local = Path(local_path, "result.json") if local_path else None
         if local is not None and local.is_file():
             text = local.read_text(errors="replace")
-    rows = []
+        elif error is not None:
+            first = (str(error).splitlines() or [type(error).__name__])[0][:200]
+            raise ResultsUnreadable(f"result.json of trial {trial.trial_id}: {first}") from error
+        else:
+            text = ""
+    rows: list[dict[str, Any]] = []
     for line in text.splitlines():
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
-            break  # a line cut by a kill: the ones before it stand
+            # A line cut by a kill. Tune's logger appends after a restore, so the rows after
+            # it are results too.
+            continue
+        # A trial restored from an earlier epoch's checkpoint reports the epochs after it
+        # again: the rerun's rows replace the ones they repeat, as its history went on.
+        while rows and result_step(rows[-1]) >= result_step(row):
+            rows.pop()
+        rows.append(row)
     return rows
+
+
+#: How long reads of result.json that storage refused are retried (a blip) at a restore.
+RESULTS_READ_TIMEOUT_S = 20.0
+
+
+def _read_rows(trials: list[Any]) -> tuple[dict[str, list], list[str]]:
+    """``_result_rows`` of each trial, by trial id, with the reads storage refused retried
+    together for up to ``RESULTS_READ_TIMEOUT_S``; also the ids still unreadable then."""
+    rows: dict[str, list] = {}
+    left, delay, last = list(trials), 1.0, ""
+    deadline = time.monotonic() + RESULTS_READ_TIMEOUT_S
+    while True:
+        failed = []
+        for trial in left:
+            try:
+                rows[trial.trial_id] = _result_rows(trial)
+            except ResultsUnreadable as e:
+                failed.append(trial)
+                last = str(e)
+        left = failed
+        if not left or time.monotonic() + delay > deadline:
+            break
+        time.sleep(delay)
+        delay = min(2 * delay, 8.0)
+    if left:
+        log.warning(
+            "%d trials' results could not be read from storage (%s); their runs are left "
+            "open for `sweeps resume` to complete",
+            len(left),
+            last,
+        )
+    return rows, [t.trial_id for t in left]
 
 
 def result_step(result: dict[str, Any]) -> int:
@@ -1179,6 +1239,9 @@ class MLflowTracker(Callback):
         self._started: set[str] = set()  # trials this driver saw start (main thread only)
         self._closed: set[str] = set()  # trials this driver saw complete or fail
         self._backfilled: set[str] = set()  # restored trials whose result.json was queued
+        # Trials whose result.json storage would not hand back: their runs are left for a
+        # resume, and the stage is not delivered (``drain``).
+        self.unreconciled: set[str] = set()
         self._start_ms: dict[str, int] = {}  # trial id -> when Tune started it
         self._configs: dict[str, dict[str, Any]] = {}  # trial id -> config, for _resolve
         self._specs: dict[str, dict[str, Any]] = {}  # trial id -> its full TrainSpec (JSON)
@@ -1554,7 +1617,12 @@ class MLflowTracker(Callback):
         if self.fresh or tid in self._backfilled:
             return
         self._backfilled.add(tid)
-        for row in _result_rows(trial):
+        rows, unreadable = _read_rows([trial])
+        if unreadable:
+            # Its earlier epochs are owed to its run: it must not end FINISHED without them
+            # (a later resume reconciles only runs whose status is not Tune's).
+            self.unreconciled.add(tid)
+        for row in rows.get(tid, []):
             self._queue(trial, self._recorded(tid, row))
 
     def _recorded(self, tid: str, row: dict[str, Any]) -> _Item:
@@ -1618,8 +1686,11 @@ class MLflowTracker(Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         tid = trial.trial_id
         self._closed.add(tid)
-        # Tune updates trial.last_result before this hook (its searcher reads it too).
-        self._set_status(trial, "FINISHED", self._final_tags(trial.last_result or {}))
+        # Tune updates trial.last_result before this hook (its searcher reads it too). A run
+        # that lacks epochs storage could not hand back (``_backfill``) stays KILLED, so that
+        # a resume completes it from its result.json.
+        status = "KILLED" if tid in self.unreconciled else "FINISHED"
+        self._set_status(trial, status, self._final_tags(trial.last_result or {}))
         if getattr(self, "process", False):
             # The writer process was sent the trial's config and spec with its first write
             # (``trial_info``), and a finished trial writes no more: the driver's copies
@@ -1644,14 +1715,20 @@ class MLflowTracker(Callback):
         The trials' data is read here; one search finds the runs that need it, on a writer.
         """
         data = []
+        read, unreadable = _read_rows([trial for trial, _ in ended])
+        # Runs whose epochs storage would not hand back stay as they are (open, or KILLED):
+        # closed as Tune says without them, a later resume would never complete them.
+        self.unreconciled.update(unreadable)
         for trial, status in ended:
             tid = trial.trial_id
+            if tid not in read:
+                continue
             self._learn(tid, trial.config)
             last = dict(trial.last_result or {})
             # Every epoch Tune recorded for it (its result.json), and the last result: the
             # driver's JSON logger writes result.json, and a kill can cut it before the last
             # line that Tune's snapshot already holds.
-            rows = _result_rows(trial)
+            rows = read[tid]
             if last and (not rows or result_step(last) > result_step(rows[-1])):
                 rows.append(last)
             data.append((tid, status, last, rows, self._configs[tid], self._specs[tid]))
@@ -1690,8 +1767,9 @@ class MLflowTracker(Callback):
 
     @property
     def outstanding(self) -> int:
-        """Writes queued and not yet delivered, all writers together."""
-        return self._outbox.outstanding
+        """Writes queued and not yet delivered, all writers together, and runs left for a
+        resume to complete (their results unreadable on storage)."""
+        return self._outbox.outstanding + len(self.unreconciled)
 
     def drain(self) -> bool:
         """Wait for every buffered write on every writer (one deadline, ``drain_timeout_s``);
@@ -1703,7 +1781,8 @@ class MLflowTracker(Callback):
         that."""
         if getattr(self, "_drain_deadline", None) is None:  # unset after a restore too
             self._drain_deadline = time.monotonic() + self.drain_timeout_s
-        return self._outbox.drain(max(0.0, self._drain_deadline - time.monotonic()))
+        delivered = self._outbox.drain(max(0.0, self._drain_deadline - time.monotonic()))
+        return delivered and not self.unreconciled
 
     def start(self) -> None:
         """Start the writer process, if any, before the first write needs it."""

@@ -542,3 +542,119 @@ def test_find_children_reads_every_page_of_children_and_only_those(store, monkey
     assert len(finalists) == 2 and {r.data.tags[tracking.TAG_STAGE] for r in finalists} == {
         "finalist"
     }
+
+
+class _FlakyStorage:
+    """A trial's storage filesystem that refuses reads (an S3 503) while ``down``: the one
+    fault here that a local filesystem cannot make real."""
+
+    def __init__(self) -> None:
+        self.down = True
+
+    @property
+    def storage_filesystem(self) -> _FlakyStorage:
+        return self
+
+    def open_input_stream(self, path: str) -> Any:
+        if self.down:
+            raise OSError("When reading s3://bucket/t/result.json: AWS Error SLOW_DOWN (503)")
+        return open(path, "rb")  # noqa: SIM115 - closed by the caller's with
+
+
+def test_results_storage_cannot_read_are_left_for_a_resume_not_closed_without_them(
+    store, tmp_path, monkeypatch, caplog
+):
+    # Resumed on another machine (no staging copy) while storage refuses reads: read as "no
+    # rows", the run was closed FINISHED with its last epoch alone and never completed.
+    import sweeps.tracking
+
+    monkeypatch.setattr(sweeps.tracking, "RESULTS_READ_TIMEOUT_S", 0.5)
+    uri, client, exp, parent = store
+    old, trial = _first_epoch_delivered(store, "t")
+    old._outbox = _Outbox(old._deliver, interval_s=3600.0)  # the old driver dies with 2-4
+    for e in (2, 3, 4):
+        _report(old, trial, _result(e))
+    _result_json(trial, tmp_path / "trial", (1, 2, 3, 4))
+    storage = _FlakyStorage()
+    trial.storage, trial.path = storage, str(tmp_path / "trial")  # type: ignore[attr-defined]
+    trial.local_path = str(tmp_path / "elsewhere")  # type: ignore[attr-defined]
+    trial.status = "TERMINATED"
+
+    first = _tracker(store, interval_s=0.0)
+    first.on_experiment_end([trial])
+    assert not first.drain() and first.outstanding == 1  # the stage is not delivered
+    assert "1 trials' results could not be read from storage" in caplog.text
+    assert "AWS Error SLOW_DOWN (503)" in caplog.text
+    run = _child_of(client, exp, parent, "t")
+    assert run.info.status != "FINISHED"  # left for the next resume
+
+    storage.down = False  # storage is back; the user resumes again
+    again = _tracker(store, interval_s=0.0)
+    again.on_experiment_end([trial])
+    assert again.drain()
+    run = _child_of(client, exp, parent, "t")
+    assert run.info.status == "FINISHED"
+    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_acc"))
+    assert steps == [1, 2, 3, 4]
+
+
+def test_a_restored_trial_whose_results_cannot_be_read_does_not_end_finished(
+    store, tmp_path, monkeypatch
+):
+    # Restarted by a resume: its earlier epochs are owed to its run, so when it completes
+    # the run stays KILLED for a later resume to fill in, never FINISHED without them.
+    import sweeps.tracking
+
+    monkeypatch.setattr(sweeps.tracking, "RESULTS_READ_TIMEOUT_S", 0.5)
+    uri, client, exp, parent = store
+    old, trial = _first_epoch_delivered(store, "r")
+    old._outbox = _Outbox(old._deliver, interval_s=3600.0)  # epoch 2 dies with the driver
+    _report(old, trial, _result(2))
+    _result_json(trial, tmp_path / "trial", (1, 2))
+    trial.storage, trial.path = _FlakyStorage(), str(tmp_path / "trial")  # type: ignore[attr-defined]
+    trial.local_path = str(tmp_path / "elsewhere")  # type: ignore[attr-defined]
+
+    new = _tracker(store, interval_s=0.0)
+    new.on_trial_restore(0, [], trial)
+    _report(new, trial, _result(3))
+    trial.status = "TERMINATED"
+    new.on_trial_complete(0, [], trial)
+    assert not new.drain() and new.unreconciled == {"r"}
+    run = _child_of(client, exp, parent, "r")
+    assert run.info.status == "KILLED"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_acc")) == [1, 3]
+
+
+def test_a_result_line_cut_by_a_kill_keeps_the_rows_tune_appended_after_it(tmp_path):
+    # Tune's JSON logger appends to result.json when a trial restarts: a line cut by a kill
+    # can sit in the middle of the file, with good rows after it.
+    import json
+
+    from sweeps.tracking import _result_rows
+
+    first = [json.dumps(_result(e)) for e in (1, 2, 3)]
+    # restored from epoch 1's checkpoint: epochs 2 and 3 again, then 4
+    rerun = [json.dumps(_result(e, train_seconds=9.0)) for e in (2, 3, 4)]
+    cut = first[2][:20]  # epoch 3's line, cut; the restart's first line follows it
+    text = "\n".join([first[0], first[1], cut + rerun[0], rerun[1], rerun[2]]) + "\n"
+    (tmp_path / "result.json").write_text(text)
+    trial = _Trial("cut")
+    trial.local_path = str(tmp_path)  # type: ignore[attr-defined]
+    rows = _result_rows(trial)
+    # the rerun's epoch 2 went with the cut line: the first run's epoch 2 stands
+    assert [(r["epoch"], r.get("train_seconds")) for r in rows] == [
+        (1, None),
+        (2, None),
+        (3, 9.0),
+        (4, 9.0),
+    ]
+
+    text = "\n".join([*first, *rerun]) + "\n"  # no cut: the rerun replaces what it repeats
+    (tmp_path / "result.json").write_text(text)
+    rows = _result_rows(trial)
+    assert [(r["epoch"], r.get("train_seconds")) for r in rows] == [
+        (1, None),
+        (2, 9.0),
+        (3, 9.0),
+        (4, 9.0),
+    ]

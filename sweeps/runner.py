@@ -883,13 +883,16 @@ def run_sweep(
                 progress=progress,
                 gpu_warning=gpu_warning,
             )
-            tracking.mark_stage_done(client, sweep, stage.name)
+            # Retried as every MLflow write of the driver is: a blip between stages must not
+            # fail a sweep whose stage has finished (idempotent: a tag set again).
+            tracking.retrying(lambda: tracking.mark_stage_done(client, sweep, stage.name))
             return n
 
         for stage in stages:
             num_trials += run_once(stage)
         if confirm:
-            stage = _confirm_stage(client, sweep, spec, search=search)
+            # Reads the search's runs and records the plan (idempotent): retried likewise.
+            stage = tracking.retrying(lambda: _confirm_stage(client, sweep, spec, search=search))
             if stage is None:
                 result.no_verdict = "no search trial finished its full epoch budget"
             else:

@@ -37,6 +37,7 @@ elsewhere.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -244,8 +245,15 @@ class WriterProcess:
                         return
                     pickle.dump(msg, pipe, protocol=pickle.HIGHEST_PROTOCOL)
                 pipe.flush()
-            except (BrokenPipeError, OSError) as e:
+            except OSError as e:  # BrokenPipeError among them
                 self._fail(child, f"it stopped reading its pipe ({e})")
+                return
+            except Exception as e:  # noqa: BLE001 - a write that does not pickle: a bug
+                # Said at once (the drain then ends, the sweep FAILED), instead of a sender
+                # thread dying in silence and the drain waiting out its whole timeout.
+                self._fail(child, f"a write could not be sent to it ({type(e).__name__}: {e})")
+                with contextlib.suppress(OSError):
+                    pipe.close()  # the child's stdin ends: it exits, nothing waits on it
                 return
 
     def _receive(self, child: _Child) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from sweeps.tracking import TAG_DEVICE, TAG_SPEC, TAG_STOPPED_EARLY, MLflowTracker
+from sweeps.tracking import TAG_DEVICE, TAG_SPEC, TAG_STOPPED_EARLY, MLflowTracker, _Item
 from tests.sweeps.conftest import BASE_TRAIN
 from tests.sweeps.test_tracking import _report, _result
 from tests.sweeps.test_writer import Store, _runs, _trial
@@ -126,6 +126,23 @@ def test_a_killed_writer_is_reported_at_once_with_its_writes_outstanding(store):
     assert tracker._outbox.broken
     assert set(_runs(store)) == {"landed"}
     tracker.close()  # nothing to stop, and no hang
+
+
+def test_a_write_that_cannot_be_sent_is_reported_at_once(store, caplog):
+    # A write that does not pickle (a bug) stopped the sender thread in silence: the drain
+    # then waited out its whole deadline before the sweep could say anything.
+    tracker = _tracker(store, fresh=True, drain_timeout_s=120.0)
+    _run_trial(tracker, "landed")
+    assert tracker.drain()
+    # What no hook sends today (configs are validated, metrics are numbers): a one-off call
+    # that does not pickle, queued as the hooks queue theirs.
+    tracker._outbox.put(_Item("a call of a bug", "bad", call=lambda client: None))
+    t0 = time.monotonic()
+    assert not tracker.drain()
+    assert time.monotonic() - t0 < 10  # no wait for the 120-s deadline
+    assert tracker._outbox.broken
+    assert "a write could not be sent to it (" in caplog.text
+    tracker.close()
 
 
 _DRIVER = """

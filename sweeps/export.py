@@ -2,9 +2,10 @@
 
 Each file is a complete ``TrainSpec`` (the validated spec with every default the run used) with
 a ``provenance`` block (sweep, stage, trial, run id, the device it really trained on, git
-revision, metric value and what that value is); ``python -m trainers FILE`` re-runs it without
-Ray or MLflow. The verdict's winner comes first: confirmed finalists rank above search trials,
-which were never re-run over seeds.
+revision, metric value and what that value is; for the verdict's winner also the verdict, and
+its difference from the baseline with the interval: a "best" config may have tied the
+baseline); ``python -m trainers FILE`` re-runs it without Ray or MLflow. The verdict's winner
+comes first: confirmed finalists rank above search trials, which were never re-run over seeds.
 """
 
 from __future__ import annotations

@@ -2117,7 +2117,8 @@ def status_rows(client: MlflowClient, sweep: Sweep) -> list[dict[str, Any]]:
 
 def export_ranking(client: MlflowClient, sweep: Sweep) -> list[tuple[Run, dict[str, Any]]]:
     """Runs to export, best first, each with its provenance facts: the verdict's winner
-    first, then the other confirmed finalists by mean validation metric (not one with a seed
+    first (with the verdict, and its difference from the baseline with the interval), then
+    the other confirmed finalists by mean validation metric (not one with a seed
     that diverged, ran out of memory or failed: its search trial may still come later), then
     the search trials by the search metric (they were never confirmed over seeds)."""
     metric, mode = sweep.objectives[0]
@@ -2134,6 +2135,19 @@ def export_ranking(client: MlflowClient, sweep: Sweep) -> list[tuple[Run, dict[s
         vals = [r.data.metrics[metric] for r in seeds.values()]
         if vals:
             scored.append((cid != winner, -sign * sum(vals) / len(vals), cid, seeds))
+    # What the verdict said of the winner against the baseline goes with its file: an
+    # exported "best" config may have tied the baseline, or lost to it.
+    said = sweep.parent.data.tags.get(TAG_VERDICT)
+    final = sweep.parent.data.metrics
+    against = {
+        "verdict": said,
+        "verdict_metric": test,
+        **{
+            f"verdict_{key}": final[f"final.delta.{test}.{key}"]
+            for key in ("mean", "ci_low", "ci_high", "confidence")
+            if f"final.delta.{test}.{key}" in final
+        },
+    }
     for _, neg, cid, seeds in sorted(scored, key=lambda t: (t[0], t[1], t[2])):
         run = seeds[min(seeds)]
         out.append(
@@ -2147,6 +2161,7 @@ def export_ranking(client: MlflowClient, sweep: Sweep) -> list[tuple[Run, dict[s
                     "mode": mode,
                     "value": -neg * sign,
                     "value_is": f"mean over seeds {sorted(seeds)}",
+                    **(against if cid == winner and said else {}),
                 },
             )
         )

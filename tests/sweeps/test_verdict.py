@@ -228,6 +228,13 @@ def test_the_winners_interval_holds_jointly_over_the_finalists_it_was_picked_fro
         tracking.log_verdict(store[0], sweep(store))
         parent = store[0].get_run(store[2]).data.metrics
         assert parent["final.delta.test_acc.confidence"] == pytest.approx(1 - 0.05 / 3)
+        # the exported winner says what the verdict said of it
+        (run, facts), *_ = tracking.export_ranking(store[0], sweep(store))
+        assert facts["winner"] and facts["config_id"] == "f1"
+        assert facts["verdict"] == "no_difference" and facts["verdict_metric"] == "test_acc"
+        assert facts["verdict_mean"] == pytest.approx(0.01)
+        assert facts["verdict_ci_low"] == pytest.approx(v.diff.ci_low)
+        assert facts["verdict_confidence"] == pytest.approx(1 - 0.05 / 3)
         record = tracking.sweep_record(store[0], sweep(store))
         report = write_report(record, tmp_path / "report")[0].read_text()
         assert "hold at 95% jointly (Bonferroni)" in report

@@ -324,6 +324,9 @@ def status(
             k: verdict.get(f"delta.{test}.{x}")
             for k, x in (("mean", "mean"), ("lo", "ci_low"), ("hi", "ci_high"))
         }
+        # A ratio not logged (not finite) is unknown, not free.
+        ratio = verdict.get("winner.cost_ratio")
+        cost = "unknown" if ratio is None else f"x{ratio:.2f}"
         # The interval's coverage is logged with it (0.95 jointly over the finalists).
         conf = verdict.get(f"delta.{test}.confidence", 0.95)
         interval = (
@@ -333,7 +336,7 @@ def status(
         )
         out.print(
             f"verdict: {tags[tracking.TAG_VERDICT]} (winner - baseline {test} "
-            f"{d['mean']:+.4f}{interval}; cost x{verdict.get('winner.cost_ratio', 0):.2f})",
+            f"{d['mean']:+.4f}{interval}; cost {cost})",
             markup=False,
             highlight=False,
         )

@@ -471,8 +471,9 @@ def _importance_section(record: SweepRecord, trials: list[TrialRecord]) -> Secti
     dropped = ", ".join(_code(p) for p in record.searched if p not in common)
     lines += [
         f"Evaluator: Optuna `{name}` (fANOVA, Hutter et al. 2014) on "
-        f"{_code(record.search_metric)} of {len(trials)} FINISHED search trials (the last value "
-        "each reported; trials the scheduler stopped early report an earlier epoch). "
+        f"{_code(record.search_metric)} of the {len(trials)} search trials that ran every epoch "
+        "(their last value; a trial the scheduler stopped early would give an earlier epoch's, "
+        "so those are left out). "
         "Importances are fractions of the objective's variance and sum to 1; with few trials "
         "the random forest behind them fits poorly, so read them as a rough ranking."
         + (

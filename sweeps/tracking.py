@@ -202,8 +202,11 @@ def _result_rows(trial: Any) -> list[dict[str, Any]]:
             # it are results too.
             continue
         # A trial restored from an earlier epoch's checkpoint reports the epochs after it
-        # again: the rerun's rows replace the ones they repeat, as its history went on.
-        while rows and result_step(rows[-1]) >= result_step(row):
+        # again: the rerun's rows replace the ones they repeat, as its history went on. A
+        # diverged or out-of-memory report repeats its epoch on purpose: both stay, as they
+        # were delivered live (``replay_ok``).
+        replay = bool(row.get("diverged")) or bool(row.get("oom"))
+        while not replay and rows and result_step(rows[-1]) >= result_step(row):
             rows.pop()
         rows.append(row)
     return rows

@@ -658,3 +658,14 @@ def test_a_result_line_cut_by_a_kill_keeps_the_rows_tune_appended_after_it(tmp_p
         (3, 9.0),
         (4, 9.0),
     ]
+
+    # a diverged report repeats its epoch on purpose: both rows stay, as delivered live
+    diverged = json.dumps(_result(3, diverged=1.0))
+    (tmp_path / "result.json").write_text("\n".join([*first, diverged]) + "\n")
+    rows = _result_rows(trial)
+    assert [(r["epoch"], r.get("diverged")) for r in rows] == [
+        (1, None),
+        (2, None),
+        (3, None),
+        (3, 1.0),
+    ]

@@ -218,11 +218,19 @@ class InterruptWatch(Callback):
     that handler (Tune still takes its graceful path: stop trials, write a final snapshot)
     and sends SIGTERM the same way. ``interrupted`` tells the runner afterwards, since
     ``fit()`` returns normally either way.
+
+    Between Tune installing its handler and the callbacks' ``setup``, ``fit`` builds its
+    controller (on a restore: reads the snapshot, every trial's files and the searcher, for
+    seconds at thousands of trials). A Ctrl-C there reaches Tune's handler alone: its run
+    ends at once and ``fit()`` returns normally with nothing run, which read as a finished
+    stage. Inside :meth:`active`, the watch keeps the event Tune's handler sets
+    (``ray.tune.tune._setup_signal_catching``, which also takes SIGUSR1) and counts it.
     """
 
     def __init__(self) -> None:
         self.interrupted: int | None = None  # the signal number, once one arrived
         self._saved: dict[int, Any] = {}
+        self._tune_stop: Any = None  # the threading.Event Tune's own handler sets
         # The SIGINT handler to put back after fit is the one from before it: Tune leaves its
         # own behind unless a signal arrived, and that stale one only logs "Stop signal
         # received" for a run that is over, so the first Ctrl-C while the stage's records
@@ -256,8 +264,35 @@ class InterruptWatch(Callback):
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, on_signal)
 
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        """Around ``Tuner.fit``: keep the stop event of Tune's signal handler, and after
+        ``fit`` count it as an interrupt (class doc)."""
+        import ray.tune.tune as tune_module
+
+        original = tune_module._setup_signal_catching
+
+        def setup_signal_catching() -> Any:
+            self._tune_stop = original()
+            return self._tune_stop
+
+        tune_module._setup_signal_catching = setup_signal_catching
+        try:
+            yield
+        finally:
+            tune_module._setup_signal_catching = original
+            if self.interrupted is None and self._tune_stop is not None:
+                if self._tune_stop.is_set():
+                    self.interrupted = signal.SIGINT
+
     def restore_handlers(self) -> None:
-        """Put back the handlers that were there before ``setup``."""
+        """Put back the handlers that were there before ``setup``; SIGINT's from before
+        ``fit`` even when ``setup`` never ran (a signal came first, or an error): Tune's own
+        would otherwise stay, swallowing the next Ctrl-C."""
+        import threading
+
+        if not self._saved and threading.current_thread() is threading.main_thread():
+            self._saved[signal.SIGINT] = self._before_fit
         for sig, handler in self._saved.items():
             if handler is not None:  # None: not installed from Python; nothing to put back
                 signal.signal(sig, handler)

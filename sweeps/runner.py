@@ -556,8 +556,15 @@ def _run_stage(
         # in those 2 s. As the snapshot grows, its period grows to keep it at 5% of the time.
         # One driver round trip per second of short epochs, not per epoch, and no read-back
         # of every trial's results into pandas when Tune ends; finished trials' files copied
-        # to storage once, not after every snapshot (ray_internals).
-        with bounded_snapshots(2.0), buffered_results(1.0), no_trial_dataframes(), pruner.active():
+        # to storage once, not after every snapshot (ray_internals). A Ctrl-C before Tune
+        # calls the callbacks' setup still counts as one (watch.active).
+        with (
+            bounded_snapshots(2.0),
+            buffered_results(1.0),
+            no_trial_dataframes(),
+            pruner.active(),
+            watch.active(),
+        ):
             grid = tuner.fit()
     finally:
         watch.restore_handlers()

@@ -224,3 +224,37 @@ def test_retries_never_swallow_an_interrupt() -> None:
     with pytest.raises(KeyboardInterrupt):
         tracking.retrying(write, timeout_s=30)
     assert len(calls) == 1
+
+
+def test_a_ctrl_c_while_tune_starts_is_an_interrupt_not_a_finished_stage(
+    ray_local, tmp_path: Path, monkeypatch
+) -> None:
+    # Tune installs its SIGINT handler, then builds its controller (on a restore: seconds at
+    # thousands of trials), and only then calls the callbacks' setup. A Ctrl-C in between
+    # reached Tune's handler alone: fit() returned with nothing run, the stage was marked
+    # done and the sweep FINISHED; a resume then skipped the stage for good.
+    import yaml
+    from ray.tune.execution.tune_controller import TuneController
+
+    built = TuneController.__init__
+
+    def built_then_ctrl_c(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        built(self, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)  # the user presses Ctrl-C now
+
+    monkeypatch.setattr(TuneController, "__init__", built_then_ctrl_c)
+    d = sweep_dict("startup", num_samples=2)
+    d |= {"storage_path": str(tmp_path / "ray"), "tracking_uri": f"sqlite:///{tmp_path / 'm.db'}"}
+    spec = SweepSpec.model_validate(d)
+    outer = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(runner.Interrupted):
+            runner.run_sweep(spec, yaml.safe_dump(d), progress=False)
+        # and Tune's own handler is not left behind to swallow the next Ctrl-C
+        assert signal.getsignal(signal.SIGINT) is outer
+    finally:
+        signal.signal(signal.SIGINT, outer)
+
+    sweep = tracking.find_sweep(MlflowClient(spec.tracking_uri), "startup")
+    assert sweep.parent.info.status == "KILLED"
+    assert sweep.stages_done == []  # a resume runs the search

@@ -497,6 +497,60 @@ def buffered_results(max_wait_s: float = 1.0, max_results: int = 1000) -> Iterat
             setattr(TuneController, name, fn)
 
 
+def results_before_an_error(trainable: Any) -> type:
+    """``trainable`` (a Tune Trainable class, or a function trainable, made the class Tune
+    would make of it) whose ``train_buffered`` hands over the results it collected before
+    ``train`` raised, and raises that error at the next call.
+
+    Tune's ``Trainable.train_buffered`` (Ray 2.60) collects in a local list that the error
+    takes with it: with :func:`buffered_results`, a trial that reports epochs and then fails
+    lost up to a second of epochs that ran, which Tune's one-result-per-call path delivers
+    (each ``tune.report`` reaches the driver before the failure). Here the driver gets them
+    first; the next call raises the error, which Tune handles as a failure of that call
+    (retried per ``failure.max_failures``), as it would have handled the call that raised.
+    A scheduler that stops the trial on those results never makes that call, as it would
+    not have made it unbuffered. Otherwise the loop is Tune's, line for line. The class
+    keeps ``trainable``'s name, which Tune records with the experiment and a restore checks.
+    """
+    from ray.tune.result import DONE, RESULT_DUPLICATE, SHOULD_CHECKPOINT
+    from ray.tune.trainable import wrap_function
+
+    if not isinstance(trainable, type):
+        trainable = wrap_function(trainable)  # what Tune's registry does with a function
+
+    class Trainable(trainable):  # type: ignore[misc, valid-type]
+        _error_after_results: BaseException | None = None
+
+        def train_buffered(
+            self, buffer_time_s: float, max_buffer_length: int = 1000
+        ) -> list[dict[str, Any]]:
+            if (error := self._error_after_results) is not None:
+                self._error_after_results = None
+                raise error
+            results: list[dict[str, Any]] = []
+            now = time.time()
+            send_buffer_at = now + buffer_time_s
+            while now < send_buffer_at or not results:  # at least one result
+                try:
+                    result = self.train()
+                except Exception as e:
+                    if not results:
+                        raise
+                    self._error_after_results = e
+                    break
+                results.append(result)
+                if result.get(DONE, False) or result.get(SHOULD_CHECKPOINT, False):
+                    break
+                if result.get(RESULT_DUPLICATE) or len(results) >= max_buffer_length:
+                    break
+                now = time.time()
+            return results
+
+    Trainable.__name__ = trainable.__name__
+    Trainable.__qualname__ = trainable.__qualname__
+    return Trainable
+
+
 @contextlib.contextmanager
 def no_trial_dataframes() -> Iterator[None]:
     """Within the block, the ``ResultGrid`` that ``Tuner.fit`` returns holds no per-trial

@@ -443,6 +443,7 @@ def _run_stage(
         buffered_results,
         no_trial_dataframes,
         restore_tuner,
+        results_before_an_error,
     )
     from sweeps.trainable import ROW, train_trial
     from sweeps.trim import ReleaseFreedMemory
@@ -455,8 +456,15 @@ def _run_stage(
         for m, mode in zip(spec.metrics, spec.modes, strict=True)
     }
     trainable = tune.with_resources(
-        tune.with_parameters(
-            train_trial, base=stage.base, worst=worst, checkpoint_every_s=spec.checkpoint_every_s
+        # The epochs a failing trial reported before its error reach the driver with
+        # buffered results as without them (ray_internals).
+        results_before_an_error(
+            tune.with_parameters(
+                train_trial,
+                base=stage.base,
+                worst=worst,
+                checkpoint_every_s=spec.checkpoint_every_s,
+            )
         ),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
     )

@@ -632,3 +632,57 @@ def test_finished_trials_leave_staging_and_storage_keeps_all_they_wrote(
         assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
         assert Path(stored, "params.json").exists() and Path(stored, "params.pkl").exists()
     assert sorted(r.metrics["x"] for r in grid) == list(range(6))
+
+
+def _reports_then_fails(config: dict) -> None:
+    """Five quick epochs, then an error: a trial whose code breaks after it has reported."""
+    import time
+
+    from ray import tune
+
+    for epoch in range(1, 6):
+        time.sleep(0.02)
+        tune.report({"epoch": epoch})
+    raise RuntimeError("broke after epoch 5")
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_a_trial_that_fails_after_reporting_delivers_its_epochs_with_buffered_results(
+    ray_local, tmp_path, keep
+):
+    # Tune's train_buffered collects in a local list that the error takes with it: buffered,
+    # the five epochs that ran never reached the driver (unbuffered, each one does).
+    from ray import tune
+    from ray.tune import Callback
+    from ray.tune.experiment import Experiment
+
+    from sweeps.ray_internals import LiveFIFOScheduler, buffered_results, results_before_an_error
+
+    class Epochs(Callback):
+        def __init__(self) -> None:
+            self.seen: list[int] = []
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001, ANN003, ANN201
+            self.seen.append(result["epoch"])
+
+    trainable = tune.with_parameters(_reports_then_fails)
+    if keep:
+        trainable = results_before_an_error(trainable)
+        # the name Tune records with the experiment, which a restore checks
+        assert Experiment.get_trainable_name(trainable) == "_reports_then_fails"
+    epochs = Epochs()
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(num_samples=1, scheduler=LiveFIFOScheduler()),
+        run_config=tune.RunConfig(
+            storage_path=str(tmp_path),
+            callbacks=[epochs],
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),
+    )
+    with buffered_results(1.0):
+        grid = tuner.fit()
+    assert grid.num_errors == 1  # the trial still fails, as in Tune
+    assert "broke after epoch 5" in str(grid[0].error)
+    assert epochs.seen == ([1, 2, 3, 4, 5] if keep else [])

@@ -388,13 +388,55 @@ register(app)
 reproduce_cli.register(app)
 
 
+def _known_secrets() -> list[str]:
+    """Passwords this command was given in URIs (arguments, MLflow's and our environment
+    variables), to keep out of any error it prints."""
+    import os
+
+    from sweeps.uris import secrets_in
+
+    found = [a for a in sys.argv[1:] for a in [a.split("=", 1)[-1]] if "://" in a]
+    found += [os.environ.get(k, "") for k in ("MLFLOW_TRACKING_URI", "FLATSWEEP_STORAGE")]
+    secrets = [x for uri in found if uri for x in secrets_in(uri)]
+    if password := os.environ.get("MLFLOW_TRACKING_PASSWORD"):
+        secrets.append(password)
+    return secrets
+
+
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point.
+
+    An error no command turned into a one-line ``error:`` is printed without any password
+    the command was given (an MLflow client's message quotes its URI): a tracking store that
+    cannot be reached or refuses a request in one line, anything else (a bug) as its
+    traceback. Exit 1.
+    """
+    import traceback
+
+    from sweeps.uris import scrub
+
     try:
         app()
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - the last line of defence for what is printed
+        from mlflow.exceptions import MlflowException
+        from requests.exceptions import RequestException
+
+        secrets = _known_secrets()
+        if isinstance(e, MlflowException | RequestException | ConnectionError):
+            first = (str(e).splitlines() or [type(e).__name__])[0][:300]
+            err.print(
+                f"error: the tracking store failed: {scrub(first, secrets)}",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
+        else:
+            text = "".join(traceback.format_exception(e))
+            sys.stderr.write(scrub(text, secrets))
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -28,11 +28,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from sweeps.dbinit import sqlite_path
 from sweeps.preflight import preflight, resolve_address
 from sweeps.spec import NAME_RE, SpecError, SweepSpec, as_run, load_spec
+from sweeps.uris import password_in
 
 PACKAGES = ("trainers", "search_spaces", "sweeps")
 SPEC_NAME = "sweep.yaml"  # the spec's name inside the job's working directory
@@ -102,7 +102,7 @@ def forwarded_env() -> dict[str, str]:
         )
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
-        if urlsplit(uri).password:
+        if password_in(uri):  # in the authority, or in the query (libpq's ?password=)
             # Job env vars are stored in the cluster and shown by the dashboard: never a secret.
             raise JobError(
                 "MLFLOW_TRACKING_URI: it carries a password, which sweeps submit "

@@ -117,7 +117,7 @@ def preflight(spec: SweepSpec, address: str, *, shared_storage: bool = False) ->
     if shared_storage and scheme == "" and not os.path.isabs(os.path.expanduser(storage)):
         raise SpecError(
             f"{storage_from}: --shared-storage needs an absolute path (or file:// URI) that "
-            f"every node mounts, but got the relative path {storage!r}"
+            f"every node mounts, but got the relative path {redact(storage)!r}"
         )
     if scheme not in SHARED_STORAGE_SCHEMES:
         local = scheme == "file" or (scheme == "" and os.path.isabs(os.path.expanduser(storage)))
@@ -128,7 +128,7 @@ def preflight(spec: SweepSpec, address: str, *, shared_storage: bool = False) ->
                 else f"; scheme {scheme!r} is not supported for multi-node sweeps"
             )
             raise SpecError(
-                f"{storage_from}: storage {storage!r} is local to one machine{hint}, "
+                f"{storage_from}: storage {redact(storage)!r} is local to one machine{hint}, "
                 f"but {where}; set storage_path (or FLATSWEEP_STORAGE) to "
                 "s3://bucket/path or gs://bucket/path, or pass --shared-storage "
                 "if every node mounts that absolute path"

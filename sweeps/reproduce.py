@@ -767,13 +767,12 @@ def submit(
     The spec is checked against the cluster first (``sweeps.preflight``); the job's own
     ``sweeps reproduce`` checks the data root there and logs the table as a local run does.
     """
-    from urllib.parse import urlsplit
-
     from sweeps.preflight import preflight, resolve_address
+    from sweeps.uris import password_in
 
     address = resolve_address(address)
     preflight(p.spec, address, shared_storage=shared_storage)
-    if urlsplit(p.options.get("tracking_uri", "")).password:
+    if password_in(p.options.get("tracking_uri", "")):
         # The job's argv is stored in the cluster and shown by the dashboard: never a secret.
         raise jobs.JobError(
             "--tracking-uri: it carries a password, which is not sent to the cluster; "

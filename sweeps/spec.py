@@ -223,15 +223,25 @@ class SweepSpec(_Strict):
         for field_name, uri in (
             ("tracking_uri", self.tracking_uri),
             ("searcher.storage", self.searcher.storage),
+            ("storage_path", self.storage_path),
+            (
+                "FLATSWEEP_STORAGE",
+                None if self.storage_path else os.environ.get("FLATSWEEP_STORAGE"),
+            ),
         ):
             if uri and password_in(uri):
                 # The spec is stored with the sweep (sweep.yaml, a parent run's artifact) and
                 # staged with a submitted job: a secret in it would be in both.
+                where = (
+                    "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the cloud's own credentials "
+                    "(object storage)"
+                    if field_name in ("storage_path", "FLATSWEEP_STORAGE")
+                    else "MLFLOW_TRACKING_PASSWORD (an MLflow server) or PGPASSWORD / "
+                    "~/.pgpass (PostgreSQL)"
+                )
                 raise ValueError(
                     f"{field_name}: it carries a password, which would be stored with the "
-                    f"sweep and sent with a submitted job; drop it and give it as "
-                    f"MLFLOW_TRACKING_PASSWORD (an MLflow server) or PGPASSWORD / ~/.pgpass "
-                    f"(PostgreSQL)"
+                    f"sweep and sent with a submitted job; drop it and give it as {where}"
                 )
         return self
 

@@ -34,4 +34,22 @@ def redact(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
-__all__ = ["password_in", "redact"]
+def secrets_in(uri: str) -> list[str]:
+    """The passwords ``uri`` carries (authority and query), for :func:`scrub`."""
+    parts = urlsplit(uri)
+    found = [parts.password] if parts.password else []
+    found += [
+        v for k, v in parse_qsl(parts.query, keep_blank_values=True) if k.lower() in _PASSWORD_KEYS
+    ]
+    return [f for f in found if f]
+
+
+def scrub(text: str, secrets: list[str]) -> str:
+    """``text`` with each of ``secrets`` replaced by ``***`` (an error message, a traceback:
+    a library's message may quote the URI it was given, password and all)."""
+    for secret in sorted(set(secrets), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+__all__ = ["password_in", "redact", "scrub", "secrets_in"]

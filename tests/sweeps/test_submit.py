@@ -164,12 +164,13 @@ def test_preflight_messages_do_not_show_passwords(monkeypatch):
         ("tracking_uri", "https://u:hunter2@mlflow.example.com"),
         ("tracking_uri", "postgresql://u@db/mlflow?password=hunter2"),
         ("searcher.storage", "postgresql://optuna:hunter2@db/optuna"),
+        ("storage_path", "s3://AKIAEXAMPLE:hunter2@bucket/ray"),
     ],
 )
 def test_a_spec_with_a_password_is_refused_before_it_is_stored_or_staged(field, uri, tmp_path):
     d = sweep_dict("p")
-    if field == "tracking_uri":
-        d["tracking_uri"] = uri
+    if field in ("tracking_uri", "storage_path"):
+        d[field] = uri
     else:
         d["searcher"] = {**d["searcher"], "storage": uri}
     f = tmp_path / "p.yaml"
@@ -178,6 +179,51 @@ def test_a_spec_with_a_password_is_refused_before_it_is_stored_or_staged(field, 
     assert r.exit_code == 2, r.output
     assert r.output.startswith(f"error: {field}: it carries a password")
     assert "hunter2" not in r.output
+
+
+def test_a_storage_url_with_a_password_in_the_environment_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLATSWEEP_STORAGE", "hdfs://alice:hunter2@namenode/ray")
+    f = tmp_path / "p.yaml"
+    f.write_text(yaml.safe_dump(sweep_dict("p")))
+    from sweeps.cli import app
+
+    r = CliRunner().invoke(app, ["validate", str(f)])
+    assert r.exit_code == 2 and r.output.startswith("error: FLATSWEEP_STORAGE: it carries a")
+    assert "hunter2" not in r.output
+
+
+def test_a_job_is_never_sent_a_password_in_a_uris_query(monkeypatch):
+    from sweeps import jobs
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "postgresql://alice@db/mlflow?password=hunter2")
+    with pytest.raises(jobs.JobError, match="^MLFLOW_TRACKING_URI: it carries a password"):
+        jobs.forwarded_env()
+
+
+def test_an_unreachable_tracking_server_is_one_line_without_its_password(tmp_path):
+    # The MLflow client's own message quotes the URI it was given, password and all.
+    import os
+    import subprocess
+    import sys
+
+    from tests._ports import free_port
+
+    uri = f"http://alice:hunter2@127.0.0.1:{free_port()}/"
+    env = {**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    for args in (["status", "t", "--tracking-uri", uri], ["export", "t", "--tracking-uri", uri]):
+        r = subprocess.run(
+            [sys.executable, "-m", "sweeps", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=120,
+        )
+        assert r.returncode == 1, r.stderr
+        assert "hunter2" not in r.stdout + r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: the tracking store failed: "), lines
+        assert "alice:***@127.0.0.1" in lines[0]
 
 
 def test_redact_hides_a_password_in_the_authority_or_the_query():

@@ -438,6 +438,12 @@ def find_parent(client: MlflowClient, experiment_id: str, sweep: str) -> Run | N
 
 def find_sweep(client: MlflowClient, name: str) -> Sweep | None:
     """The sweep called ``name`` in this tracking store, or None."""
+    from sweeps.spec import NAME_RE
+
+    if not NAME_RE.fullmatch(name):
+        # No spec takes such a name, so no sweep has it; and it goes into a filter string
+        # below (an experiment "bob's exp" made by hand would break the query).
+        return None
     exp = client.get_experiment_by_name(name)
     if exp is None:
         return None

@@ -125,6 +125,13 @@ class _StrictSafeLoader(yaml.SafeLoader):
         seen: set[Any] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            try:
+                hash(key)
+            except TypeError:  # a list or a mapping as a key (``? [a, b]``): one line, not a trace
+                line = key_node.start_mark.line + 1
+                raise YAMLError(
+                    f"a key at line {line} is a {type(key).__name__}; keys must be names"
+                ) from None
             if key in seen:
                 line = key_node.start_mark.line + 1
                 raise YAMLError(f"duplicate key {key!r} at line {line}; each key may appear once")

@@ -312,7 +312,9 @@ def _walk(
         if str(part) in pending:
             model, tag = pending[str(part)], str(part)
             continue
-        shown.append(str(part))
+        # A key that is not printable text (a line break in it) is quoted: the message stays
+        # one line, and a spec cannot make it print lines of its own.
+        shown.append(str(part) if str(part).isprintable() else repr(str(part)))
         f = model.model_fields.get(str(part)) if model is not None else None
         if f is None:
             continue  # list index or dict key: stay on the same model

@@ -130,6 +130,13 @@ BAD = [
         "train.epochs)",
     ),
     (with_("scheduler.max_t", 4), "scheduler.max_t must equal train.epochs (3), but got 4"),
+    # a list as a key: one line, not a trace from the duplicate-key check
+    (base_text() + "? [a, b]\n: 1\n", "keys must be names"),
+    # a key with a line break in it is quoted: the spec cannot print lines of its own
+    (
+        with_("train.optim", {"lr": 0.1, "lr\nerror: fake second line": 1}),
+        "train.optim.'lr\\nerror: fake second line': unknown key",
+    ),
 ]
 
 
@@ -335,3 +342,15 @@ def test_a_bad_writer_setting_is_one_line_and_starts_nothing(
     assert line.startswith("error: ") and expected in line, line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]  # no db, no results
     assert ray.is_initialized() == ray_was_up
+
+
+def test_a_name_no_spec_takes_is_no_sweep_even_beside_an_odd_experiment(tmp_path):
+    # An experiment made by hand with a quote in its name broke every lookup's filter string.
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    MlflowClient(uri).create_experiment("bob's exp", artifact_location=str(tmp_path / "a"))
+    for name in ("bob's exp", "t"):
+        result = CliRunner().invoke(app, ["status", name, "--tracking-uri", uri])
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith(f"error: name: no sweep {name!r} in "), result.output

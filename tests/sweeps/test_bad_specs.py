@@ -130,6 +130,16 @@ BAD = [
         "train.epochs)",
     ),
     (with_("scheduler.max_t", 4), "scheduler.max_t must equal train.epochs (3), but got 4"),
+    # a dataset's sizes are checked before any trial starts (each trial's loader refused
+    # them, after Ray and the runs had started), and generated data is bounded
+    (
+        with_("train.data", {"name": "digits", "num_train": 5000}),
+        "train.data: num_train must be at most 1437 for dataset 'digits' (its train split)",
+    ),
+    (
+        with_("train.data", {"name": "mnist1d", "num_train": 10**12}),
+        "num_train + num_test must be at most 1000000 for dataset 'mnist1d'",
+    ),
     # a list as a key: one line, not a trace from the duplicate-key check
     (base_text() + "? [a, b]\n: 1\n", "keys must be names"),
     # a key with a line break in it is quoted: the spec cannot print lines of its own

@@ -23,6 +23,9 @@ from trainers.data.datasets import (
 #: Values per synthetic example: generated data is held in memory, so its size is bounded.
 MAX_EXAMPLE_SIZE = 2**24
 MAX_SYNTHETIC_VALUES = 2**29
+#: MNIST-1D examples generated for one spec (train + test): about 250 microseconds each on
+#: one core, so at most about 4 minutes per node (the result is cached), and 320 MB.
+MAX_MNIST1D = 1_000_000
 
 
 class DataSpec(BaseModel):
@@ -126,6 +129,22 @@ class DataSpec(BaseModel):
                 raise ValueError(
                     f"num_train + num_test times the shape's size must be at most "
                     f"{MAX_SYNTHETIC_VALUES} values for synthetic data, but got {size}"
+                )
+        if info.sizes is not None:
+            # A real dataset's splits: refused here, before any trial starts, not in each
+            # trial's loader.
+            for key, size in zip(("num_train", "num_test"), info.sizes, strict=True):
+                if (n := getattr(self, key)) is not None and n > size:
+                    raise ValueError(
+                        f"{key} must be at most {size} for dataset {self.name!r} (its "
+                        f"{key.removeprefix('num_')} split), but got {n}"
+                    )
+        if self.name == "mnist1d":
+            total = (self.num_train or 4000) + (self.num_test or 1000)
+            if total > MAX_MNIST1D:
+                raise ValueError(
+                    f"num_train + num_test must be at most {MAX_MNIST1D} for dataset "
+                    f"'mnist1d' (generated in memory), but got {total}"
                 )
         if self.num_val is not None and self.num_train is not None:
             if self.num_val >= self.num_train:

@@ -66,6 +66,9 @@ class DatasetDef:
     autoaugment_policy: str | None = None  # torchvision AutoAugmentPolicy member name
     # How the validation split is carved unless ``DataSpec.val_split`` says otherwise.
     val_split: Literal["stratified", "last"] = "stratified"
+    # Examples in its train and test splits (a real dataset), checked when a spec is loaded
+    # (before any trial starts); None for generated data, which ``DataSpec`` bounds itself.
+    sizes: tuple[int, int] | None = None
 
     @property
     def needs_root(self) -> bool:
@@ -118,6 +121,7 @@ _CIFAR = dict(image=True, flip=True, autoaugment_policy="CIFAR10", val_split="la
     ),
     mean=(0.4914, 0.4822, 0.4465),
     std=(0.2471, 0.2435, 0.2616),
+    sizes=(50000, 10000),
     **_CIFAR,
 )
 def _cifar10(spec: DataSpec) -> Arrays:
@@ -131,6 +135,7 @@ def _cifar10(spec: DataSpec) -> Arrays:
     files=("cifar-100-python/train", "cifar-100-python/test"),
     mean=(0.5071, 0.4865, 0.4409),
     std=(0.2673, 0.2564, 0.2762),
+    sizes=(50000, 10000),
     **_CIFAR,
 )
 def _cifar100(spec: DataSpec) -> Arrays:
@@ -145,6 +150,7 @@ def _cifar100(spec: DataSpec) -> Arrays:
     image=True,
     mean=(0.4377, 0.4438, 0.4728),
     std=(0.198, 0.201, 0.197),
+    sizes=(73257, 26032),
     flip=False,
     autoaugment_policy="SVHN",
     val_split="last",
@@ -225,7 +231,7 @@ def _mnist1d(spec: DataSpec) -> Arrays:
     )
 
 
-@_register("digits")
+@_register("digits", sizes=(1437, 360))
 def _digits(spec: DataSpec) -> Arrays:
     import torch
     from sklearn.datasets import load_digits

@@ -102,6 +102,13 @@ def validate(
                 preflight(s, resolve_address(address), shared_storage=shared_storage)
             except SpecError as e:
                 raise fail(str(e)) from None
+        else:  # `sweeps run` starts a Ray of its own here: can it place a trial at all?
+            from sweeps.preflight import check_fits_local_ray
+
+            try:
+                check_fits_local_ray(s)
+            except SpecError as e:
+                raise fail(str(e)) from None
         f = s.finalists
         confirm = (
             f"then top {f.top_k} x {f.seeds} seeds" + (" vs baseline" if f.baseline else "")

@@ -10,6 +10,7 @@ must be the only writer. Nothing here talks to the cluster (``sweeps.jobs`` does
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from urllib.parse import urlsplit
 
@@ -144,4 +145,48 @@ def preflight(spec: SweepSpec, address: str, *, shared_storage: bool = False) ->
             "would have more than one writer / not be reachable from every node; "
             "set tracking_uri (or MLFLOW_TRACKING_URI) to an http(s):// MLflow "
             "server"
+        )
+
+
+def trials_held(nodes: list[dict[str, float]], cpu: float, gpu: float) -> int:
+    """How many trials of ``cpu`` CPUs and ``gpu`` GPUs the ``nodes`` (each one's total
+    resources, as ``ray.nodes()`` gives them) hold at once. Node by node, since a trial runs
+    on one node: two nodes of 2 CPUs hold four trials of 0.75 CPUs, not the five that the
+    cluster's 4 CPUs would (the fifth would wait for a slot, and Tune would hold it pending)."""
+    held = 0
+    for node in nodes:
+        # 1e-9: Ray's fractional resources are fixed-point (1e-4); 0.1 * 3 must fit 0.3.
+        fits = math.floor(node.get("CPU", 0) / cpu + 1e-9)
+        if gpu > 0:
+            fits = min(fits, math.floor(node.get("GPU", 0) / gpu + 1e-9))
+        held += fits
+    return held
+
+
+def check_fits_local_ray(spec: SweepSpec) -> None:
+    """Refuse, before anything is written, a trial that the local Ray this sweep is about to
+    start could never place (``resources.cpu: 8`` on a 2-CPU machine, a GPU where there is
+    none): Tune would wait for it for ever, printing "No trial is running". Only for a Ray of
+    our own: a cluster joined (a job, ``RAY_ADDRESS``) may add nodes, and Tune then waits for
+    them, as it should."""
+    import ray
+
+    address = os.environ.get("RAY_ADDRESS", "")
+    if ray.is_initialized() or (address and not address.startswith("http")):
+        return
+    try:  # what Ray counts when it starts a node here
+        from ray._private.accelerators import get_accelerator_manager_for_resource
+        from ray._private.utils import get_num_cpus
+
+        cpus = get_num_cpus()
+        gpus = get_accelerator_manager_for_resource("GPU").get_current_node_num_accelerators()
+    except Exception:  # noqa: BLE001 - Ray's private helpers moved: Tune's own wait applies
+        return
+    cpu, gpu = spec.resources.cpu, spec.resources.gpu
+    if trials_held([{"CPU": cpus, "GPU": gpus}], cpu, gpu) == 0:
+        raise SpecError(
+            f"resources: a trial asks for {cpu:g} CPUs and {gpu:g} GPUs, but the local Ray "
+            f"a sweep starts on this machine has {cpus} CPUs and {gpus} GPUs, so no trial "
+            f"could ever start; lower resources.cpu / resources.gpu, or run on a cluster "
+            f"(sweeps submit, or RAY_ADDRESS)"
         )

@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import threading
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
 from sweeps import optunabulk, sqlbulk, studies, tracking
+from sweeps.preflight import check_fits_local_ray, trials_held
 from sweeps.searchers import SAMPLERS, SCHEDULERS
 from sweeps.spec import SpecError, SweepSpec
 from sweeps.tracking import META_CONFIG, META_STAGE, MLflowTracker, Sweep
@@ -324,21 +324,6 @@ def _slots(spec: SweepSpec, num_trials: int) -> int:
         return min(spec.max_concurrent, num_trials)
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     return max(1, min(trials_held(nodes, spec.resources.cpu, spec.resources.gpu), num_trials))
-
-
-def trials_held(nodes: list[dict[str, float]], cpu: float, gpu: float) -> int:
-    """How many trials of ``cpu`` CPUs and ``gpu`` GPUs the ``nodes`` (each one's total
-    resources, as ``ray.nodes()`` gives them) hold at once. Node by node, since a trial runs
-    on one node: two nodes of 2 CPUs hold four trials of 0.75 CPUs, not the five that the
-    cluster's 4 CPUs would (the fifth would wait for a slot, and Tune would hold it pending)."""
-    held = 0
-    for node in nodes:
-        # 1e-9: Ray's fractional resources are fixed-point (1e-4); 0.1 * 3 must fit 0.3.
-        fits = math.floor(node.get("CPU", 0) / cpu + 1e-9)
-        if gpu > 0:
-            fits = min(fits, math.floor(node.get("GPU", 0) / gpu + 1e-9))
-        held += fits
-    return held
 
 
 def local_ray_init() -> dict[str, Any]:
@@ -854,6 +839,7 @@ def run_sweep(
     baseline_search = bool(
         search and spec.finalists.top_k > 0 and spec.finalists.baseline and spec.space.optimizer
     )
+    check_fits_local_ray(spec)
     try:
         warm = studies.check_warm_start(
             spec.optuna_storage_url(),

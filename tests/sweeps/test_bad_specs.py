@@ -364,3 +364,29 @@ def test_a_name_no_spec_takes_is_no_sweep_even_beside_an_odd_experiment(tmp_path
         result = CliRunner().invoke(app, ["status", name, "--tracking-uri", uri])
         assert result.exit_code == 2, result.output
         assert result.output.startswith(f"error: name: no sweep {name!r} in "), result.output
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_a_trial_the_local_ray_could_never_place_is_refused_before_anything_starts(
+    command, tmp_path, monkeypatch
+):
+    # Tune would wait for it for ever ("No trial is running"), after the parent run was made.
+    import ray
+    from ray._private.utils import get_num_cpus
+
+    ray_was_up = ray.is_initialized()
+    # The check is for a Ray the sweep starts itself; this test worker may hold the session's.
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    cpus = get_num_cpus()
+    (tmp_path / "spec.yaml").write_text(with_("resources", {"cpu": cpus + 1}))
+    result = CliRunner().invoke(app, [command, "spec.yaml"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(
+        f"error: resources: a trial asks for {cpus + 1} CPUs and 0 GPUs, but the local Ray"
+    ), result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]  # no db, no results
+    monkeypatch.undo()
+    assert ray.is_initialized() == ray_was_up  # no Ray started

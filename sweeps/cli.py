@@ -59,6 +59,12 @@ def _sweep(client, name: str):  # noqa: ANN001, ANN202
     return sweep
 
 
+def _check_out(out_dir: Path) -> None:
+    """``--out`` must be a directory, or not exist yet (it is made)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise fail(f"--out: {str(out_dir)!r} exists and is not a directory")
+
+
 def _load(spec: Path, **kw: object):  # noqa: ANN202
     try:
         s = load_spec(spec, **kw)
@@ -366,6 +372,7 @@ def export(
         raise fail(f"--format must be one of yaml, json, but got {fmt!r}")
     if top < 1:
         raise fail(f"--top must be >= 1, but got {top}")
+    _check_out(out_dir)
     try:
         files = export_best(_client(tracking_uri), name, top=top, out=out_dir, fmt=fmt)
     except SpecError as e:
@@ -384,6 +391,7 @@ def report(
     from sweeps import tracking
     from sweeps.report import write_report
 
+    _check_out(out_dir)
     client = _client(tracking_uri)
     sweep = _sweep(client, name)
     files = write_report(tracking.sweep_record(client, sweep), out_dir)

@@ -36,7 +36,11 @@ def resolve_address(address: str | None) -> str:
                 f"http://127.0.0.1:8265, or set RAY_ADDRESS to it{hint}"
             )
         address = env
-    if not address.startswith(("http://", "https://")) or not urlsplit(address).hostname:
+    try:
+        host = urlsplit(address).hostname
+    except ValueError:  # "http://[bad": not a URL at all
+        host = None
+    if not address.startswith(("http://", "https://")) or not host:
         raise SpecError(
             f"--address must be the Ray dashboard's http(s)://HOST:PORT URL "
             f"(port 8265 by default), but got {address!r}"

@@ -229,7 +229,11 @@ class SweepSpec(_Strict):
                 None if self.storage_path else os.environ.get("FLATSWEEP_STORAGE"),
             ),
         ):
-            if uri and password_in(uri):
+            try:
+                carries = bool(uri) and password_in(uri)
+            except ValueError as e:  # urlsplit: "Invalid IPv6 URL" names no field
+                raise ValueError(f"{field_name}: {uri!r} is not a valid URI ({e})") from None
+            if carries:
                 # The spec is stored with the sweep (sweep.yaml, a parent run's artifact) and
                 # staged with a submitted job: a secret in it would be in both.
                 where = (

@@ -140,6 +140,7 @@ BAD = [
         with_("train.data", {"name": "mnist1d", "num_train": 10**12}),
         "num_train + num_test must be at most 1000000 for dataset 'mnist1d'",
     ),
+    (with_("tracking_uri", "http://[bad/x"), "tracking_uri: 'http://[bad/x' is not a valid URI"),
     # a list as a key: one line, not a trace from the duplicate-key check
     (base_text() + "? [a, b]\n: 1\n", "keys must be names"),
     # a key with a line break in it is quoted: the spec cannot print lines of its own
@@ -390,3 +391,23 @@ def test_a_trial_the_local_ray_could_never_place_is_refused_before_anything_star
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]  # no db, no results
     monkeypatch.undo()
     assert ray.is_initialized() == ray_was_up  # no Ray started
+
+
+@pytest.mark.parametrize("command", ["export", "report"])
+def test_an_out_path_that_is_a_file_is_one_line(command, tmp_path):
+    (tmp_path / "taken").write_text("")
+    result = CliRunner().invoke(app, [command, "t", "--out", str(tmp_path / "taken")])
+    assert result.exit_code == 2, result.output
+    assert (
+        result.output
+        == f"error: --out: {str(tmp_path / 'taken')!r} exists and is not a directory\n"
+    )
+
+
+def test_an_address_that_is_not_a_url_is_one_line(tmp_path):
+    (tmp_path / "spec.yaml").write_text(base_text())
+    result = CliRunner().invoke(
+        app, ["validate", str(tmp_path / "spec.yaml"), "--address", "http://[bad"]
+    )
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: --address must be the Ray dashboard's http(s)://")

@@ -169,6 +169,52 @@ class FinalistsSpec(_Strict):
     baseline: bool = True
 
 
+#: Tracking-store schemes MLflow 3 takes (its store registry), besides plugins' own.
+_TRACKING_SCHEMES = ("file", "sqlite", "postgresql", "mysql", "mssql", "http", "https")
+_TRACKING_OTHER = ("databricks", "databricks-uc", "uc")
+#: Optuna's RDB storages (SQLAlchemy dialects, optionally ``+driver``).
+_OPTUNA_SCHEMES = ("sqlite", "postgresql", "mysql")
+#: Filesystems pyarrow opens itself (Ray Tune's storage); fsspec's are taken too.
+_ARROW_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
+
+
+def _scheme(uri: str) -> str:
+    """A URI's scheme, lower case, without a ``+driver``; "" for a plain path."""
+    return uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
+
+
+def _check_schemes(
+    tracking: str | None, optuna: str | None, storage: str | None, env_storage: str | None
+) -> None:
+    """Refuse, when the spec is loaded, a URI no store here can open: it failed at run time
+    instead, with a traceback, after the tracking database was made or Ray had started."""
+    if tracking and (s := _scheme(tracking)) not in ("", *_TRACKING_SCHEMES, *_TRACKING_OTHER):
+        from importlib.metadata import entry_points
+
+        if s not in {e.name for e in entry_points(group="mlflow.tracking_store")}:
+            raise ValueError(
+                f"tracking_uri: scheme {s!r} is not a tracking store MLflow knows; allowed: "
+                f"a path, {', '.join(_TRACKING_SCHEMES)} (or a plugin's)"
+            )
+    if optuna and (s := _scheme(optuna)) not in _OPTUNA_SCHEMES:
+        raise ValueError(
+            f"searcher.storage: scheme {s!r} is not an Optuna RDB storage; allowed: "
+            f"{', '.join(_OPTUNA_SCHEMES)} (optionally +driver)"
+        )
+    for field_name, uri in (("storage_path", storage), ("FLATSWEEP_STORAGE", env_storage)):
+        if not uri or (s := _scheme(uri)) in ("", *_ARROW_SCHEMES):
+            continue
+        try:
+            from fsspec.registry import known_implementations
+        except ImportError:  # no fsspec here: Ray says at run time
+            continue
+        if s not in known_implementations:
+            raise ValueError(
+                f"{field_name}: scheme {s!r} is not a filesystem pyarrow or fsspec knows; "
+                f"allowed: a path, {', '.join(_ARROW_SCHEMES)} (or another fsspec protocol)"
+            )
+
+
 class SweepSpec(_Strict):
     """A whole sweep: the base TrainSpec, what to search, how, and where results go."""
 
@@ -220,14 +266,12 @@ class SweepSpec(_Strict):
             )
         self._resolve_space()
         self._check_objectives()
+        env_storage = None if self.storage_path else os.environ.get("FLATSWEEP_STORAGE")
         for field_name, uri in (
             ("tracking_uri", self.tracking_uri),
             ("searcher.storage", self.searcher.storage),
             ("storage_path", self.storage_path),
-            (
-                "FLATSWEEP_STORAGE",
-                None if self.storage_path else os.environ.get("FLATSWEEP_STORAGE"),
-            ),
+            ("FLATSWEEP_STORAGE", env_storage),
         ):
             try:
                 carries = bool(uri) and password_in(uri)
@@ -247,6 +291,7 @@ class SweepSpec(_Strict):
                     f"{field_name}: it carries a password, which would be stored with the "
                     f"sweep and sent with a submitted job; drop it and give it as {where}"
                 )
+        _check_schemes(self.tracking_uri, self.searcher.storage, self.storage_path, env_storage)
         return self
 
     def _resolve_space(self) -> None:

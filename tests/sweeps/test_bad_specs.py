@@ -141,6 +141,13 @@ BAD = [
         "num_train + num_test must be at most 1000000 for dataset 'mnist1d'",
     ),
     (with_("tracking_uri", "http://[bad/x"), "tracking_uri: 'http://[bad/x' is not a valid URI"),
+    # a URI no store opens: refused here, not after the tracking database or Ray was started
+    (with_("tracking_uri", "bogus://x"), "tracking_uri: scheme 'bogus' is not a tracking store"),
+    (with_("storage_path", "bogus://b/x"), "storage_path: scheme 'bogus' is not a filesystem"),
+    (
+        with_("searcher", {"sampler": "tpe", "storage": "bogus://x"}),
+        "searcher.storage: scheme 'bogus' is not an Optuna RDB storage",
+    ),
     # a list as a key: one line, not a trace from the duplicate-key check
     (base_text() + "? [a, b]\n: 1\n", "keys must be names"),
     # a key with a line break in it is quoted: the spec cannot print lines of its own

@@ -410,7 +410,8 @@ def _known_secrets() -> list[str]:
 
     from sweeps.uris import secrets_in
 
-    found = [a for a in sys.argv[1:] for a in [a.split("=", 1)[-1]] if "://" in a]
+    values = [a.split("=", 1)[-1] for a in sys.argv[1:]]  # --tracking-uri=URI too
+    found = [v for v in values if "://" in v]
     found += [os.environ.get(k, "") for k in ("MLFLOW_TRACKING_URI", "FLATSWEEP_STORAGE")]
     secrets = [x for uri in found if uri for x in secrets_in(uri)]
     if password := os.environ.get("MLFLOW_TRACKING_PASSWORD"):

@@ -521,6 +521,12 @@ def results_before_an_error(trainable: Any) -> type:
     class Trainable(trainable):  # type: ignore[misc, valid-type]
         _error_after_results: BaseException | None = None
 
+        def reset(self, *args: Any, **kwargs: Any) -> bool:
+            # Reused for another trial (reuse_actors) after a scheduler stopped this one on
+            # the results before its error: that error is not the next trial's.
+            self._error_after_results = None
+            return super().reset(*args, **kwargs)
+
         def train_buffered(
             self, buffer_time_s: float, max_buffer_length: int = 1000
         ) -> list[dict[str, Any]]:

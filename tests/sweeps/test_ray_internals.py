@@ -686,3 +686,41 @@ def test_a_trial_that_fails_after_reporting_delivers_its_epochs_with_buffered_re
     assert grid.num_errors == 1  # the trial still fails, as in Tune
     assert "broke after epoch 5" in str(grid[0].error)
     assert epochs.seen == ([1, 2, 3, 4, 5] if keep else [])
+
+
+def _reports_then_maybe_fails(config: dict) -> None:
+    import time
+
+    from ray import tune
+
+    for epoch in range(1, 6):
+        time.sleep(0.02)
+        tune.report({"epoch": epoch})
+    if config["fail"]:
+        raise RuntimeError("broke after epoch 5")
+
+
+def test_a_held_error_is_not_the_next_trials_when_the_actor_is_reused(ray_local, tmp_path):
+    # The first trial is stopped on the results before its error (its fifth epoch meets the
+    # stop criterion), so its error is never raised; the actor then runs the next trial.
+    from ray import tune
+
+    from sweeps.ray_internals import LiveFIFOScheduler, buffered_results, results_before_an_error
+
+    tuner = tune.Tuner(
+        results_before_an_error(tune.with_parameters(_reports_then_maybe_fails)),
+        param_space={"fail": tune.grid_search([True, False])},
+        tune_config=tune.TuneConfig(
+            scheduler=LiveFIFOScheduler(), reuse_actors=True, max_concurrent_trials=1
+        ),
+        run_config=tune.RunConfig(
+            storage_path=str(tmp_path),
+            stop={"epoch": 5},
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),
+    )
+    with buffered_results(1.0):
+        grid = tuner.fit()
+    assert grid.num_errors == 0
+    assert [r.metrics["epoch"] for r in grid] == [5, 5]

@@ -37,7 +37,7 @@ class SpecError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 #: Upper bounds on what one spec may ask of a cluster. A spec is user input that reaches a

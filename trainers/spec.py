@@ -27,7 +27,8 @@ from trainers.registry import closest, unknown_message
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # No infinite or NaN number anywhere in a spec (``lr: .inf`` trained to NaN): one line.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelSpec(_Strict):
@@ -221,7 +222,7 @@ class TrainSpec(_Strict):
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", "mps"
     # CPU threads for torch; None leaves torch's default. CPU results depend on the thread
     # count, so a sweep records its trials' count here and an exported config reproduces it.
-    num_threads: int | None = Field(None, ge=1)
+    num_threads: int | None = Field(None, ge=1, le=4096)
     # Where an exported config came from (sweep, trial, run id, metric); fit() ignores it.
     provenance: dict[str, Any] | None = None
     # Keep the weights of the best validation epoch (by val_robust_acc with PGD, as the AWP

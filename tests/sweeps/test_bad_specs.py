@@ -54,7 +54,7 @@ BAD = [
     ),
     (
         with_("space.ranges", {"perturbation.radius": [0.005, float("inf")]}),
-        "range for 'perturbation.radius' must be finite, but got [0.005, inf]",
+        "space.ranges.perturbation.radius.1: Input should be a finite number, but got inf",
     ),
     (
         with_("space.ranges", {"perturbation.radius": [0.5, 0.05]}),
@@ -148,6 +148,9 @@ BAD = [
         with_("searcher", {"sampler": "tpe", "storage": "bogus://x"}),
         "searcher.storage: scheme 'bogus' is not an Optuna RDB storage",
     ),
+    # no infinite number (it trained to NaN), nor a thread count that overflows torch's
+    (with_("train.optim.lr", float("inf")), "train.optim.lr: Input should be a finite number"),
+    (with_("train.num_threads", 10**20), "train.num_threads: Input should be less than or equal"),
     # a list as a key: one line, not a trace from the duplicate-key check
     (base_text() + "? [a, b]\n: 1\n", "keys must be names"),
     # a key with a line break in it is quoted: the spec cannot print lines of its own

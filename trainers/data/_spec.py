@@ -52,7 +52,7 @@ class DataSpec(BaseModel):
     closest seeded equivalent here.
     """
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     name: str
     root: str | None = None  # directory holding the files; cifar10/cifar100/svhn only

@@ -440,11 +440,12 @@ def main() -> None:
         from mlflow.exceptions import MlflowException
         from requests.exceptions import RequestException
 
+        from sweeps.tracking import first_line
+
         secrets = _known_secrets()
         if isinstance(e, MlflowException | RequestException | ConnectionError):
-            first = (str(e).splitlines() or [type(e).__name__])[0][:300]
             err.print(
-                f"error: the tracking store failed: {scrub(first, secrets)}",
+                f"error: the tracking store failed: {scrub(first_line(e, 300), secrets)}",
                 markup=False,
                 highlight=False,
                 soft_wrap=True,

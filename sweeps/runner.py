@@ -976,7 +976,7 @@ def _close_once(
         log.error(
             "could not record the end of sweep %s in MLflow (%s); `sweeps resume %s` does",
             sweep.name,
-            str(e).splitlines()[0][:200],
+            tracking.first_line(e),
             sweep.name,
         )
         return False

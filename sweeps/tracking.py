@@ -159,6 +159,12 @@ def final_flags(last: dict[str, Any], max_epochs: int) -> dict[str, bool]:
     return {"diverged": diverged, "oom": oom, "stopped_early": stopped}
 
 
+def first_line(e: BaseException | None, limit: int = 200) -> str:
+    """The first line of ``e``'s message, at most ``limit`` characters, for a one-line log or
+    error; its type's name when the message is empty (``ConnectionError()``)."""
+    return (str(e).splitlines() or [type(e).__name__])[0][:limit]
+
+
 class ResultsUnreadable(OSError):
     """A trial's ``result.json`` could not be read from storage (unreachable, throttled) and
     the driver holds no copy: not the same as a trial that never reported."""
@@ -189,8 +195,9 @@ def _result_rows(trial: Any) -> list[dict[str, Any]]:
         if local is not None and local.is_file():
             text = local.read_text(errors="replace")
         elif error is not None:
-            first = (str(error).splitlines() or [type(error).__name__])[0][:200]
-            raise ResultsUnreadable(f"result.json of trial {trial.trial_id}: {first}") from error
+            raise ResultsUnreadable(
+                f"result.json of trial {trial.trial_id}: {first_line(error)}"
+            ) from error
         else:
             text = ""
     rows: list[dict[str, Any]] = []
@@ -298,11 +305,9 @@ def _transient(e: BaseException) -> bool:
 
 def _log_retry(state: tenacity.RetryCallState) -> None:
     e = state.outcome.exception() if state.outcome else None
-    # An error without a message (ConnectionError()) is named by its type.
-    first = (str(e).splitlines() or [type(e).__name__])[0][:200]
     log.warning(
         "MLflow unreachable (%s); retrying in %.0f s",
-        first,
+        first_line(e),
         state.next_action.sleep if state.next_action else 0,
     )
 
@@ -978,7 +983,7 @@ class _Outbox:
                 log.warning(
                     "MLflow write failed (%s: %s); buffering and retrying",
                     what,
-                    str(e).splitlines()[0][:200],
+                    first_line(e),  # an empty message crashed here, and the writer with it
                 )
                 failing = True
 

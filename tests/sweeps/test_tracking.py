@@ -669,3 +669,23 @@ def test_a_result_line_cut_by_a_kill_keeps_the_rows_tune_appended_after_it(tmp_p
         (3, None),
         (3, 1.0),
     ]
+
+
+def test_a_writer_survives_an_error_without_a_message(store, caplog):
+    # Its log line read the message's first line: ConnectionError() crashed the writer thread.
+    tracker = _tracker(store, interval_s=0.0)
+    tracker.drain_timeout_s = 30.0  # a dead writer fails the drain, not the test's time
+    real_log_batch = tracker._client.log_batch  # type: ignore[union-attr]
+    calls = []
+
+    def once(*a: Any, **kw: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError()
+        return real_log_batch(*a, **kw)
+
+    tracker._client.log_batch = once  # type: ignore[union-attr, method-assign]
+    _train(tracker, _Trial("m"), 2)
+    assert tracker.drain()
+    assert "buffering and retrying" in caplog.text and "ConnectionError" in caplog.text
+    tracker.close()
